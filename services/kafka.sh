@@ -1,0 +1,102 @@
+#!/usr/bin/env bash
+# Local Apache Kafka (KRaft, single node) on 127.0.0.1:9092, from the jars on Maven
+# Central. Usage: services/kafka.sh install|start|stop|status|restart
+source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
+
+KAFKA_DIR="$USYNC_DATA/kafka"
+KAFKA_LIB="$KAFKA_DIR/lib"
+KAFKA_PORT="${KAFKA_PORT:-9092}"
+CONTROLLER_PORT="${KAFKA_CONTROLLER_PORT:-9093}"
+POM="$USYNC_ROOT/services/kafka/pom.xml"
+PID_FILE="$KAFKA_DIR/kafka.pid"
+
+JAVA_ARGS=(-Xms512m -Xmx1g -XX:+UseG1GC -Djava.awt.headless=true
+  -Dkafka.logs.dir="$KAFKA_DIR/logs"
+  -Dlog4j2.configurationFile="$USYNC_ROOT/services/kafka/log4j2.properties"
+  -cp "$KAFKA_LIB/*")
+java_cmd() { java "${JAVA_ARGS[@]}" "$@"; }
+
+install() {
+  command -v java >/dev/null || apt_install openjdk-17-jre-headless
+  command -v mvn >/dev/null || apt_install maven
+  # Re-resolve when the pom changes (a version bump), not on every start.
+  if [ ! -f "$KAFKA_LIB/.pom" ] || ! cmp -s "$POM" "$KAFKA_LIB/.pom"; then
+    log "resolving Kafka jars with Maven"
+    rm -rf "$KAFKA_LIB"
+    mvn -q -B -f "$POM" dependency:copy-dependencies \
+      -DoutputDirectory="$KAFKA_LIB" -DincludeScope=runtime
+    cp "$POM" "$KAFKA_LIB/.pom"
+  fi
+  mkdir -p "$KAFKA_DIR/logs" "$KAFKA_DIR/data"
+  cat > "$KAFKA_DIR/server.properties" <<PROPS
+process.roles=broker,controller
+node.id=1
+controller.quorum.voters=1@127.0.0.1:$CONTROLLER_PORT
+listeners=PLAINTEXT://127.0.0.1:$KAFKA_PORT,CONTROLLER://127.0.0.1:$CONTROLLER_PORT
+advertised.listeners=PLAINTEXT://127.0.0.1:$KAFKA_PORT
+controller.listener.names=CONTROLLER
+inter.broker.listener.name=PLAINTEXT
+listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT
+log.dirs=$KAFKA_DIR/data
+num.partitions=4
+offsets.topic.replication.factor=1
+offsets.topic.num.partitions=8
+transaction.state.log.replication.factor=1
+transaction.state.log.min.isr=1
+share.coordinator.state.topic.replication.factor=1
+share.coordinator.state.topic.min.isr=1
+group.initial.rebalance.delay.ms=0
+auto.create.topics.enable=true
+log.retention.hours=-1
+PROPS
+  if [ ! -f "$KAFKA_DIR/data/meta.properties" ]; then
+    log "formatting KRaft storage"
+    local cluster_id
+    cluster_id=$(java_cmd kafka.tools.StorageTool random-uuid)
+    java_cmd kafka.tools.StorageTool format -t "$cluster_id" -c "$KAFKA_DIR/server.properties" >/dev/null
+  fi
+}
+
+pid_alive() { [ -f "$PID_FILE" ] && kill -0 "$(cat "$PID_FILE")" 2>/dev/null; }
+ready() { python3 "$USYNC_ROOT/services/kafka_ready.py" "127.0.0.1:$KAFKA_PORT"; }
+
+start() {
+  install
+  if pid_alive && ready; then log "already running"; return 0; fi
+  if ! pid_alive; then
+    log "starting Kafka on 127.0.0.1:$KAFKA_PORT"
+    # java directly (not via a function) so that $! is the broker's own pid.
+    nohup java "${JAVA_ARGS[@]}" kafka.Kafka "$KAFKA_DIR/server.properties" \
+      >"$KAFKA_DIR/logs/stdout.log" 2>&1 &
+    echo $! > "$PID_FILE"
+  fi
+  if ! wait_until 90 ready; then
+    log "Kafka did not answer a metadata request; see $KAFKA_DIR/logs"
+    return 1
+  fi
+  log "ready: 127.0.0.1:$KAFKA_PORT"
+}
+
+stop() {
+  if pid_alive; then
+    local pid; pid=$(cat "$PID_FILE")
+    log "stopping (pid $pid)"
+    kill "$pid" 2>/dev/null || true
+    # A controlled shutdown takes a few seconds; give up on it after 60.
+    wait_until 60 bash -c "! kill -0 $pid" || { log "forcing"; kill -9 "$pid" 2>/dev/null || true; }
+  fi
+  rm -f "$PID_FILE"
+}
+
+status() {
+  if pid_alive && ready; then echo "kafka: running"; else echo "kafka: stopped"; return 1; fi
+}
+
+case "${1:-}" in
+  install) install ;;
+  start) start ;;
+  stop) stop ;;
+  restart) stop; start ;;
+  status) status ;;
+  *) echo "usage: $0 install|start|stop|restart|status" >&2; exit 2 ;;
+esac

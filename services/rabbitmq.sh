@@ -1,0 +1,88 @@
+#!/usr/bin/env bash
+# Local RabbitMQ on loopback: AMQP 5672, STOMP 61613, web-STOMP 15674 (/ws),
+# management 15672. Usage: services/rabbitmq.sh install|start|stop|status|restart
+source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
+
+RMQ_DIR="$USYNC_DATA/rabbitmq"
+RMQ_BIN=/usr/lib/rabbitmq/bin
+export RABBITMQ_NODENAME="${RABBITMQ_NODENAME:-usync@localhost}"
+export RABBITMQ_MNESIA_BASE="$RMQ_DIR/mnesia"
+export RABBITMQ_LOG_BASE="$RMQ_DIR/log"
+export RABBITMQ_ENABLED_PLUGINS_FILE="$RMQ_DIR/enabled_plugins"
+export RABBITMQ_CONFIG_FILE="$RMQ_DIR/rabbitmq"
+export RABBITMQ_PID_FILE="$RMQ_DIR/rabbitmq.pid"
+export RABBITMQ_NODE_IP_ADDRESS=127.0.0.1
+export ERL_EPMD_ADDRESS=127.0.0.1
+export HOME="${HOME:-/root}"   # the Erlang cookie lives in $HOME
+
+install() {
+  if [ ! -x "$RMQ_BIN/rabbitmq-server" ]; then
+    log "installing Debian's rabbitmq-server"
+    apt_install rabbitmq-server
+  fi
+  mkdir -p "$RMQ_DIR/log" "$RMQ_DIR/mnesia"
+  cat > "$RMQ_DIR/rabbitmq.conf" <<CONF
+listeners.tcp.default = 127.0.0.1:5672
+stomp.listeners.tcp.1 = 127.0.0.1:61613
+web_stomp.tcp.ip = 127.0.0.1
+web_stomp.tcp.port = 15674
+management.tcp.ip = 127.0.0.1
+management.tcp.port = 15672
+loopback_users = none
+log.console = false
+log.file.level = warning
+disk_free_limit.absolute = 50MB
+CONF
+  if [ ! -f "$RABBITMQ_ENABLED_PLUGINS_FILE" ]; then
+    "$RMQ_BIN/rabbitmq-plugins" enable --offline rabbitmq_management rabbitmq_stomp rabbitmq_web_stomp >/dev/null
+  fi
+}
+
+ctl() { "$RMQ_BIN/rabbitmqctl" -q "$@"; }
+
+is_running() { ctl status >/dev/null 2>&1; }
+
+# Ready means every listener answers, not just the Erlang node.
+listeners_up() {
+  python3 - <<'PY'
+import socket, sys
+for port in (5672, 61613, 15674, 15672):
+    with socket.socket() as s:
+        s.settimeout(1)
+        if s.connect_ex(("127.0.0.1", port)):
+            sys.exit(1)
+PY
+}
+
+start() {
+  install
+  if is_running && listeners_up; then log "already running"; return 0; fi
+  log "starting $RABBITMQ_NODENAME"
+  "$RMQ_BIN/rabbitmq-server" -detached
+  # await_startup right after -detached can return before the node exists: loop.
+  wait_until 90 ctl await_startup --timeout 5 || { log "node did not boot; see $RMQ_DIR/log"; return 1; }
+  wait_until 60 listeners_up || { log "listeners did not open"; return 1; }
+  log "ready: amqp://127.0.0.1:5672 stomp://127.0.0.1:61613 ws://127.0.0.1:15674/ws http://127.0.0.1:15672"
+}
+
+stop() {
+  if is_running; then
+    log "stopping"
+    ctl shutdown || true
+  fi
+  "$RMQ_BIN/../../../bin/epmd" -kill >/dev/null 2>&1 || epmd -kill >/dev/null 2>&1 || true
+  wait_until 30 bash -c '! (exec 3<>/dev/tcp/127.0.0.1/5672) 2>/dev/null' || true
+}
+
+status() {
+  if is_running && listeners_up; then echo "rabbitmq: running"; else echo "rabbitmq: stopped"; return 1; fi
+}
+
+case "${1:-}" in
+  install) install ;;
+  start) start ;;
+  stop) stop ;;
+  restart) stop; start ;;
+  status) status ;;
+  *) echo "usage: $0 install|start|stop|restart|status" >&2; exit 2 ;;
+esac

@@ -1,0 +1,222 @@
+"""usync's configuration: one TOML file decoded into msgspec Structs, secrets from the environment.
+
+A bad file gives one :class:`ConfigError` whose message names the field (``$.sites.a.api_url``)
+and, for cross-field problems (a link naming an unknown site, say), lists every problem at once.
+Secret values never live in the file: a field ending in ``_env`` names the environment
+variable that holds them, and the value is wrapped in :class:`Secret` so it cannot leak
+through ``repr``, logs or error messages.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Annotated, Final
+
+import msgspec
+
+DEFAULT_STATES: Final = ("OK", "Creating", "Requested")
+
+Positive = Annotated[float, msgspec.Meta(gt=0)]
+PositiveInt = Annotated[int, msgspec.Meta(gt=0)]
+Name = Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", max_length=64)]
+
+
+class ConfigError(ValueError):
+    """The configuration cannot be used; the message says which field and why."""
+
+
+class Secret:
+    """A secret value that never shows itself in repr or str."""
+
+    __slots__ = ("_value",)
+
+    def __init__(self, value: str) -> None:
+        self._value = value
+
+    def reveal(self) -> str:
+        return self._value
+
+    def __repr__(self) -> str:
+        return "Secret('********')"
+
+    __str__ = __repr__
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Secret) and other._value == self._value
+
+    def __hash__(self) -> int:
+        return hash(self._value)
+
+
+class Rates(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    """API budget for one Waldur site, shared by the sink and the reconciler."""
+
+    requests_per_second: Positive = 20.0
+    burst: PositiveInt = 20
+    concurrency: PositiveInt = 8
+    timeout: Positive = 10.0
+
+
+class Subscription(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    """Broker credentials and queues for one Waldur event subscription (``register = false``)."""
+
+    login: str  # the subscription uuid
+    vhost: str  # the subscriber's user uuid
+    queues: list[str]
+    passcode_env: str | None = None  # defaults to the site's token
+
+
+class Site(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    api_url: str
+    token_env: str
+    broker_url: str = ""
+    register: bool = False
+    agent_name: str = "usync"
+    queue_style: str = "subscription"  # or "consumer"
+    subscriptions: list[Subscription] = []
+    rates: Rates = msgspec.field(default_factory=Rates)
+
+
+class Endpoint(msgspec.Struct, forbid_unknown_fields=True):
+    site: Name
+    offering: Annotated[str, msgspec.Meta(pattern=r"^[0-9a-fA-F-]{32,36}$")]
+
+
+class Link(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    """Target (site A, offering A) takes usernames from source (site B, offering B)."""
+
+    name: Name
+    target: Endpoint
+    source: Endpoint
+    reconcile: bool = True
+    target_states: list[str] = msgspec.field(default_factory=lambda: list(DEFAULT_STATES))
+
+
+class Kafka(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    bootstrap_servers: str = "127.0.0.1:9092"
+    events_topic: str = "waldur.offering-users.events"
+    dlq_topic: str = "waldur.offering-users.dlq"
+    outcomes_topic: str = "waldur.username-sync.outcomes"
+    partitions: PositiveInt = 8
+    replication_factor: PositiveInt = 1
+    security_protocol: str = "PLAINTEXT"
+    sasl_mechanism: str | None = None
+    sasl_username: str | None = None
+    sasl_password_env: str | None = None
+    ssl_cafile: str | None = None
+
+
+class RabbitMQ(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    prefetch: PositiveInt = 1000
+    heartbeat: Positive = 10.0
+    connect_timeout: Positive = 10.0
+
+
+class Config(msgspec.Struct, kw_only=True, forbid_unknown_fields=True, dict=True):
+    sites: dict[Name, Site]
+    links: list[Link] = []
+    kafka: Kafka = msgspec.field(default_factory=Kafka)
+    rabbitmq: RabbitMQ = msgspec.field(default_factory=RabbitMQ)
+    reconcile_interval: Positive = 900.0
+    app_id: str = "usync"
+    web_port: int = 6066
+    data_dir: str = ".local/usync-data"
+
+    def secret(self, env_name: str) -> Secret:
+        """The value of a secret-holding environment variable (checked at load)."""
+        environ: Mapping[str, str] = self.__dict__.get("_environ", os.environ)
+        return Secret(environ[env_name])
+
+    def site_token(self, site: str) -> Secret:
+        return self.secret(self.sites[site].token_env)
+
+
+_SCHEMES: Final = ("ws://", "wss://", "stomp://", "stomp+ssl://", "amqp://", "amqps://")
+
+
+def _problems(config: Config, environ: Mapping[str, str]) -> list[str]:
+    problems: list[str] = []
+    for name, site in config.sites.items():
+        where = f"$.sites.{name}"
+        if not site.api_url.startswith(("http://", "https://")):
+            problems.append(f"{where}.api_url: must start with http:// or https://")
+        if site.broker_url and not site.broker_url.startswith(_SCHEMES):
+            problems.append(f"{where}.broker_url: scheme must be one of {', '.join(_SCHEMES)}")
+        if site.queue_style not in ("subscription", "consumer"):
+            problems.append(f"{where}.queue_style: must be 'subscription' or 'consumer'")
+        env_fields = [("token_env", site.token_env)] + [
+            (f"subscriptions[{i}].passcode_env", s.passcode_env)
+            for i, s in enumerate(site.subscriptions)
+            if s.passcode_env
+        ]
+        for field, env_name in env_fields:
+            if env_name not in environ:
+                problems.append(f"{where}.{field}: environment variable {env_name} is not set")
+    if config.kafka.sasl_password_env and config.kafka.sasl_password_env not in environ:
+        problems.append(f"$.kafka.sasl_password_env: environment variable {config.kafka.sasl_password_env} is not set")
+    seen: set[str] = set()
+    for i, link in enumerate(config.links):
+        where = f"$.links[{i}]"
+        if link.name in seen:
+            problems.append(f"{where}.name: duplicate link name {link.name!r}")
+        seen.add(link.name)
+        for side in ("target", "source"):
+            endpoint: Endpoint = getattr(link, side)
+            if endpoint.site not in config.sites:
+                problems.append(f"{where}.{side}.site: unknown site {endpoint.site!r}")
+        if (link.target.site, link.target.offering) == (link.source.site, link.source.offering):
+            problems.append(f"{where}: target and source are the same offering")
+    return problems
+
+
+def _normalise(config: Config) -> Config:
+    """Dashed and upper-case UUIDs mean the same offering: store Waldur's canonical form."""
+    for link in config.links:
+        for endpoint in (link.target, link.source):
+            endpoint.offering = endpoint.offering.replace("-", "").lower()
+    return config
+
+
+def _convert(data: dict) -> Config:
+    # Sites are converted one by one because msgspec reports a dict value's path as
+    # `$.sites[...]`; an operator needs to read `$.sites.a.api_url`.
+    sites = data.get("sites")
+    if isinstance(sites, dict):
+        converted = {}
+        for name, site in sites.items():
+            try:
+                converted[name] = msgspec.convert(site, Site)
+            except msgspec.ValidationError as exc:
+                where = str(exc).replace("`$", f"`$.sites.{name}", 1)
+                raise ConfigError(f"invalid configuration: {where}") from None
+        data = {**data, "sites": converted}
+    try:
+        return msgspec.convert(data, Config)
+    except msgspec.ValidationError as exc:
+        raise ConfigError(f"invalid configuration: {exc}") from None
+
+
+def parse_config(text: str | bytes, environ: Mapping[str, str] | None = None) -> Config:
+    """Decode and validate a TOML configuration, or raise :class:`ConfigError`."""
+    environ = os.environ if environ is None else environ
+    try:
+        data = tomllib.loads(text.decode() if isinstance(text, bytes) else text)
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"not valid TOML: {exc}") from None
+    config = _convert(data)
+    problems = _problems(config, environ)
+    if problems:
+        raise ConfigError("invalid configuration:\n  " + "\n  ".join(problems))
+    config.__dict__["_environ"] = environ  # not a field: never encoded, never printed
+    return _normalise(config)
+
+
+def load_config(path: str | Path, environ: Mapping[str, str] | None = None) -> Config:
+    try:
+        text = Path(path).read_bytes()
+    except OSError as exc:
+        raise ConfigError(f"cannot read configuration {path}: {exc.strerror}") from None
+    return parse_config(text, environ)

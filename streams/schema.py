@@ -1,0 +1,273 @@
+"""The records usync writes to Kafka, as msgspec Structs.
+
+Every inbound fact is an :class:`Envelope` on the events topic; its ``body`` is one of
+three kinds, told apart by the ``kind`` tag:
+
+- :class:`OfferingUserEvent`: a Waldur broker message, decoded as Waldur sends it
+  (all five actions, unknown extra keys tolerated, ``state`` a display string or the
+  integer that ``username_set`` carries);
+- :class:`SnapshotPage`: one page of a REST listing taken by the reconciler;
+- :class:`Lookup`: the answer to a single-object GET made on an identity-index miss.
+
+Correction attempts are :class:`Outcome` records on the outcomes topic, and messages
+that cannot be decoded are :class:`DeadLetter` records on the DLQ topic.
+
+This module is part of the pure core: it imports no I/O library.
+"""
+
+from __future__ import annotations
+
+import enum
+import hashlib
+from datetime import datetime
+from typing import Annotated, Any, Final
+
+import msgspec
+
+SCHEMA_VERSION: Final = 1
+
+Uuid = Annotated[str, msgspec.Meta(pattern=r"^[0-9a-fA-F]{8}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{12}$")]
+
+
+class OfferingUserState(enum.IntEnum):
+    """Waldur's OfferingUser states; the API speaks the display names."""
+
+    REQUESTED = 1
+    CREATING = 2
+    PENDING_ACCOUNT_LINKING = 3
+    PENDING_ADDITIONAL_VALIDATION = 4
+    OK = 5
+    REQUESTED_DELETION = 6
+    DELETING = 7
+    DELETED = 8
+    ERROR_CREATING = 9
+    ERROR_DELETING = 10
+
+    @property
+    def display(self) -> str:
+        return _DISPLAY_NAMES[self]
+
+
+_DISPLAY_NAMES: Final = {
+    OfferingUserState.REQUESTED: "Requested",
+    OfferingUserState.CREATING: "Creating",
+    OfferingUserState.PENDING_ACCOUNT_LINKING: "Pending account linking",
+    OfferingUserState.PENDING_ADDITIONAL_VALIDATION: "Pending additional validation",
+    OfferingUserState.OK: "OK",
+    OfferingUserState.REQUESTED_DELETION: "Requested deletion",
+    OfferingUserState.DELETING: "Deleting",
+    OfferingUserState.DELETED: "Deleted",
+    OfferingUserState.ERROR_CREATING: "Error creating",
+    OfferingUserState.ERROR_DELETING: "Error deleting",
+}
+_BY_DISPLAY: Final = {name.lower(): state for state, name in _DISPLAY_NAMES.items()}
+
+
+def state_display(state: str | int | None) -> str | None:
+    """Normalise a state as Waldur sends it (display string or integer) to its display name.
+
+    Unknown values pass through as strings so that a newer Waldur cannot break the fold.
+    """
+    if state is None:
+        return None
+    if isinstance(state, int) and not isinstance(state, bool):
+        try:
+            return OfferingUserState(state).display
+        except ValueError:
+            return str(state)
+    known = _BY_DISPLAY.get(str(state).lower())
+    return known.display if known is not None else str(state)
+
+
+def normalize_uuid(value: str) -> str:
+    """Waldur answers with 32 hex characters but accepts the dashed form: store the former."""
+    return value.replace("-", "").lower()
+
+
+class Kind(str, enum.Enum):
+    EVENT = "event"
+    SNAPSHOT = "snapshot"
+    LOOKUP = "lookup"
+
+
+class Source(str, enum.Enum):
+    """How a fact reached usync."""
+
+    STOMP = "stomp"
+    AMQP = "amqp"
+    SNAPSHOT = "snapshot"
+    LOOKUP = "lookup"
+
+
+class Action(str, enum.Enum):
+    CREATE = "create"
+    UPDATE = "update"
+    DELETE = "delete"
+    ATTRIBUTE_UPDATE = "attribute_update"
+    USERNAME_SET = "username_set"
+
+
+class OfferingUserEvent(msgspec.Struct, kw_only=True, tag="event", tag_field="kind", omit_defaults=True):
+    """One offering-user message exactly as Waldur publishes it.
+
+    ``action`` stays a plain string: unknown actions are relayed and the fold decides.
+    """
+
+    action: str
+    offering_user_uuid: Uuid
+    user_uuid: Uuid
+    offering_uuid: Uuid | None = None
+    username: str | None = None
+    state: str | int | None = None
+    runtime_state: str | None = None
+    changed_fields: list[str] | None = None
+    attributes: dict[str, Any] | None = None
+    changed_attributes: list[str] | None = None
+    resource_backend_ids: list[str] | None = None
+    object_type: str | None = None  # only on the consumer_<uuid> queue style
+
+    @property
+    def state_name(self) -> str | None:
+        return state_display(self.state)
+
+
+class OfferingUserRecord(msgspec.Struct, kw_only=True, omit_defaults=True):
+    """The fields of a REST offering user that the sync uses."""
+
+    uuid: str
+    user_uuid: str
+    user_username: str
+    offering_uuid: str
+    username: str | None = None
+    state: str | None = None
+    runtime_state: str | None = None
+    is_restricted: bool = False
+    modified: str | None = None
+
+
+class SnapshotPage(msgspec.Struct, kw_only=True, tag="snapshot", tag_field="kind", omit_defaults=True):
+    """One page of a reconciliation listing of one offering on one site.
+
+    ``states`` is the filter the listing used: a complete snapshot (every page, ending
+    with ``last``) says that users absent from it are not in those states.
+    """
+
+    snapshot_id: str
+    offering_uuid: str
+    states: list[str]
+    page: int
+    last: bool
+    total: int
+    users: list[OfferingUserRecord]
+
+
+class Lookup(msgspec.Struct, kw_only=True, tag="lookup", tag_field="kind", omit_defaults=True):
+    """A single GET of an offering user, made when the identity index missed.
+
+    ``status`` is the HTTP status; ``user`` is present when it was 200.
+    """
+
+    offering_user_uuid: str
+    status: int
+    user: OfferingUserRecord | None = None
+
+
+Body = OfferingUserEvent | SnapshotPage | Lookup
+
+
+class Envelope(msgspec.Struct, kw_only=True, omit_defaults=True):
+    """Every inbound fact, as written to the events topic (key ``<site>:<offering_uuid>``)."""
+
+    schema_version: int = SCHEMA_VERSION
+    event_id: str
+    site: str
+    source: Source
+    offering_uuid: str
+    object_type: str = "offering_user"
+    queue: str = ""
+    received_at: datetime
+    headers: dict[str, str] = {}
+    body: Body
+
+    @property
+    def key(self) -> str:
+        return event_key(self.site, self.offering_uuid)
+
+
+class OutcomeAction(str, enum.Enum):
+    CORRECTED = "corrected"
+    ALREADY_EQUAL = "already-equal"
+    SKIPPED = "skipped"
+    REJECTED = "rejected"
+    GAVE_UP = "gave-up"
+
+
+class Outcome(msgspec.Struct, kw_only=True, omit_defaults=True):
+    """One correction attempt, as written to the outcomes topic (key ``<link>:<user_username>``)."""
+
+    schema_version: int = SCHEMA_VERSION
+    link: str
+    user_username: str
+    action: OutcomeAction
+    desired: str | None
+    observed: str | None
+    http_status: int | None = None
+    reason: str = ""
+    cause_event_id: str = ""
+    offering_user_uuid: str = ""
+    attempts: int = 1
+    at: datetime
+
+
+class DeadLetter(msgspec.Struct, kw_only=True, omit_defaults=True):
+    """A message that could not be decoded or routed; kept whole, never dropped."""
+
+    schema_version: int = SCHEMA_VERSION
+    event_id: str
+    site: str
+    queue: str
+    reason: str
+    raw: bytes  # base64 in JSON
+    headers: dict[str, str] = {}
+    received_at: datetime
+
+
+def event_key(site: str, offering_uuid: str) -> str:
+    return f"{site}:{offering_uuid}"
+
+
+def fallback_event_id(site: str, queue: str, body: bytes) -> str:
+    """The event id when the broker gave no ``x-message-id``: stable across redeliveries."""
+    digest = hashlib.sha256()
+    for part in (site.encode(), b"\0", queue.encode(), b"\0", body):
+        digest.update(part)
+    return digest.hexdigest()[:32]
+
+
+class PayloadError(ValueError):
+    """A broker body that is not a usable offering-user event; the reason goes to the DLQ."""
+
+
+_payload_decoder = msgspec.json.Decoder(OfferingUserEvent)
+envelope_encoder = msgspec.json.Encoder()
+envelope_decoder = msgspec.json.Decoder(Envelope)
+outcome_decoder = msgspec.json.Decoder(Outcome)
+
+
+def decode_payload(raw: bytes) -> OfferingUserEvent:
+    """Decode a broker body, or raise :class:`PayloadError` saying why not."""
+    try:
+        return _payload_decoder.decode(raw)
+    except msgspec.ValidationError as exc:
+        raise PayloadError(f"invalid offering-user event: {exc}") from None
+    except msgspec.DecodeError as exc:
+        raise PayloadError(f"not JSON: {exc}") from None
+
+
+def json_schemas() -> dict[str, Any]:
+    """JSON Schema of each topic's record, for audit consumers."""
+    return {
+        "events": msgspec.json.schema(Envelope),
+        "outcomes": msgspec.json.schema(Outcome),
+        "dlq": msgspec.json.schema(DeadLetter),
+    }

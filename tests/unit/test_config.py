@@ -1,0 +1,91 @@
+"""The TOML configuration: defaults, secrets from the environment, clear errors."""
+
+import pytest
+
+from streams.config import ConfigError, Secret, load_config, parse_config
+
+GOOD = """
+reconcile_interval = 60
+
+[kafka]
+bootstrap_servers = "127.0.0.1:9092"
+
+[sites.a]
+api_url = "http://127.0.0.1:8001/api/"
+token_env = "USYNC_TOKEN_A"
+broker_url = "ws://127.0.0.1:15674/ws"
+register = true
+
+[sites.b]
+api_url = "http://127.0.0.1:8002/api/"
+token_env = "USYNC_TOKEN_B"
+broker_url = "stomp://127.0.0.1:61613"
+rates = { requests_per_second = 50, concurrency = 4 }
+
+[[sites.b.subscriptions]]
+login = "5d1c0e6f7a8b4c9daa0b1c2d3e4f5a6b"
+vhost = "6e2d1f7a8b9c4d0eb1c2d3e4f5a6b7c8"
+queues = ["subscription_x_offering_y_offering_user"]
+
+[[links]]
+name = "a-from-b"
+target = { site = "a", offering = "9E8D7C6B-5A4F-4321-8765-FEDCBA987654" }
+source = { site = "b", offering = "0f8a6a7a0c6b4d9e9a2f3c1b5d7e9f01" }
+"""
+ENV = {"USYNC_TOKEN_A": "token-a-secret", "USYNC_TOKEN_B": "token-b-secret"}
+
+
+def test_a_good_file_decodes_with_defaults_and_normalised_uuids():
+    config = parse_config(GOOD, ENV)
+    link = config.links[0]
+    assert link.target.offering == "9e8d7c6b5a4f43218765fedcba987654"
+    assert link.reconcile is True
+    assert link.target_states == ["OK", "Creating", "Requested"]
+    assert config.sites["b"].rates.requests_per_second == 50
+    assert config.sites["a"].rates.requests_per_second == 20
+    assert config.kafka.events_topic == "waldur.offering-users.events"
+    assert config.reconcile_interval == 60
+
+
+def test_tokens_come_from_the_environment_and_never_show_themselves():
+    config = parse_config(GOOD, ENV)
+    token = config.site_token("a")
+    assert token.reveal() == "token-a-secret"
+    assert "token-a-secret" not in repr(token) + str(token) + repr(config)
+    assert token == Secret("token-a-secret")
+
+
+@pytest.mark.parametrize(
+    ("change", "field"),
+    [
+        (('api_url = "http://127.0.0.1:8001/api/"', "api_url = 12"), r"\$\.sites\.a\.api_url"),
+        (('register = true', 'register = "yes"'), r"\$\.sites\.a\.register"),
+        (('reconcile_interval = 60', 'reconcile_interval = -1'), r"\$\.reconcile_interval"),
+        (('register = true', 'register = true\ncolour = "blue"'), "colour"),
+        (('name = "a-from-b"', 'name = "a from b"'), r"\$\.links\[0\]\.name"),
+    ],
+)
+def test_type_errors_name_the_field(change, field):
+    with pytest.raises(ConfigError, match=field):
+        parse_config(GOOD.replace(*change), ENV)
+
+
+def test_cross_field_problems_are_all_reported_at_once():
+    bad = GOOD.replace('target = { site = "a"', 'target = { site = "nowhere"').replace(
+        'broker_url = "ws://', 'broker_url = "http://')
+    with pytest.raises(ConfigError) as caught:
+        parse_config(bad, {"USYNC_TOKEN_A": "x"})
+    message = str(caught.value)
+    assert "$.links[0].target.site: unknown site 'nowhere'" in message
+    assert "$.sites.a.broker_url" in message
+    assert "$.sites.b.token_env: environment variable USYNC_TOKEN_B is not set" in message
+
+
+def test_malformed_toml_is_a_config_error():
+    with pytest.raises(ConfigError, match="not valid TOML"):
+        parse_config("[sites\n", ENV)
+
+
+def test_missing_file_is_a_config_error(tmp_path):
+    with pytest.raises(ConfigError, match="cannot read configuration"):
+        load_config(tmp_path / "nope.toml", ENV)
