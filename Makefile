@@ -39,8 +39,15 @@ test: install
 unit: $(STAMP)
 	@$(PY) -m pytest tests/unit $(PYTEST_ARGS)
 
+# Until the end-to-end demo exists: start the services and say how to reach them.
 demo: services
-	@$(PY) -m streams.demo
+	@echo; echo "Local services are running:"; \
+	echo "  Kafka               127.0.0.1:9092"; \
+	echo "  RabbitMQ AMQP       amqp://guest:guest@127.0.0.1:5672/"; \
+	echo "  RabbitMQ STOMP      stomp://127.0.0.1:61613"; \
+	echo "  RabbitMQ web-STOMP  ws://127.0.0.1:15674/ws"; \
+	echo "  RabbitMQ management http://127.0.0.1:15672 (guest/guest)"; \
+	echo "Stop them with: make services-stop"
 
 clean: services-stop
 	rm -rf .local

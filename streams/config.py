@@ -122,6 +122,7 @@ class Config(msgspec.Struct, kw_only=True, forbid_unknown_fields=True, dict=True
     rabbitmq: RabbitMQ = msgspec.field(default_factory=RabbitMQ)
     reconcile_interval: Positive = 900.0
     app_id: str = "usync"
+    web_host: str = "127.0.0.1"  # 0.0.0.0 in a container, so health and metrics are reachable
     web_port: int = 6066
     data_dir: str = ".local/usync-data"
 

@@ -1,0 +1,62 @@
+"""Kafka plumbing shared by every usync process: client options from the config
+(TLS/SASL included) and idempotent creation of the topics with their retention."""
+
+from __future__ import annotations
+
+import logging
+import ssl
+from typing import Any
+
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.errors import TopicAlreadyExistsError
+
+from streams.config import Config
+
+log = logging.getLogger("usync.kafka")
+
+# The events, DLQ and outcomes topics are the audit log and the replay source:
+# nothing is ever deleted by age or size unless the operator says so.
+UNLIMITED = {"retention.ms": "-1", "retention.bytes": "-1"}
+
+
+def client_options(config: Config) -> dict[str, Any]:
+    """Connection options for any aiokafka client, secrets resolved from the environment."""
+    kafka = config.kafka
+    options: dict[str, Any] = {
+        "bootstrap_servers": kafka.bootstrap_servers,
+        "security_protocol": kafka.security_protocol,
+    }
+    if kafka.security_protocol in ("SSL", "SASL_SSL"):
+        options["ssl_context"] = ssl.create_default_context(cafile=kafka.ssl_cafile)
+    if kafka.sasl_mechanism:
+        options["sasl_mechanism"] = kafka.sasl_mechanism
+        options["sasl_plain_username"] = kafka.sasl_username
+        if kafka.sasl_password_env:
+            options["sasl_plain_password"] = config.secret(kafka.sasl_password_env).reveal()
+    return options
+
+
+def topic_specs(config: Config) -> list[NewTopic]:
+    kafka = config.kafka
+    return [
+        NewTopic(name, kafka.partitions, kafka.replication_factor, topic_configs=dict(UNLIMITED))
+        for name in (kafka.events_topic, kafka.dlq_topic, kafka.outcomes_topic)
+    ]
+
+
+async def ensure_topics(config: Config, request_timeout_ms: int = 10_000) -> list[str]:
+    """Create the usync topics that are missing; return the names created."""
+    admin = AIOKafkaAdminClient(**client_options(config), request_timeout_ms=request_timeout_ms)
+    await admin.start()
+    try:
+        existing = set(await admin.list_topics())
+        missing = [spec for spec in topic_specs(config) if spec.name not in existing]
+        if missing:
+            try:
+                await admin.create_topics(missing)
+            except TopicAlreadyExistsError:
+                pass  # another process won the race; fine
+            log.info("created topics %s", ", ".join(t.name for t in missing))
+        return [t.name for t in missing]
+    finally:
+        await admin.close()
