@@ -17,6 +17,8 @@ from typing import Annotated, Final
 
 import msgspec
 
+from streams.schema import state_display
+
 DEFAULT_STATES: Final = ("OK", "Creating", "Requested")
 
 Positive = Annotated[float, msgspec.Meta(gt=0)]
@@ -178,6 +180,8 @@ def _normalise(config: Config) -> Config:
     for link in config.links:
         for endpoint in (link.target, link.source):
             endpoint.offering = endpoint.offering.replace("-", "").lower()
+        # The fold compares display names exactly: "ok" in a file must mean "OK".
+        link.target_states = [state_display(state) or state for state in link.target_states]
     return config
 
 

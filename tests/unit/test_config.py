@@ -32,6 +32,13 @@ name = "a-from-b"
 target = { site = "a", offering = "9E8D7C6B-5A4F-4321-8765-FEDCBA987654" }
 source = { site = "b", offering = "0f8a6a7a0c6b4d9e9a2f3c1b5d7e9f01" }
 """
+WITH_STATES = GOOD + """
+[[links]]
+name = "a-from-b-all"
+target = { site = "a", offering = "9e8d7c6b5a4f43218765fedcba987654" }
+source = { site = "b", offering = "1f8a6a7a0c6b4d9e9a2f3c1b5d7e9f01" }
+target_states = ["ok", "requested", "Error creating"]
+"""
 ENV = {"USYNC_TOKEN_A": "token-a-secret", "USYNC_TOKEN_B": "token-b-secret"}
 
 
@@ -89,3 +96,8 @@ def test_malformed_toml_is_a_config_error():
 def test_missing_file_is_a_config_error(tmp_path):
     with pytest.raises(ConfigError, match="cannot read configuration"):
         load_config(tmp_path / "nope.toml", ENV)
+
+
+def test_target_states_are_normalised_to_waldur_display_names():
+    config = parse_config(WITH_STATES, ENV)
+    assert config.links[1].target_states == ["OK", "Requested", "Error creating"]

@@ -1,0 +1,43 @@
+"""The pure core of usync: routing, the table, the fold, and the decisions.
+
+No I/O here: plain functions over msgspec Structs, shared by the Faust worker, the
+sink and replay.
+"""
+
+from streams.core.decide import (
+    Decision,
+    HttpClass,
+    SkipReason,
+    Verdict,
+    backoff_delay,
+    classify_http,
+    correction_needed,
+    decide,
+    drift,
+    needing_correction,
+    parse_retry_after,
+)
+from streams.core.fold import FoldResult, LookupNeeded, fold, fold_by_link, fold_many
+from streams.core.routing import SOURCE, TARGET, Routes, Side, compile_routes, routes, side_of
+from streams.core.table import (
+    Pending,
+    Row,
+    TableState,
+    actual,
+    as_dict,
+    desired,
+    eligible,
+    empty_state,
+    index_key,
+    link_rows,
+    row_key,
+    split_row_key,
+)
+
+__all__ = [
+    "SOURCE", "TARGET", "Decision", "FoldResult", "HttpClass", "LookupNeeded", "Pending", "Routes", "Row",
+    "Side", "SkipReason", "TableState", "Verdict", "actual", "as_dict", "backoff_delay", "classify_http",
+    "compile_routes", "correction_needed", "decide", "desired", "drift", "eligible", "empty_state", "fold",
+    "fold_by_link", "fold_many", "index_key", "link_rows", "needing_correction", "parse_retry_after", "routes", "row_key",
+    "side_of", "split_row_key",
+]

@@ -1,0 +1,162 @@
+"""Decisions over the table and the live APIs: what to correct, how to treat an HTTP answer.
+
+The fold says a (link, user) *may* need a correction; the sink then reads both offering
+users live and :func:`decide` says what to do. The table can lag the world, the live
+read cannot, so only ``decide`` ever leads to a PATCH.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Iterable, Sequence
+from datetime import datetime, timezone
+from typing import Final
+
+import msgspec
+
+from streams.config import Link
+from streams.core.routing import Routes, compile_routes
+from streams.core.table import OK, Row, TableState, desired, eligible, link_rows
+from streams.retry import backoff_delay  # the project's one retry policy, re-exported for the sink
+from streams.schema import OfferingUserRecord, OutcomeAction, state_display
+
+__all__ = [
+    "Decision", "HttpClass", "SkipReason", "Verdict", "backoff_delay", "classify_http",
+    "correction_needed", "decide", "drift", "needing_correction", "parse_retry_after",
+]
+
+
+def correction_needed(row: Row, link: Link) -> bool:
+    """B qualifies, A's user is present and eligible, and their usernames differ."""
+    wanted = desired(row)
+    return wanted is not None and eligible(row, link) and (row.a_username or "") != wanted
+
+
+def needing_correction(state: TableState, links: Sequence[Link] | Routes, keys: Iterable[str]) -> list[Row]:
+    """The rows among ``keys`` (a fold's ``dirty``) that should become correction requests."""
+    by_name = compile_routes(links).by_name
+    found = []
+    for key in keys:
+        row = state.rows.get(key)
+        link = by_name.get(row.link) if row is not None else None
+        if link is not None and correction_needed(row, link):  # type: ignore[arg-type]
+            found.append(row)
+    return found
+
+
+def drift(state: TableState, link: Link) -> list[Row]:
+    """The rows of ``link`` whose A side the table says is wrong (metrics, replay report)."""
+    return [row for row in link_rows(state, link.name) if correction_needed(row, link)]
+
+
+class Verdict(str, enum.Enum):
+    PATCH = "patch"
+    ALREADY_EQUAL = "already-equal"
+    SKIPPED = "skipped"
+
+
+class SkipReason(str, enum.Enum):
+    B_MISSING = "B offering user not found"
+    A_MISSING = "A offering user not found"
+    NOT_SAME_USER = "A and B offering users belong to different users"
+    B_NOT_OK = "B offering user is not OK"
+    B_RESTRICTED = "B offering user is restricted"
+    B_EMPTY = "B username is empty"
+    A_NOT_ELIGIBLE = "A offering user is not in a state the link corrects"
+
+
+class Decision(msgspec.Struct, frozen=True, kw_only=True):
+    """What the sink does for one (link, user) after reading both sides live.
+
+    For PATCH: set A's ``offering_user_uuid`` to ``desired``. ``observed`` is A's
+    username as read (for the outcome record).
+    """
+
+    verdict: Verdict
+    reason: str = ""
+    offering_user_uuid: str | None = None
+    desired: str | None = None
+    observed: str | None = None
+
+    @property
+    def outcome_action(self) -> OutcomeAction:
+        """The outcome a sink records when this decision is carried out successfully."""
+        return _OUTCOME[self.verdict]
+
+
+_OUTCOME: Final = {
+    Verdict.PATCH: OutcomeAction.CORRECTED,
+    Verdict.ALREADY_EQUAL: OutcomeAction.ALREADY_EQUAL,
+    Verdict.SKIPPED: OutcomeAction.SKIPPED,
+}
+
+
+def _skip_reason(link: Link, b_live: OfferingUserRecord | None, a_live: OfferingUserRecord | None) -> SkipReason | None:
+    if b_live is None:
+        return SkipReason.B_MISSING
+    if a_live is None:
+        return SkipReason.A_MISSING
+    if b_live.user_username != a_live.user_username:  # a rename between the fold and now
+        return SkipReason.NOT_SAME_USER
+    if state_display(b_live.state) != OK:
+        return SkipReason.B_NOT_OK
+    if b_live.is_restricted:
+        return SkipReason.B_RESTRICTED
+    if not b_live.username:
+        return SkipReason.B_EMPTY
+    if state_display(a_live.state) not in link.target_states:
+        return SkipReason.A_NOT_ELIGIBLE
+    return None
+
+
+def decide(link: Link, b_live: OfferingUserRecord | None, a_live: OfferingUserRecord | None) -> Decision:
+    """PATCH A to B's username only if, as read live, both qualify and they differ.
+
+    ``None`` for a side means its GET answered 404.
+    """
+    wanted = b_live.username if b_live is not None else None
+    observed = a_live.username if a_live is not None else None
+    reason = _skip_reason(link, b_live, a_live)
+    if reason is not None:
+        return Decision(verdict=Verdict.SKIPPED, reason=reason.value, desired=wanted, observed=observed)
+    assert a_live is not None  # _skip_reason checked it
+    if (observed or "") == wanted:
+        return Decision(verdict=Verdict.ALREADY_EQUAL, desired=wanted, observed=observed)
+    return Decision(verdict=Verdict.PATCH, offering_user_uuid=a_live.uuid, desired=wanted, observed=observed)
+
+
+class HttpClass(str, enum.Enum):
+    SUCCESS = "success"
+    RETRY = "retry"  # transient: back off and try again, forever
+    REJECT = "reject"  # the request itself is wrong: record it, do not retry
+    PAUSE_SITE = "pause-site"  # our credentials are wrong: stop calling the site, alert
+
+
+_RETRY_STATUSES: Final = frozenset({408, 425, 429})
+_PAUSE_STATUSES: Final = frozenset({401, 403})
+
+
+def classify_http(status: int | None) -> HttpClass:
+    """How the sink treats an answer; ``None`` is a timeout or a broken connection."""
+    if status is None or status in _RETRY_STATUSES or status >= 500:
+        return HttpClass.RETRY
+    if 200 <= status < 300:
+        return HttpClass.SUCCESS
+    if status in _PAUSE_STATUSES:
+        return HttpClass.PAUSE_SITE
+    return HttpClass.REJECT  # 400, 404, 409 and any other answer we cannot fix by waiting
+
+
+def parse_retry_after(value: str | None, now: datetime | None = None) -> float | None:
+    """Seconds a ``Retry-After`` header asks for (delta-seconds or HTTP-date), None if absent or bad."""
+    if not value:
+        return None
+    value = value.strip()
+    if value.isdigit():
+        return float(value)
+    try:  # RFC 9110: senders must use IMF-fixdate (email.utils would pull in socket)
+        when = datetime.strptime(value, "%a, %d %b %Y %H:%M:%S GMT").replace(tzinfo=timezone.utc)
+    except ValueError:
+        return None
+    now = now or datetime.now(timezone.utc)
+    return max(0.0, (when - now).total_seconds())

@@ -1,0 +1,276 @@
+"""The fold: one pure function from (table, envelope) to the next table.
+
+Semantics: per-field last writer wins, in topic order. Every fact *sets* fields to
+values that do not depend on the row it lands on:
+
+============================  =======================================================
+fact                          sets (on its side of the row)
+============================  =======================================================
+event ``create``/``update``   username, state
+event ``attribute_update``    username
+event ``username_set``        username, state (Waldur's integer, 5 -> "OK")
+event ``delete``              state = "Deleted"
+any other action              nothing (a newer Waldur must not break the fold)
+snapshot record, 200 lookup   username, state, restricted (B), and the identity index
+404/410 lookup                state = "Deleted" if the index knew the user
+============================  =======================================================
+
+(every write also sets the side's offering_user_uuid and event id; a field an event
+leaves out is left alone). Because no write reads the row, re-reading any stretch of
+the topic (at-least-once redelivery, a consumer restarting from an older offset)
+rewrites the same values in the same order, and the table ends where it was: no
+event-id dedupe is needed -- and none would be right, since Waldur's x-message-id is
+a content hash and X -> Y -> X legitimately repeats an id.
+
+Events name only the offering user, not the user. An event the identity index cannot
+attribute is parked in ``pending`` and a :class:`LookupNeeded` is returned. The
+snapshot record or lookup that later fills the index came later in the topic, so it
+is newer than the parked event and sets every field the event could have set: the
+parked event is dropped, not applied.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from typing import Final, NamedTuple
+
+import msgspec
+from msgspec.structs import replace
+
+from streams.config import Link
+from streams.core.routing import SOURCE, TARGET, Routes, Side, compile_routes
+from streams.core.table import DELETED, OK, Pending, Row, TableState, index_key, row_key
+from streams.schema import (
+    Envelope,
+    Lookup,
+    OfferingUserEvent,
+    OfferingUserRecord,
+    SnapshotPage,
+    normalize_uuid,
+    state_display,
+)
+
+GONE_STATUSES: Final = frozenset({404, 410})
+
+
+class LookupNeeded(msgspec.Struct, frozen=True, kw_only=True, gc=False):
+    """Ask ``site`` for this offering user (GET by uuid) and write the answer as a Lookup fact."""
+
+    site: str
+    offering_uuid: str
+    offering_user_uuid: str
+    link: str
+    cause_event_id: str
+
+
+class FoldResult(msgspec.Struct, kw_only=True):
+    """What folding some envelopes did, for the worker to act on.
+
+    ``dirty``: row keys the facts wrote (changed or not: corrections are
+    level-triggered, so a snapshot restating a mismatch must re-raise it), each once.
+    ``lookups``: identity-index misses, at most one per (link, side, offering user).
+    ``unrouted``: envelopes no link takes (the worker counts or dead-letters them).
+    """
+
+    dirty: list[str]
+    lookups: list[LookupNeeded]
+    unrouted: int = 0
+
+
+class _SideFields(NamedTuple):
+    uuid: str
+    username: str
+    state: str
+    event_id: str
+    restricted: str | None
+
+
+_FIELDS: Final[dict[str, _SideFields]] = {
+    SOURCE: _SideFields("b_offering_user_uuid", "b_username", "b_state", "b_event_id", "b_restricted"),
+    TARGET: _SideFields("a_offering_user_uuid", "a_username", "a_state", "a_event_id", None),
+}
+
+
+class _Batch:
+    """The mutable accumulator of one fold call; the only allocation per call."""
+
+    __slots__ = ("state", "dirty", "lookups", "unrouted")
+
+    def __init__(self, state: TableState) -> None:
+        self.state = state
+        self.dirty: dict[str, None] = {}  # an insertion-ordered set
+        self.lookups: dict[str, LookupNeeded] = {}
+        self.unrouted = 0
+
+    def result(self) -> FoldResult:
+        return FoldResult(dirty=list(self.dirty), lookups=list(self.lookups.values()), unrouted=self.unrouted)
+
+
+# -- public API ---------------------------------------------------------------
+
+
+def fold(state: TableState, links: Sequence[Link] | Routes, envelope: Envelope) -> FoldResult:
+    """Fold one envelope into every link it feeds."""
+    return fold_many(state, links, (envelope,))
+
+
+def fold_many(state: TableState, links: Sequence[Link] | Routes, envelopes: Iterable[Envelope]) -> FoldResult:
+    """Fold envelopes in order into every link each feeds (replay, batches)."""
+    batch = _Batch(state)
+    routes_of = compile_routes(links).of_envelope
+    for envelope in envelopes:
+        found = routes_of(envelope)
+        if not found:
+            batch.unrouted += 1
+        for link, side in found:
+            _fold_routed(batch, link, side, envelope)
+    return batch.result()
+
+
+def fold_by_link(
+    state: TableState, links: Sequence[Link] | Routes, items: Iterable[tuple[str, Envelope]]
+) -> FoldResult:
+    """Fold envelopes already repartitioned by link: each only into the link it is keyed by.
+
+    After repartitioning, an envelope feeding two links arrives once per link, possibly
+    in different partitions; folding it into all its links here would fold it twice.
+    """
+    batch = _Batch(state)
+    routes = compile_routes(links)
+    for link_name, envelope in items:
+        for link, side in routes.of_envelope(envelope):
+            if link.name == link_name:
+                _fold_routed(batch, link, side, envelope)
+                break
+        else:
+            batch.unrouted += 1
+    return batch.result()
+
+
+# -- one envelope on one side of one link ---------------------------------------
+
+
+def _fold_routed(batch: _Batch, link: Link, side: Side, envelope: Envelope) -> None:
+    body = envelope.body
+    kind = type(body)
+    if kind is OfferingUserEvent:
+        _fold_event(batch, link.name, side, envelope, body)  # type: ignore[arg-type]
+    elif kind is SnapshotPage:
+        for record in body.users:  # type: ignore[union-attr]
+            _fold_record(batch, link.name, side, record, envelope.event_id)
+    elif kind is Lookup:
+        _fold_lookup(batch, link.name, side, envelope, body)  # type: ignore[arg-type]
+
+
+def _event_effect(event: OfferingUserEvent) -> tuple[str | None, str | None] | None:
+    """(username, state) an event sets, None meaning "leaves alone"; None for unknown actions."""
+    action = event.action
+    if action == "update" or action == "create":
+        return event.username, state_display(event.state)
+    if action == "username_set":
+        return event.username, state_display(event.state) or OK
+    if action == "attribute_update":
+        return event.username, None
+    if action == "delete":
+        return None, DELETED
+    return None
+
+
+def _fold_event(batch: _Batch, link: str, side: Side, envelope: Envelope, event: OfferingUserEvent) -> None:
+    effect = _event_effect(event)
+    if effect is None:
+        return
+    offering_user_uuid = normalize_uuid(event.offering_user_uuid)
+    key = index_key(link, side, offering_user_uuid)
+    user = batch.state.index.get(key)
+    if user is None:
+        _park(batch, key, link, side, envelope, offering_user_uuid)
+        return
+    username, state = effect
+    _write(batch, link, side, user, offering_user_uuid, envelope.event_id, username, state, None)
+
+
+def _fold_record(batch: _Batch, link: str, side: Side, record: OfferingUserRecord, event_id: str) -> None:
+    offering_user_uuid = normalize_uuid(record.uuid)
+    _learn_identity(batch, link, side, offering_user_uuid, record.user_username)
+    restricted = record.is_restricted if side == SOURCE else None
+    _write(
+        batch, link, side, record.user_username, offering_user_uuid, event_id,
+        record.username or "", state_display(record.state), restricted,
+    )
+
+
+def _fold_lookup(batch: _Batch, link: str, side: Side, envelope: Envelope, lookup: Lookup) -> None:
+    if lookup.status == 200 and lookup.user is not None:
+        _fold_record(batch, link, side, lookup.user, envelope.event_id)
+        return
+    if lookup.status not in GONE_STATUSES:
+        return  # a failed lookup says nothing; the pending entry stays for a retry
+    offering_user_uuid = normalize_uuid(lookup.offering_user_uuid)
+    key = index_key(link, side, offering_user_uuid)
+    batch.state.pending.pop(key, None)
+    user = batch.state.index.get(key)
+    if user is not None:
+        _write(batch, link, side, user, offering_user_uuid, envelope.event_id, None, DELETED, None)
+
+
+# -- writes -------------------------------------------------------------------------
+
+
+def _park(batch: _Batch, key: str, link: str, side: Side, envelope: Envelope, offering_user_uuid: str) -> None:
+    site, offering_uuid, event_id = envelope.site, envelope.offering_uuid, envelope.event_id
+    batch.state.pending[key] = Pending(
+        link=link, side=side, site=site, offering_uuid=offering_uuid,
+        offering_user_uuid=offering_user_uuid, event_id=event_id,
+    )
+    batch.lookups[key] = LookupNeeded(
+        site=site, offering_uuid=offering_uuid, offering_user_uuid=offering_user_uuid,
+        link=link, cause_event_id=event_id,
+    )
+
+
+def _learn_identity(batch: _Batch, link: str, side: Side, offering_user_uuid: str, user: str) -> None:
+    """Record offering user -> user; drop the parked event the record supersedes."""
+    state = batch.state
+    key = index_key(link, side, offering_user_uuid)
+    previous = state.index.get(key)
+    if previous != user:
+        state.index[key] = user
+        if previous is not None:  # the user was renamed: the old row no longer owns this uuid
+            _forget_side(batch, link, side, previous, offering_user_uuid)
+    state.pending.pop(key, None)
+
+
+def _forget_side(batch: _Batch, link: str, side: Side, user: str, offering_user_uuid: str) -> None:
+    key = row_key(link, user)
+    row = batch.state.rows.get(key)
+    fields = _FIELDS[side]
+    if row is None or getattr(row, fields.uuid) != offering_user_uuid:
+        return
+    cleared: dict[str, object] = {fields.uuid: None, fields.username: None, fields.state: None, fields.event_id: None}
+    if fields.restricted:
+        cleared[fields.restricted] = False
+    batch.state.rows[key] = replace(row, **cleared)
+    batch.dirty[key] = None
+
+
+def _write(
+    batch: _Batch, link: str, side: Side, user: str, offering_user_uuid: str, event_id: str,
+    username: str | None, state: str | None, restricted: bool | None,
+) -> None:
+    """Set one side's fields of (link, user); a None value leaves its field alone."""
+    key = row_key(link, user)
+    rows = batch.state.rows
+    row = rows.get(key)
+    if row is None:
+        row = Row(link=link, user_username=user)
+    fields = _FIELDS[side]
+    changes: dict[str, object] = {fields.uuid: offering_user_uuid, fields.event_id: event_id}
+    if username is not None:
+        changes[fields.username] = username
+    if state is not None:
+        changes[fields.state] = state
+    if restricted is not None and fields.restricted:
+        changes[fields.restricted] = restricted
+    rows[key] = replace(row, **changes)
+    batch.dirty[key] = None

@@ -1,0 +1,120 @@
+"""The username table: what usync knows of each (link, user), and the identity index.
+
+State is three string-keyed mappings, so the Faust worker can back them with Faust
+tables (RocksDB) and replay and tests with plain dicts:
+
+- ``rows``:    ``<link>:<user_username>``           -> :class:`Row`
+- ``index``:   ``<link>:<side>:<offering_user_uuid>`` -> user_username
+- ``pending``: ``<link>:<side>:<offering_user_uuid>`` -> :class:`Pending`
+
+Link names cannot contain ``:`` (see ``config.Name``), so a key splits at its first
+colon. ``desired`` and ``actual`` are derived from a row, never stored: storing them
+would let them disagree with the facts they come from.
+"""
+
+from __future__ import annotations
+
+from collections.abc import MutableMapping
+from dataclasses import dataclass, field
+from typing import Any, Final
+
+import msgspec
+
+from streams.config import Link
+
+OK: Final = "OK"
+DELETED: Final = "Deleted"
+
+
+class Row(msgspec.Struct, frozen=True, kw_only=True, gc=False, omit_defaults=True):
+    """One user of one link: B's side (``b_*``, the source) and A's side (``a_*``, the target).
+
+    Each field holds the value of the last fact in topic order that set it; ``*_event_id``
+    is the id of the envelope that last set a field of that side.
+    """
+
+    link: str
+    user_username: str
+    b_offering_user_uuid: str | None = None
+    b_username: str | None = None
+    b_state: str | None = None
+    b_restricted: bool = False  # only snapshots and lookups carry it; events do not
+    b_event_id: str | None = None
+    a_offering_user_uuid: str | None = None
+    a_username: str | None = None
+    a_state: str | None = None
+    a_event_id: str | None = None
+
+
+class Pending(msgspec.Struct, frozen=True, kw_only=True, gc=False):
+    """An event that could not be attributed to a user yet: its lookup is outstanding.
+
+    Kept in the table (not only in memory) so that a restarted worker can re-issue the
+    lookups that were in flight when it died.
+    """
+
+    link: str
+    side: str
+    site: str
+    offering_uuid: str
+    offering_user_uuid: str
+    event_id: str
+
+
+@dataclass(slots=True)
+class TableState:
+    """The fold's whole state. Any ``MutableMapping`` will do as storage."""
+
+    rows: MutableMapping[str, Row] = field(default_factory=dict)
+    index: MutableMapping[str, str] = field(default_factory=dict)
+    pending: MutableMapping[str, Pending] = field(default_factory=dict)
+
+
+def empty_state() -> TableState:
+    return TableState()
+
+
+def row_key(link: str, user_username: str) -> str:
+    return f"{link}:{user_username}"
+
+
+def split_row_key(key: str) -> tuple[str, str]:
+    link, _, user_username = key.partition(":")
+    return link, user_username
+
+
+def index_key(link: str, side: str, offering_user_uuid: str) -> str:
+    return f"{link}:{side}:{offering_user_uuid}"
+
+
+def desired(row: Row) -> str | None:
+    """The username B wants, or None when B does not qualify (not OK, empty, restricted)."""
+    if row.b_state == OK and row.b_username and not row.b_restricted:
+        return row.b_username
+    return None
+
+
+def eligible(row: Row, link: Link) -> bool:
+    """A has this user in a state the link may correct (default OK, Creating, Requested)."""
+    return row.a_offering_user_uuid is not None and row.a_state in link.target_states
+
+
+def actual(row: Row, link: Link) -> str | None:
+    """A's username when A's user is eligible (``""`` when it has none), else None."""
+    if not eligible(row, link):
+        return None
+    return row.a_username or ""
+
+
+def link_rows(state: TableState, link: str) -> list[Row]:
+    prefix = f"{link}:"
+    return [row for key, row in state.rows.items() if key.startswith(prefix)]
+
+
+def as_dict(state: TableState) -> dict[str, Any]:
+    """The whole state as plain, key-sorted builtins: for JSON export and comparisons."""
+    return {
+        "rows": {key: msgspec.to_builtins(state.rows[key]) for key in sorted(state.rows)},
+        "index": {key: state.index[key] for key in sorted(state.index)},
+        "pending": {key: msgspec.to_builtins(state.pending[key]) for key in sorted(state.pending)},
+    }
