@@ -1,1 +1,17 @@
-"""A Waldur stand-in: the offering-user REST API and event publishing through RabbitMQ."""
+"""A Waldur stand-in: the offering-user REST API and event publishing through RabbitMQ.
+
+See README.md beside this file. The public surface:
+"""
+
+from .broker import QUEUE_ARGUMENTS, BrokerAdmin, BrokerError
+from .calls import Call, CallLog
+from .events import message_id, topic_for
+from .faults import Faults
+from .models import DISPLAY, SLURM, OfferingUserState
+from .publisher import Publisher
+from .site import Federation, Outgoing, Site, Subscription
+
+__all__ = [
+    "QUEUE_ARGUMENTS", "BrokerAdmin", "BrokerError", "Call", "CallLog", "message_id", "topic_for", "Faults",
+    "DISPLAY", "SLURM", "OfferingUserState", "Publisher", "Federation", "Outgoing", "Site", "Subscription",
+]
