@@ -1,0 +1,135 @@
+"""The bridge process: every configured site's subscriptions relayed into Kafka."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import signal
+
+from aiohttp import web
+
+from streams.config import Config, Secret
+from streams.retry import Backoff
+
+from bridges.health import Health, health_app
+from bridges.kafka import KafkaOutlet
+from bridges.metrics import BridgeMetrics
+from bridges.registration import register
+from bridges.relay import Credential, SubscriptionRelay
+
+log = logging.getLogger("usync.bridge")
+
+
+def site_offerings(config: Config, site: str) -> list[str]:
+    """Every offering of ``site`` that some link reads or writes, in link order."""
+    offerings: list[str] = []
+    for link in config.links:
+        for endpoint in (link.source, link.target):
+            if endpoint.site == site and endpoint.offering not in offerings:
+                offerings.append(endpoint.offering)
+    return offerings
+
+
+def configured_credentials(config: Config, site_name: str) -> list[Credential]:
+    site = config.sites[site_name]
+    token = config.site_token(site_name)
+    return [
+        Credential(
+            login=sub.login,
+            passcode=config.secret(sub.passcode_env) if sub.passcode_env else token,
+            vhost=sub.vhost,
+            queues=list(sub.queues),
+        )
+        for sub in site.subscriptions
+    ]
+
+
+class Bridge:
+    def __init__(self, config: Config, health_port: int | None = None, rng: random.Random | None = None) -> None:
+        self.config = config
+        self.health_port = config.web_port if health_port is None else health_port
+        self.rng = rng or random.Random()
+        self.health = Health()
+        self.metrics = BridgeMetrics()
+        self.outlet = KafkaOutlet(config, self.health, self.metrics, self.rng)
+        self.relays: list[SubscriptionRelay] = []
+        self._stopping = asyncio.Event()
+        self._runner: web.AppRunner | None = None
+
+    async def _credentials(self, site_name: str) -> list[Credential]:
+        """Registered (retrying until the API answers) or configured credentials."""
+        site = self.config.sites[site_name]
+        if not site.register:
+            return configured_credentials(self.config, site_name)
+        token: Secret = self.config.site_token(site_name)
+        backoff = Backoff(rng=self.rng)
+        name = f"{site_name}/registration"
+        while True:
+            self.health.set(name, "starting")
+            try:
+                credentials = await register(site_name, site, token, site_offerings(self.config, site_name))
+                self.health.components.pop(name, None)
+                return credentials
+            except Exception as exc:  # API down, refusing, timing out: all retried
+                delay = backoff.next_delay()
+                self.health.set(name, "disconnected", str(exc))
+                log.warning("%s: registration failed (%s); retrying in %.1f s", site_name, exc, delay)
+                await asyncio.sleep(delay)
+
+    async def _run_site(self, site_name: str) -> None:
+        site = self.config.sites[site_name]
+        credentials = await self._credentials(site_name)
+
+        async def refresh() -> Credential:
+            fresh = await self._credentials(site_name)
+            return fresh[0]
+
+        relays = [
+            SubscriptionRelay(
+                site=site_name, broker_url=site.broker_url, credential=credential,
+                outlet=self.outlet, health=self.health, metrics=self.metrics,
+                prefetch=self.config.rabbitmq.prefetch, heartbeat=self.config.rabbitmq.heartbeat,
+                refresh_credential=refresh if site.register and len(credentials) == 1 else None,
+                rng=random.Random(self.rng.random()),
+            )
+            for credential in credentials
+        ]
+        self.relays.extend(relays)
+        await asyncio.gather(*(relay.run() for relay in relays))
+
+    async def _serve_health(self) -> None:
+        self._runner = web.AppRunner(health_app(self.health, self.metrics.registry), access_log=None)
+        await self._runner.setup()
+        await web.TCPSite(self._runner, self.config.web_host, self.health_port).start()
+
+    def stop(self) -> None:
+        """Drain: stop reading, let Kafka confirm what is in flight, ack it, exit."""
+        log.info("stopping: draining in-flight messages")
+        self._stopping.set()
+        for relay in self.relays:
+            relay.stop()
+
+    async def run(self, install_signal_handlers: bool = True) -> None:
+        await self._serve_health()
+        if install_signal_handlers:
+            loop = asyncio.get_running_loop()
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                loop.add_signal_handler(sig, self.stop)
+        sites = [name for name, site in self.config.sites.items() if site.broker_url]
+        log.info("bridge starting for sites %s", ", ".join(sites))
+        tasks = [asyncio.create_task(self._run_site(name)) for name in sites]
+        await self._stopping.wait()
+        await asyncio.gather(*(relay_stop_wait(t) for t in tasks))
+        await self.outlet.stop()
+        if self._runner is not None:
+            await self._runner.cleanup()
+        log.info("bridge stopped")
+
+
+async def relay_stop_wait(task: asyncio.Task) -> None:
+    # A site still registering has no relays to drain: cancel it.
+    try:
+        await asyncio.wait_for(task, timeout=35)
+    except (TimeoutError, asyncio.CancelledError):
+        task.cancel()

@@ -1,0 +1,69 @@
+"""Register usync as a Waldur event subscriber and learn its broker credentials.
+
+Waldur's flow (see waldur-reference.md): a site-agent identity per offering, one
+event subscription per user and object type (shared across offerings), one queue per
+offering. The broker login is the subscription uuid, the passcode the API token, the
+vhost the subscriber's user uuid.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import httpx
+
+from streams.config import Secret, Site
+
+from bridges.relay import Credential
+
+log = logging.getLogger("usync.bridge.registration")
+OBJECT_TYPE = "offering_user"
+
+
+class RegistrationError(RuntimeError):
+    """Waldur refused a registration step; the message names the step, never the token."""
+
+
+def _check(response: httpx.Response, step: str) -> dict:
+    if response.status_code not in (200, 201):
+        raise RegistrationError(f"{step}: HTTP {response.status_code} from {response.request.url.copy_with(query=None)}")
+    return response.json()
+
+
+async def _identity(client: httpx.AsyncClient, offering: str, name: str) -> str:
+    existing = await client.get("marketplace-site-agent-identities/", params={"offering_uuid": offering, "name": name})
+    if existing.status_code == 200 and existing.json():
+        return existing.json()[0]["uuid"]
+    created = await client.post("marketplace-site-agent-identities/", json={"offering": offering, "name": name})
+    return _check(created, "create site-agent identity")["uuid"]
+
+
+async def register(site_name: str, site: Site, token: Secret, offerings: list[str]) -> list[Credential]:
+    """Identities, subscription and queues for ``offerings``; one credential per subscription."""
+    headers = {"Authorization": f"Token {token.reveal()}"}
+    by_subscription: dict[str, Credential] = {}
+    async with httpx.AsyncClient(base_url=site.api_url, headers=headers, timeout=site.rates.timeout) as client:
+        for offering in offerings:
+            identity = await _identity(client, offering, site.agent_name)
+            subscription = _check(
+                await client.post(
+                    f"marketplace-site-agent-identities/{identity}/register_event_subscription/",
+                    json={"observable_object_type": OBJECT_TYPE},
+                ),
+                "register event subscription",
+            )
+            queue = _check(
+                await client.post(
+                    f"event-subscriptions/{subscription['uuid']}/create_queue/",
+                    json={"offering_uuid": offering, "object_type": OBJECT_TYPE},
+                ),
+                "create queue",
+            )
+            credential = by_subscription.setdefault(
+                subscription["uuid"],
+                Credential(login=subscription["uuid"], passcode=token, vhost=queue.get("vhost") or subscription["user_uuid"], queues=[]),
+            )
+            if queue["queue_name"] not in credential.queues:
+                credential.queues.append(queue["queue_name"])
+    log.info("%s: registered %d queues under %d subscriptions", site_name, len(offerings), len(by_subscription))
+    return list(by_subscription.values())

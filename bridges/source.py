@@ -1,0 +1,259 @@
+"""The interface every broker transport exposes to the bridge.
+
+A :class:`Source` is one broker connection under one credential. The bridge owns the
+reconnect/backoff policy: a source only has to fail promptly and clearly
+(:class:`ConnectionLost`, :class:`AuthenticationError`, ...) so the bridge can decide.
+
+One source object covers one connection lifetime at a time. Messages carry the
+*epoch* of the connection that delivered them: acking a message from an earlier
+connection is refused with :class:`ConnectionLost`, because the broker has already
+requeued it and will redeliver it (at-least-once), and an AMQP delivery tag from a
+dead channel would close the new channel.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+from collections.abc import AsyncIterator, Callable
+from typing import Protocol, runtime_checkable
+from urllib.parse import urlsplit
+
+import msgspec
+
+__all__ = [
+    "AuthenticationError",
+    "BrokerError",
+    "BrokerMessage",
+    "ConnectionLost",
+    "Inbox",
+    "ProtocolError",
+    "QueueNotFound",
+    "Secret",
+    "Source",
+    "SourceError",
+    "SubscriptionRefused",
+    "SourceTimeout",
+    "open_source",
+]
+
+SCHEMES = ("ws", "wss", "stomp", "stomp+ssl", "amqp", "amqps")
+
+
+class BrokerMessage(msgspec.Struct, frozen=True, gc=False):
+    """One delivery, identical in shape for STOMP and AMQP.
+
+    ``headers`` uses RabbitMQ's STOMP names for AMQP properties too (``content-type``,
+    ``persistent``, ``amqp-message-id``, ``x-message-id``, ...), so the envelope and the
+    event id do not depend on the transport the message arrived by.
+    """
+
+    queue: str
+    body: bytes
+    headers: dict[str, str]
+    ack_id: str  # STOMP ``ack`` header; AMQP delivery tag as text
+    subscription: str  # STOMP subscription id; AMQP consumer tag
+    destination: str  # ``/amq/queue/<queue>`` for STOMP, the queue name for AMQP
+    message_id: str  # the broker's per-delivery id (STOMP ``message-id``)
+    redelivered: bool
+    epoch: int  # which connection of the source delivered it
+
+
+class SourceError(Exception):
+    """Base class of every transport failure."""
+
+
+class ConnectionLost(SourceError):
+    """The broker went away (closed, reset, heartbeat missed); reconnect."""
+
+
+class SourceTimeout(ConnectionLost, TimeoutError):
+    """A network operation (connect, handshake, receipt) did not finish in time."""
+
+
+class ProtocolError(ConnectionLost):
+    """The peer sent bytes that are not the protocol; the connection is unusable."""
+
+
+class BrokerError(SourceError):
+    """The broker refused something (STOMP ERROR frame, AMQP connection/channel close)."""
+
+    def __init__(self, message: str, details: str = "") -> None:
+        self.message = message
+        self.details = details
+        super().__init__(f"{message}: {details}" if details else message)
+
+
+class AuthenticationError(BrokerError):
+    """Credentials rejected: re-register or back off more slowly than for outages."""
+
+
+class SubscriptionRefused(BrokerError):
+    """The broker would not let us consume a queue.
+
+    RabbitMQ's web-STOMP closes the connection without an ERROR frame when the queue is
+    missing or not readable, so over WebSocket this is all we can know."""
+
+
+class QueueNotFound(SubscriptionRefused):
+    """The queue does not exist (never redeclared: Waldur owns its queues)."""
+
+
+class Secret:
+    """A passcode that never shows up in a repr, str or traceback."""
+
+    __slots__ = ("_value",)
+
+    def __init__(self, value: str) -> None:
+        self._value = value
+
+    def reveal(self) -> str:
+        return self._value
+
+    def scrub(self, text: str) -> str:
+        """``text`` with the secret masked (servers may echo what they were sent)."""
+        return text.replace(self._value, "***") if self._value else text
+
+    def __repr__(self) -> str:
+        return "Secret('***')"
+
+    __str__ = __repr__
+
+
+@runtime_checkable
+class Source(Protocol):
+    """What the bridge needs from a broker transport."""
+
+    async def connect(self) -> None: ...
+
+    async def subscribe(self, queue: str, prefetch: int) -> str: ...
+
+    def messages(self) -> AsyncIterator[BrokerMessage]: ...
+
+    async def ack(self, msg: BrokerMessage) -> None: ...
+
+    async def nack(self, msg: BrokerMessage) -> None: ...
+
+    async def close(self) -> None: ...
+
+
+class Inbox:
+    """Deliveries waiting for the consumer, and the failure that ends them.
+
+    A deque and one waiter future instead of an asyncio.Queue: ``put`` is called once per
+    message on the hot path and the consumer usually finds the next message already there.
+    Once failed, buffered messages are dropped: they can no longer be acked and the broker
+    will redeliver them. ``on_pressure(True)`` is called when ``high_water`` messages are
+    waiting (so the transport can stop reading) and ``on_pressure(False)`` once half of
+    them have been taken.
+    """
+
+    __slots__ = ("_items", "_waiter", "_failure", "_closed", "_high", "_on_pressure", "_paused")
+
+    def __init__(
+        self,
+        high_water: int = 0,
+        on_pressure: Callable[[bool], None] | None = None,
+    ) -> None:
+        self._items: collections.deque[BrokerMessage] = collections.deque()
+        self._waiter: asyncio.Future[None] | None = None
+        self._failure: BaseException | None = None
+        self._closed = False
+        self._high = high_water if on_pressure is not None else 0
+        self._on_pressure = on_pressure
+        self._paused = False
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def put(self, msg: BrokerMessage) -> None:
+        items = self._items
+        items.append(msg)
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+        if self._high and len(items) >= self._high and not self._paused:
+            self._paused = True
+            self._on_pressure(True)  # type: ignore[misc]
+
+    def fail(self, exc: BaseException) -> None:
+        """End the stream with ``exc`` (first failure wins)."""
+        if self._failure is None and not self._closed:
+            self._failure = exc
+        self._end()
+
+    def close(self) -> None:
+        """End the stream without an error (a graceful close, whatever happened first)."""
+        self._closed = True
+        self._failure = None
+        self._end()
+
+    def _end(self) -> None:
+        self._items.clear()
+        self._paused = False
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    def reset(self) -> None:
+        """Start a new connection's stream."""
+        self._items.clear()
+        self._failure = None
+        self._closed = False
+        self._paused = False
+
+    async def get(self) -> BrokerMessage | None:
+        """The next message; ``None`` once closed; raises the failure once failed."""
+        items = self._items
+        while True:
+            if self._failure is not None:
+                raise self._failure
+            if items:
+                msg = items.popleft()
+                if self._paused and len(items) <= self._high // 2:
+                    self._paused = False
+                    self._on_pressure(False)  # type: ignore[misc]
+                return msg
+            if self._closed:
+                return None
+            self._waiter = asyncio.get_running_loop().create_future()
+            try:
+                await self._waiter
+            finally:
+                self._waiter = None
+
+
+async def iterate(inbox: Inbox) -> AsyncIterator[BrokerMessage]:
+    """``inbox`` as an async iterator that ends on close and raises on failure."""
+    get = inbox.get
+    while True:
+        msg = await get()
+        if msg is None:
+            return
+        yield msg
+
+
+def open_source(
+    url: str,
+    login: str,
+    passcode: str,
+    vhost: str = "/",
+    heartbeat: float = 10.0,
+    **options: object,
+) -> Source:
+    """A source for ``url``, the transport chosen by its scheme (not connected yet).
+
+    ``ws://``/``wss://`` web-STOMP, ``stomp://``/``stomp+ssl://`` plain STOMP,
+    ``amqp://``/``amqps://`` AMQP 0-9-1. ``options`` go to the transport
+    (e.g. ``ssl_context``, ``connect_timeout``).
+    """
+    scheme = urlsplit(url).scheme.lower()
+    if scheme in ("ws", "wss", "stomp", "stomp+ssl"):
+        from bridges.stomp import StompSource
+
+        return StompSource(url, login, passcode, vhost, heartbeat=heartbeat, **options)  # type: ignore[arg-type]
+    if scheme in ("amqp", "amqps"):
+        from bridges.amqp import AmqpSource
+
+        return AmqpSource(url, login, passcode, vhost, heartbeat=heartbeat, **options)  # type: ignore[arg-type]
+    raise ValueError(f"unsupported broker URL scheme {scheme!r} (expected one of {', '.join(SCHEMES)})")
