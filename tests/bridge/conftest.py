@@ -181,6 +181,7 @@ class Proxy:
         self.frozen = False
         self.port = 0
         self._transports: list[asyncio.WriteTransport] = []
+        self._tasks: list[asyncio.Task[None]] = []
         self._server: asyncio.Server | None = None
 
     async def start(self) -> None:
@@ -191,9 +192,14 @@ class Proxy:
         return URLS[kind].replace(f":{self.target_port}", f":{self.port}")
 
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        up_reader, up_writer = await asyncio.open_connection(HOST, self.target_port)
-        self._transports += [writer.transport, up_writer.transport]
-        await asyncio.gather(self._pipe(reader, up_writer), self._pipe(up_reader, writer), return_exceptions=True)
+        self._tasks.append(asyncio.current_task())  # type: ignore[arg-type]
+        self._transports.append(writer.transport)
+        try:
+            up_reader, up_writer = await asyncio.open_connection(HOST, self.target_port)
+            self._transports.append(up_writer.transport)
+            await asyncio.gather(self._pipe(reader, up_writer), self._pipe(up_reader, writer), return_exceptions=True)
+        except (asyncio.CancelledError, OSError):
+            pass  # stopped by the test: the handler ends quietly
 
     async def _pipe(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         while data := await reader.read(65536):
@@ -216,6 +222,9 @@ class Proxy:
         self.cut()
         if self._server is not None:
             self._server.close()
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
 
 
 @pytest.fixture

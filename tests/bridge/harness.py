@@ -50,8 +50,13 @@ def populate(federation: Federation, sites: tuple[str, ...] = ("a", "b"), offeri
 
 
 def bridge_config(world: World, broker_url: str, kafka_bootstrap: str, environ: dict[str, str], **kafka: str) -> Config:
+    return parse_config(bridge_toml(world, broker_url, kafka_bootstrap, environ, **kafka), environ)
+
+
+def bridge_toml(world: World, broker_url: str, kafka_bootstrap: str, environ: dict[str, str], web_port: int = 0, **kafka: str) -> str:
+    """The TOML of a usync config for ``world``; token variables are added to ``environ``."""
     suffix = uuid.uuid4().hex[:8]
-    lines = [f'app_id = "usync-test-{suffix}"', "web_port = 0", "[kafka]", f'bootstrap_servers = "{kafka_bootstrap}"',
+    lines = [f'app_id = "usync-test-{suffix}"', f"web_port = {web_port}", "[kafka]", f'bootstrap_servers = "{kafka_bootstrap}"',
              f'events_topic = "events-{suffix}"', f'dlq_topic = "dlq-{suffix}"', f'outcomes_topic = "outcomes-{suffix}"',
              "partitions = 4"]
     lines += [f'{k} = "{v}"' for k, v in kafka.items()]
@@ -65,7 +70,7 @@ def bridge_config(world: World, broker_url: str, kafka_bootstrap: str, environ: 
     for i, (target, source) in enumerate(zip(a, b)):
         lines += ["[[links]]", f'name = "link{i}"', f'target = {{ site = "a", offering = "{target}" }}',
                   f'source = {{ site = "b", offering = "{source}" }}']
-    return parse_config("\n".join(lines), environ)
+    return "\n".join(lines)
 
 
 async def wait_for(predicate, timeout: float, what: str, interval: float = 0.05):
