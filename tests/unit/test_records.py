@@ -93,3 +93,14 @@ def test_undecodable_or_unroutable_messages_become_dead_letters_with_raw_bytes(b
 def test_queue_offering_parses_subscription_queues_only():
     assert queue_offering(QUEUE) == (OFFERING, "offering_user")
     assert queue_offering("consumer_0f8a6a7a0c6b4d9e9a2f3c1b5d7e9f01") == (None, None)
+
+
+def test_the_cached_partitioner_agrees_with_kafkas_default():
+    from aiokafka.partitioner import DefaultPartitioner
+
+    from bridges.kafka import partition_for
+
+    partitions = (0, 1, 2, 3, 4, 5, 6, 7)
+    for i in range(200):
+        key = f"b:{i:032x}".encode()
+        assert partition_for(key, partitions) == DefaultPartitioner()(key, list(partitions), list(partitions))
