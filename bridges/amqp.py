@@ -20,6 +20,7 @@ from urllib.parse import urlsplit
 import pika
 import pika.exceptions as pex
 from pika.adapters.asyncio_connection import AsyncioConnection
+from pika.adapters.utils.connection_workflow import AMQPConnectorStackTimeout
 from pika.channel import Channel
 from pika.spec import Basic, BasicProperties
 
@@ -148,7 +149,7 @@ class AmqpSource:
         self._conn = AsyncioConnection(
             params,
             on_open_callback=lambda conn: conn.channel(on_open_callback=lambda ch: _resolve(opened, ch)),
-            on_open_error_callback=lambda conn, exc: self._fail(self._connect_error(exc)),
+            on_open_error_callback=self._on_open_error,
             on_close_callback=self._on_connection_closed,
             custom_ioloop=loop,
         )
@@ -236,6 +237,13 @@ class AmqpSource:
             )
         )
 
+    def _on_open_error(self, conn: AsyncioConnection, exc: BaseException) -> None:
+        try:
+            error = self._connect_error(exc)
+        except Exception:  # noqa: BLE001 - never leave connect() waiting for its timeout
+            error = ConnectionLost(f"cannot connect to {self._host}:{self._port}: {type(exc).__name__}")
+        self._fail(error)
+
     def _on_channel_closed(self, channel: Channel, reason: BaseException) -> None:
         self._channel = None
         if self._closing:
@@ -315,14 +323,26 @@ class AmqpSource:
 
     def _connect_error(self, exc: BaseException) -> SourceError:
         where = f"{self._host}:{self._port} vhost {self.vhost!r}"
-        text = self._passcode.scrub(str(exc) or type(exc).__name__)
         if isinstance(exc, pex.ProbableAuthenticationError | pex.AuthenticationError):
+            text = self._passcode.scrub(str(exc))
             return AuthenticationError(f"broker refused the credentials of {self.login!r} at {where}", text)
         if isinstance(exc, pex.ProbableAccessDeniedError):
+            text = self._passcode.scrub(str(exc))
             return AuthenticationError(f"broker denied {self.login!r} access to {where}", text)
-        if isinstance(exc, pex.AMQPConnectionError | OSError):
-            return ConnectionLost(f"cannot connect to {where}: {text}")
-        return ConnectionLost(f"cannot connect to {where}: {type(exc).__name__}: {text}")
+        cause = _root_cause(exc)
+        text = self._passcode.scrub(f"{type(cause).__name__}: {cause}")
+        if isinstance(cause, TimeoutError | AMQPConnectorStackTimeout):
+            return SourceTimeout(f"connecting to {where} timed out: {text}")
+        return ConnectionLost(f"cannot connect to {where}: {text}")
+
+
+def _root_cause(exc: BaseException) -> BaseException:
+    """The socket or handshake error inside pika's connection-workflow wrappers."""
+    inner = exc.args[0] if exc.args and isinstance(exc.args[0], BaseException) else exc
+    attempts = getattr(inner, "exceptions", None)
+    if attempts:
+        inner = attempts[-1]
+    return getattr(inner, "exception", None) or inner
 
 
 def _resolve(fut: asyncio.Future[Any], value: Any) -> None:

@@ -32,8 +32,9 @@ __all__ = [
     "Secret",
     "Source",
     "SourceError",
-    "SubscriptionRefused",
     "SourceTimeout",
+    "SubscriptionRefused",
+    "iterate",
     "open_source",
 ]
 

@@ -4,6 +4,8 @@ Both push received bytes into a callback (no reader coroutine per frame) and buf
 writes, flushing everything written during one event-loop iteration in a single
 send: per-message ACK frames stay individual, but they share syscalls and, over
 WebSocket, one WS message (RabbitMQ's web-STOMP parses several frames per message).
+Writes are not flow-controlled: what we send is ACK/NACK frames, bounded by the
+prefetch window, and heartbeats.
 """
 
 from __future__ import annotations
@@ -31,9 +33,6 @@ DEFAULT_PORTS = {"stomp": 61613, "stomp+ssl": 61614}
 class ByteTransport(Protocol):
     def write(self, data: bytes) -> None:
         """Queue ``data``; it is sent at the end of the current loop iteration."""
-
-    async def drain(self) -> None:
-        """Wait while the peer is not keeping up with our writes."""
 
     def pause_reading(self) -> None: ...
 
@@ -115,23 +114,11 @@ class _TcpProtocol(asyncio.Protocol):
         self.data_received = on_data  # type: ignore[method-assign]  # no extra call per chunk
         self._on_lost = on_lost
         self.closed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._can_write = asyncio.Event()
-        self._can_write.set()
 
     def connection_lost(self, exc: Exception | None) -> None:
         if not self.closed.done():
             self.closed.set_result(None)
-        self._can_write.set()
         self._on_lost(exc)
-
-    def pause_writing(self) -> None:
-        self._can_write.clear()
-
-    def resume_writing(self) -> None:
-        self._can_write.set()
-
-    async def drain(self) -> None:
-        await self._can_write.wait()
 
 
 class TcpTransport(_Flusher):
@@ -161,9 +148,6 @@ class TcpTransport(_Flusher):
         data = self._take()
         if not self._transport.is_closing():
             self._transport.write(data)
-
-    async def drain(self) -> None:
-        await self._protocol.drain()
 
     def pause_reading(self) -> None:
         self._transport.pause_reading()
@@ -269,10 +253,6 @@ class WsTransport(_Flusher):
         if not self._lost:
             self._lost = True
             self._on_lost(exc)
-
-    async def drain(self) -> None:
-        # websockets' send() already waits for the socket; nothing more to wait for.
-        return None
 
     def pause_reading(self) -> None:
         self._readable.clear()
