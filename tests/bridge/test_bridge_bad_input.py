@@ -31,8 +31,15 @@ event_like = st.fixed_dictionaries(
               "offering_user_uuid": HEX | json_values, "user_uuid": HEX | json_values,
               "username": st.text(max_size=10) | json_values, "state": st.integers(0, 12) | st.text(max_size=8)},
 )
+# Valid events with arbitrary extra keys, so every run exercises the relayed path too.
+valid_events = st.fixed_dictionaries(
+    {"action": st.sampled_from(["create", "update", "delete", "username_set", "brand_new"]),
+     "offering_user_uuid": HEX, "user_uuid": HEX},
+    optional={"username": st.text(max_size=10), "state": st.integers(1, 10), "extra": json_values},
+)
 bodies = (
     st.binary(max_size=512)
+    | valid_events.map(lambda v: json.dumps(v).encode())
     | json_values.map(lambda v: json.dumps(v).encode())
     | event_like.map(lambda v: json.dumps(v).encode())
 )

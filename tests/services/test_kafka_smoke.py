@@ -1,5 +1,6 @@
 """The local Kafka is a real broker: acks=all, idempotent produce, consumer groups."""
 
+import asyncio
 import uuid
 
 import aiokafka
@@ -19,18 +20,19 @@ async def produce(bootstrap: str, topic: str, count: int) -> None:
         await producer.stop()
 
 
-async def consume(bootstrap: str, topic: str, group: str, count: int) -> list[bytes]:
+async def consume(bootstrap: str, topic: str, group: str, count: int, timeout: float = 60) -> list[bytes]:
+    """Up to ``count`` values; polls until then or ``timeout`` (a restarted broker takes a
+    few seconds to elect partition leaders, so an empty poll is not the end)."""
     consumer = aiokafka.AIOKafkaConsumer(
         topic, bootstrap_servers=bootstrap, group_id=group,
         auto_offset_reset="earliest", enable_auto_commit=False,
     )
     await consumer.start()
     values: list[bytes] = []
+    deadline = asyncio.get_running_loop().time() + timeout
     try:
-        while len(values) < count:
-            batches = await consumer.getmany(timeout_ms=10_000)
-            if not batches:
-                break
+        while len(values) < count and asyncio.get_running_loop().time() < deadline:
+            batches = await consumer.getmany(timeout_ms=1000)
             values.extend(record.value for records in batches.values() for record in records)
         await consumer.commit()
     finally:
