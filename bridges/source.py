@@ -21,6 +21,8 @@ from urllib.parse import urlsplit
 
 import msgspec
 
+from streams.config import Secret
+
 __all__ = [
     "AuthenticationError",
     "BrokerError",
@@ -98,27 +100,6 @@ class SubscriptionRefused(BrokerError):
 
 class QueueNotFound(SubscriptionRefused):
     """The queue does not exist (never redeclared: Waldur owns its queues)."""
-
-
-class Secret:
-    """A passcode that never shows up in a repr, str or traceback."""
-
-    __slots__ = ("_value",)
-
-    def __init__(self, value: str) -> None:
-        self._value = value
-
-    def reveal(self) -> str:
-        return self._value
-
-    def scrub(self, text: str) -> str:
-        """``text`` with the secret masked (servers may echo what they were sent)."""
-        return text.replace(self._value, "***") if self._value else text
-
-    def __repr__(self) -> str:
-        return "Secret('***')"
-
-    __str__ = __repr__
 
 
 @runtime_checkable

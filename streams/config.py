@@ -41,6 +41,10 @@ class Secret:
     def reveal(self) -> str:
         return self._value
 
+    def scrub(self, text: str) -> str:
+        """``text`` with the secret masked (servers may echo what they were sent)."""
+        return text.replace(self._value, "***") if self._value else text
+
     def __repr__(self) -> str:
         return "Secret('********')"
 
