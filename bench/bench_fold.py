@@ -1,0 +1,222 @@
+"""Throughput figures of the Faust app (not part of pytest).
+
+    .local/venv/bin/python bench/bench_fold.py [--events 200000] [--users 10000] [--patches 2000]
+
+1. pre-fills a fresh events topic (snapshot pages, then username updates of converged users);
+2. raw aiokafka consume of that topic (the ceiling);
+3. fold: a ``usync worker`` subprocess (memory store) folds the topic: route -> repartition -> fold,
+   timed from the worker's readiness to its folded counter reaching the total;
+4. replay of the same topic (``streams.replay.replay``, no network);
+5. sink PATCH/s: the sink (live GET B, GET A, PATCH A, Lookup + outcome records acked by Kafka)
+   against the simulator, with a generous rate limit.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from datetime import datetime, timezone
+from pathlib import Path
+
+import httpx
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from streams.config import parse_config  # noqa: E402
+from streams.kafka import ensure_topics  # noqa: E402
+from streams.metrics import Metrics  # noqa: E402
+from streams.replay import replay  # noqa: E402
+from streams.schema import (  # noqa: E402
+    Envelope, OfferingUserEvent, OfferingUserRecord, SnapshotPage, Source, envelope_encoder, event_key,
+)
+from streams.sink import CorrectionRequest, Sink  # noqa: E402
+from streams.waldur import Clients  # noqa: E402
+
+BOOT = "127.0.0.1:9092"
+
+
+def config_text(suffix: str, a_url: str, b_url: str, a_off: str, b_off: str, rates: str = "") -> str:
+    return f"""app_id = "usync-bench-{suffix}"
+reconcile_interval = 86400
+[kafka]
+events_topic = "bench-{suffix}.events"
+dlq_topic = "bench-{suffix}.dlq"
+outcomes_topic = "bench-{suffix}.outcomes"
+partitions = 4
+[sites.a]
+api_url = "{a_url}"
+token_env = "BENCH_TOKEN_A"
+{rates.replace('[rates]', '[sites.a.rates]')}
+[sites.b]
+api_url = "{b_url}"
+token_env = "BENCH_TOKEN_B"
+{rates.replace('[rates]', '[sites.b.rates]')}
+[[links]]
+name = "bench"
+reconcile = false
+target = {{ site = "a", offering = "{a_off}" }}
+source = {{ site = "b", offering = "{b_off}" }}
+"""
+
+
+async def prefill(config, n_events: int, n_users: int, a_off: str, b_off: str) -> int:
+    producer = AIOKafkaProducer(bootstrap_servers=BOOT, linger_ms=20, max_batch_size=1 << 20, acks="all")
+    await producer.start()
+    now = datetime.now(timezone.utc)
+    topic = config.kafka.events_topic
+    sent = 0
+    try:
+        users = [(f"user{i}", uuid.uuid4().hex, uuid.uuid4().hex) for i in range(n_users)]  # name, a uuid, b uuid
+        for site, off, idx in (("b", b_off, 2), ("a", a_off, 1)):
+            for page, start in enumerate(range(0, n_users, 300), 1):
+                chunk = users[start:start + 300]
+                records = [OfferingUserRecord(uuid=u[idx], user_uuid=uuid.uuid4().hex, user_username=u[0],
+                                              offering_uuid=off, username=u[0], state="OK") for u in chunk]
+                env = Envelope(event_id=uuid.uuid4().hex, site=site, source=Source.SNAPSHOT, offering_uuid=off,
+                               received_at=now, body=SnapshotPage(snapshot_id="s", offering_uuid=off, states=["OK"],
+                                                                  page=page, last=start + 300 >= n_users,
+                                                                  total=n_users, users=records))
+                await producer.send(topic, envelope_encoder.encode(env), key=event_key(site, off).encode())
+                sent += 1
+        futures = []
+        for i in range(n_events - sent):
+            name, a_uuid, b_uuid = users[i % n_users]
+            site, off, ou = (("b", b_off, b_uuid) if i % 2 else ("a", a_off, a_uuid))
+            env = Envelope(event_id=uuid.uuid4().hex, site=site, source=Source.STOMP, offering_uuid=off,
+                           received_at=now, body=OfferingUserEvent(action="update", offering_user_uuid=ou,
+                                                                   user_uuid=uuid.uuid4().hex, username=name, state="OK"))
+            futures.append(await producer.send(topic, envelope_encoder.encode(env), key=event_key(site, off).encode()))
+            if len(futures) >= 10000:
+                await asyncio.gather(*futures)
+                futures.clear()
+        await asyncio.gather(*futures)
+        return n_events
+    finally:
+        await producer.stop()
+
+
+async def raw_consume(topic: str, total: int) -> float:
+    consumer = AIOKafkaConsumer(topic, bootstrap_servers=BOOT, group_id=None, auto_offset_reset="earliest",
+                                max_partition_fetch_bytes=8 << 20, fetch_max_bytes=64 << 20)
+    await consumer.start()
+    began, seen = time.perf_counter(), 0
+    try:
+        while seen < total:
+            for messages in (await consumer.getmany(timeout_ms=1000, max_records=10000)).values():
+                seen += len(messages)
+        return seen / (time.perf_counter() - began)
+    finally:
+        await consumer.stop()
+
+
+async def worker_fold(path: Path, env: dict, total: int) -> float:
+    port = 16066 + os.getpid() % 1000
+    log = open(path.parent / "worker.log", "wb")
+    proc = subprocess.Popen([str(ROOT / ".local/venv/bin/usync"), "--log-level", "warning", "worker", "--config", str(path),
+                             "--store", "memory", "--web-port", str(port), "--no-reconcile"],
+                            env=env, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)
+    try:
+        async with httpx.AsyncClient(timeout=5) as client:
+            began = None
+            while True:
+                try:
+                    text = (await client.get(f"http://127.0.0.1:{port}/metrics")).text
+                except httpx.HTTPError:
+                    await asyncio.sleep(0.05)
+                    continue
+                began = began or time.perf_counter()
+                folded = sum(float(line.split()[-1]) for line in text.splitlines()
+                             if line.startswith("usync_events_folded_total"))
+                if folded >= total:
+                    return folded / (time.perf_counter() - began)
+                if proc.poll() is not None:
+                    raise RuntimeError("worker exited; see worker.log")
+                await asyncio.sleep(0.05)
+    finally:
+        proc.terminate()
+        proc.wait(20)
+
+
+async def sink_bench(n: int) -> float:
+    from waldursim import Federation
+
+    async with Federation(broker_enabled=False, seed=1, publish_rate=0) as sim:
+        a, b = sim.add_site("a"), sim.add_site("b")
+        await sim.start()
+        offs, projs = {}, {}
+        for s in (a, b):
+            sp, c = s.create_customer("sp"), s.create_customer("c", owners=[])
+            offs[s.name] = s.create_offering(sp, "hpc")
+            projs[s.name] = s.create_project(c, "p")
+            s.create_resource(offs[s.name], projs[s.name], backend_id="x")
+        a.events_enabled = b.events_enabled = False
+        requests = []
+        for i in range(n):
+            [aou] = a.add_project_member(a.create_user(f"p{i}"), projs["a"])
+            [bou] = b.add_project_member(b.create_user(f"p{i}"), projs["b"])
+            b.set_username(bou, f"p{i}_b")
+            requests.append(CorrectionRequest(link="bench", user_username=f"p{i}", a_offering_user_uuid=aou.uuid,
+                                              b_offering_user_uuid=bou.uuid, desired=f"p{i}_b"))
+        suffix = uuid.uuid4().hex[:8]
+        rates = "[rates]\nrequests_per_second = 100000.0\nburst = 1000\nconcurrency = 64\ntimeout = 10.0"
+        config = parse_config(config_text(suffix, a.url, b.url, offs["a"].uuid, offs["b"].uuid, rates),
+                              {"BENCH_TOKEN_A": a.staff_token, "BENCH_TOKEN_B": b.staff_token})
+        await ensure_topics(config)
+        producer = AIOKafkaProducer(bootstrap_servers=BOOT, acks="all", linger_ms=5)
+        await producer.start()
+        metrics = Metrics()
+        clients = Clients(config, metrics)
+
+        async def emit_event(key: bytes, value: bytes) -> None:
+            await (await producer.send(config.kafka.events_topic, value, key=key))
+
+        async def emit_outcome(key: bytes, value: bytes) -> None:
+            await (await producer.send(config.kafka.outcomes_topic, value, key=key))
+
+        sink = Sink({link.name: link for link in config.links}, clients, metrics, emit_event, emit_outcome)
+        began = time.perf_counter()
+        for start in range(0, n, 500):  # the agent's batch size
+            await sink.handle_batch(requests[start:start + 500])
+        elapsed = time.perf_counter() - began
+        await producer.stop()
+        await clients.close()
+        patched = sum(1 for c in a.calls.log if c.method == "PATCH")
+        assert patched == n, patched
+        return patched / elapsed
+
+
+async def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--events", type=int, default=200_000)
+    parser.add_argument("--users", type=int, default=10_000)
+    parser.add_argument("--patches", type=int, default=2_000)
+    args = parser.parse_args()
+    suffix = uuid.uuid4().hex[:8]
+    a_off, b_off = uuid.uuid4().hex, uuid.uuid4().hex
+    env = {**os.environ, "BENCH_TOKEN_A": "x", "BENCH_TOKEN_B": "x"}
+    text = config_text(suffix, "http://127.0.0.1:9/api/", "http://127.0.0.1:9/api/", a_off, b_off)
+    config = parse_config(text, env)
+    await ensure_topics(config)
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "usync.toml"
+        path.write_text(text)
+        t0 = time.perf_counter()
+        total = await prefill(config, args.events, args.users, a_off, b_off)
+        print(f"prefill:      {total:,} envelopes in {time.perf_counter() - t0:.1f} s")
+        print(f"raw consume:  {await raw_consume(config.kafka.events_topic, total):>10,.0f} events/s (aiokafka getmany)")
+        print(f"worker fold:  {await worker_fold(path, env, total):>10,.0f} events/s (1 worker: route, repartition, fold)")
+        _state, folded, seconds = await replay(config)
+        print(f"replay:       {folded / seconds:>10,.0f} events/s")
+    print(f"sink:         {await sink_bench(args.patches):>10,.0f} PATCH/s (GET B + GET A + PATCH + 2 records each)")
+
+
+if __name__ == "__main__":
+    asyncio.run(main())

@@ -1,0 +1,244 @@
+"""The faust-streaming app: route -> fold -> correct, plus the reconciler timer and web views.
+
+    events topic ──route──▶ <app>-by-link (key = link) ──fold──▶ tables rows/index/pending
+         ▲                                                 │ dirty & mismatched
+         │ lookups, snapshots, sink reads                  ▼
+         └──────────────────────────── sink ◀── <app>-corrections (key = link:user)
+                                          └──▶ outcomes topic
+
+Every agent batches with ``stream.take_events``: faust acks a batch's events only when
+the loop comes back for the next batch, i.e. after the body below has folded them
+and every record it produced has been acknowledged by Kafka (invariant 1).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import time
+from collections import defaultdict
+from dataclasses import dataclass, field
+from typing import Any
+
+import faust
+import faust.web
+import msgspec
+from faust.types import EventT
+
+from streams.config import Config
+from streams.core import FoldResult, LookupNeeded, as_dict, compile_routes, drift, fold_by_link, needing_correction
+from streams.kafka import client_options
+from streams.metrics import Metrics
+from streams.reconciler import jittered, reconcile_pass
+from streams.schema import Envelope, envelope_decoder
+from streams.sink import CorrectionRequest, Sink, lookup_envelope, request_decoder, request_encoder
+from streams.tables import LinkTable, buffered_state, define_tables, flush, link_partition, table_state
+from streams.waldur import Clients, GaveUp
+
+log = logging.getLogger("usync.app")
+
+FOLD_BATCH = 5000
+SINK_BATCH = 500
+
+
+def broker_credentials(config: Config) -> Any:
+    """faust's credentials object for TLS/SASL, None for PLAINTEXT."""
+    options = client_options(config)
+    ssl_context = options.get("ssl_context")
+    if options.get("sasl_mechanism"):
+        return faust.SASLCredentials(
+            username=options["sasl_plain_username"], password=options.get("sasl_plain_password"),
+            mechanism=options["sasl_mechanism"], ssl_context=ssl_context,
+        )
+    if ssl_context is not None:
+        return faust.SSLCredentials(ssl_context)
+    return None
+
+
+@dataclass
+class Usync:
+    """The app and the objects its agents share (one per worker process)."""
+
+    config: Config
+    app: faust.App
+    metrics: Metrics
+    clients: Clients
+    tables: tuple[Any, Any, Any]
+    rng: random.Random = field(default_factory=random.Random)
+    next_reconcile: float = 0.0  # monotonic; 0 = at start
+
+    @property
+    def state(self):
+        return table_state(*self.tables)
+
+
+def create_app(config: Config, *, store: str = "rocksdb", web_port: int | None = None,
+               data_dir: str | None = None, reconcile: bool = True) -> Usync:
+    kafka = config.kafka
+    app = faust.App(
+        config.app_id,
+        broker=[f"kafka://{server.strip()}" for server in kafka.bootstrap_servers.split(",")],
+        broker_credentials=broker_credentials(config),
+        store="memory://" if store == "memory" else "rocksdb://",
+        datadir=data_dir or config.data_dir,
+        topic_partitions=kafka.partitions,
+        topic_replication_factor=kafka.replication_factor,
+        processing_guarantee="at_least_once",
+        consumer_auto_offset_reset="earliest",
+        web_host=config.web_host,
+        web_port=web_port if web_port is not None else config.web_port,
+        web_in_thread=False,
+        Table=LinkTable,
+        # A killed worker's partitions move to the survivors within ~10 s, not faust's 60.
+        broker_session_timeout=10.0,
+        broker_heartbeat_interval=1.0,
+        broker_commit_every=1000,
+        broker_commit_interval=1.0,
+        producer_acks=-1,
+    )
+    metrics = Metrics()
+    clients = Clients(config, metrics)
+    tables = define_tables(app, kafka.partitions)
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per request is too much; metrics count them
+    usync = Usync(config=config, app=app, metrics=metrics, clients=clients, tables=tables)
+    routes = compile_routes(config.links)
+    links = routes.by_name
+
+    raw = dict(key_type=bytes, value_type=bytes, key_serializer="raw", value_serializer="raw")
+    events_topic = app.topic(kafka.events_topic, **raw)
+    outcomes_topic = app.topic(kafka.outcomes_topic, **raw)
+    by_link_topic = app.topic(f"{config.app_id}-by-link", partitions=kafka.partitions, internal=True, **raw)
+    corrections_topic = app.topic(f"{config.app_id}-corrections", partitions=kafka.partitions, internal=True, **raw)
+
+    async def emit_to(topic: faust.TopicT, key: bytes, value: bytes) -> None:
+        await (await topic.send(key=key, value=value))  # the send, then Kafka's ack
+
+    async def emit_event(key: bytes, value: bytes) -> None:
+        await emit_to(events_topic, key, value)
+
+    async def emit_outcome(key: bytes, value: bytes) -> None:
+        await emit_to(outcomes_topic, key, value)
+
+    sink = Sink(links, clients, metrics, emit_event, emit_outcome)
+
+    # -- 1: route every fact to the links it feeds --------------------------------------
+    @app.agent(events_topic)
+    async def route(stream: faust.StreamT) -> None:
+        async for batch in stream.take_events(FOLD_BATCH, within=0.05):
+            sends = []
+            for event in batch:
+                try:
+                    envelope = envelope_decoder.decode(event.value)
+                except msgspec.DecodeError as exc:  # the bridge dead-letters; a stray writer may not
+                    log.error("undecodable record at %s:%s: %s", event.message.partition, event.message.offset, exc)
+                    metrics.events_unrouted.inc()
+                    continue
+                found = routes.of_envelope(envelope)
+                if not found:
+                    metrics.events_unrouted.inc()
+                for link, _side in found:
+                    sends.append(await by_link_topic.send(key=link.name.encode(), value=event.value))
+            if sends:
+                await asyncio.gather(*sends)
+
+    # -- 2: fold one link's facts into its partition of the table -----------------------
+    @app.agent(by_link_topic)
+    async def fold(stream: faust.StreamT) -> None:
+        state = buffered_state(*usync.tables)
+        async for batch in stream.take_events(FOLD_BATCH, within=0.05):
+            groups: dict[str, list[EventT]] = defaultdict(list)
+            for event in batch:
+                groups[event.key.decode()].append(event)
+            lookups: list[LookupNeeded] = []
+            corrections = []
+            for link_name, events in groups.items():
+                items = [(link_name, envelope_decoder.decode(e.value)) for e in events]
+                with link_partition(events[0]):
+                    result: FoldResult = fold_by_link(state, routes, items)
+                    rows = needing_correction(state, routes, result.dirty)
+                    flush(state)  # each key once per batch, into this link's partition
+                metrics.events_folded.labels(link_name).inc(len(items))
+                lookups.extend(result.lookups)
+                for row in rows:
+                    request = CorrectionRequest(
+                        link=row.link, user_username=row.user_username,
+                        a_offering_user_uuid=row.a_offering_user_uuid, b_offering_user_uuid=row.b_offering_user_uuid,
+                        desired=row.b_username, cause_event_id=row.b_event_id or row.a_event_id or "",
+                    )
+                    corrections.append(await corrections_topic.send(key=request.key.encode(), value=request_encoder.encode(request)))
+                    metrics.corrections.labels(row.link).inc()
+            if lookups:
+                await asyncio.gather(*(lookup(need) for need in lookups))
+            if corrections:
+                await asyncio.gather(*corrections)
+
+    async def lookup(need: LookupNeeded) -> None:
+        """Identity-index miss: ask the site, write the answer as a fact (404 is an answer too)."""
+        try:
+            status, record = await clients[need.site].get_offering_user(need.offering_user_uuid)
+        except GaveUp as exc:  # the pending entry stays; the next event or snapshot retries it
+            log.warning("lookup of %s on %s gave up: %s", need.offering_user_uuid, need.site, exc)
+            metrics.lookups.labels(need.site, "gave-up").inc()
+            return
+        metrics.lookups.labels(need.site, str(status)).inc()
+        await emit_event(*lookup_envelope(need.site, need.offering_uuid, need.offering_user_uuid, status, record))
+
+    # -- 3: the sink --------------------------------------------------------------------
+    @app.agent(corrections_topic)
+    async def correct(stream: faust.StreamT) -> None:
+        async for batch in stream.take_events(SINK_BATCH, within=0.05):
+            # Outcomes are acked inside handle_batch, before this batch's offsets can be committed.
+            await sink.handle_batch(request_decoder.decode(e.value) for e in batch)
+
+    # -- 4: the reconciler (one worker: the leader) -------------------------------------
+    if reconcile:
+        @app.timer(1.0, on_leader=True)
+        async def reconciler() -> None:
+            if time.monotonic() < usync.next_reconcile:
+                return
+            usync.next_reconcile = time.monotonic() + jittered(config.reconcile_interval, usync.rng)
+            try:
+                await reconcile_pass(config, clients, metrics, emit_event)
+            except Exception as exc:  # the next pass retries; never stop the worker
+                log.warning("reconcile pass failed: %s", exc)
+                usync.next_reconcile = time.monotonic() + min(60.0, config.reconcile_interval)
+
+    # -- web views ----------------------------------------------------------------------
+    @app.page("/usync/table/")
+    async def table_view(web: Any, request: Any) -> Any:
+        return web.bytes(msgspec.json.encode(as_dict(usync.state)), content_type="application/json")
+
+    @app.page("/usync/drift/")
+    async def drift_view(web: Any, request: Any) -> Any:
+        return web.json(_drift_report(usync))
+
+    @app.page("/usync/reconcile/")
+    class ReconcileView(faust.web.View):
+        """POST: run one reconcile pass now (ops, tests); answers when every page is written."""
+
+        async def post(self, request: Any) -> Any:
+            done = await reconcile_pass(config, clients, metrics, emit_event)
+            return self.json({"reconciled": done})
+
+    @app.page("/metrics")
+    async def metrics_view(web: Any, request: Any) -> Any:
+        _drift_report(usync)  # refresh the gauges
+        return web.bytes(metrics.exposition(), content_type="text/plain; version=0.0.4")
+
+    @app.page("/health")
+    async def health_view(web: Any, request: Any) -> Any:
+        return web.json({"status": "ok", "paused_sites": [n for n, c in clients.by_site.items() if c.paused_until > time.monotonic()]})
+
+    return usync
+
+
+def _drift_report(usync: Usync) -> dict[str, Any]:
+    state = usync.state
+    report: dict[str, Any] = {"rows": len(state.rows), "links": {}}
+    usync.metrics.table_rows.set(report["rows"])
+    for link in usync.config.links:
+        rows = drift(state, link)
+        usync.metrics.drift.labels(link.name).set(len(rows))
+        report["links"][link.name] = {"drift": len(rows), "users": [r.user_username for r in rows[:100]]}
+    return report

@@ -1,0 +1,194 @@
+"""The username table on faust Tables: a thin MutableMapping adapter for the pure fold.
+
+The fold agent folds a *batch* (``stream.take_events``), so its table writes happen
+outside faust's per-event iteration, where ``Table.partition_for_key`` (and the
+RocksDB store's ``_set``/``_get``) read faust's *current event* to find the partition.
+Every key of a link lives in that link's partition (the repartition topic is keyed by
+link name), so for each link group of a batch we declare one event of that group
+current (:func:`link_partition`). :class:`LinkTable` also answers
+``partition_for_key`` from our own ContextVar first, so the changelog partition never
+depends on faust internals we do not set.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import weakref
+from collections.abc import Iterator, MutableMapping
+from contextvars import ContextVar
+from typing import Any, Generic, TypeVar
+
+import faust
+import msgspec
+from faust.streams import _current_event  # the ContextVar faust sets per event
+
+from streams.core import Pending, Row, TableState
+
+_partition: ContextVar[int | None] = ContextVar("usync_link_partition", default=None)
+
+V = TypeVar("V")
+
+
+class LinkTable(faust.Table):
+    """A faust Table whose writes go to the partition of the link being folded."""
+
+    def partition_for_key(self, key: Any) -> int | None:
+        partition = _partition.get()
+        if partition is not None:
+            return partition
+        return super().partition_for_key(key)
+
+
+@contextlib.contextmanager
+def link_partition(event: faust.types.EventT) -> Iterator[None]:
+    """Fold into the partition ``event`` came from (one link's whole state)."""
+    token_p = _partition.set(event.message.partition)
+    token_e = _current_event.set(weakref.ref(event))
+    try:
+        yield
+    finally:
+        _current_event.reset(token_e)
+        _partition.reset(token_p)
+
+
+class Codec(Generic[V]):
+    def __init__(self, type_: Any) -> None:
+        self.encode = msgspec.msgpack.Encoder().encode
+        self.decode = msgspec.msgpack.Decoder(type_).decode
+
+
+class TableMapping(MutableMapping[str, V]):
+    """str keys, msgspec-encoded values, over a faust table of bytes."""
+
+    def __init__(self, table: faust.Table, codec: Codec[V]) -> None:
+        self.table = table
+        self.encode = codec.encode
+        self.decode = codec.decode
+
+    def __getitem__(self, key: str) -> V:
+        raw = self.table.get(key.encode())
+        if raw is None:
+            raise KeyError(key)
+        return self.decode(raw)
+
+    def get(self, key: str, default: Any = None) -> Any:  # hot path: one lookup, no exception
+        raw = self.table.get(key.encode())
+        return default if raw is None else self.decode(raw)
+
+    def __setitem__(self, key: str, value: V) -> None:
+        self.table[key.encode()] = self.encode(value)
+
+    def __delitem__(self, key: str) -> None:
+        del self.table[key.encode()]
+
+    def pop(self, key: str, *default: Any) -> Any:
+        kb = key.encode()
+        raw = self.table.get(kb)
+        if raw is None:
+            if default:
+                return default[0]
+            raise KeyError(key)
+        del self.table[kb]
+        return self.decode(raw)
+
+    def __iter__(self) -> Iterator[str]:
+        for key in list(self.table.keys()):
+            yield key.decode() if isinstance(key, bytes) else key
+
+    def __len__(self) -> int:
+        return len(self.table)
+
+
+ROW = Codec[Row](Row)
+USER = Codec[str](str)
+PENDING = Codec[Pending](Pending)
+
+
+def define_tables(app: faust.App, partitions: int) -> tuple[faust.Table, faust.Table, faust.Table]:
+    def table(name: str) -> faust.Table:
+        # bytes -> faust's "raw" codec for the store *and* the changelog (recovery decodes with it)
+        return app.Table(name, partitions=partitions, key_type=bytes, value_type=bytes)
+
+    return table("rows"), table("index"), table("pending")
+
+
+def table_state(rows: faust.Table, index: faust.Table, pending: faust.Table) -> TableState:
+    return TableState(rows=TableMapping(rows, ROW), index=TableMapping(index, USER), pending=TableMapping(pending, PENDING))
+
+
+_GONE: Any = object()
+
+
+class BufferedMapping(TableMapping[V]):
+    """Write-behind over a TableMapping for one fold call: each key reaches the faust table
+    (and its changelog) once per batch, however often the batch rewrote it. A busy
+    user's row is rewritten by every event; without this, every rewrite would be a
+    changelog record and the producer buffer, not the fold, would set the pace."""
+
+    def __init__(self, table: faust.Table, codec: Codec[V]) -> None:
+        super().__init__(table, codec)
+        self.dirty: dict[str, Any] = {}
+
+    def get(self, key: str, default: Any = None) -> Any:
+        value = self.dirty.get(key, None)
+        if value is None:
+            return super().get(key, default)
+        return default if value is _GONE else value
+
+    def __getitem__(self, key: str) -> V:
+        value = self.get(key, _GONE)
+        if value is _GONE:
+            raise KeyError(key)
+        return value
+
+    def __setitem__(self, key: str, value: V) -> None:
+        self.dirty[key] = value
+
+    def __delitem__(self, key: str) -> None:
+        if self.get(key, _GONE) is _GONE:
+            raise KeyError(key)
+        self.dirty[key] = _GONE
+
+    def pop(self, key: str, *default: Any) -> Any:
+        value = self.get(key, _GONE)
+        if value is _GONE:
+            if default:
+                return default[0]
+            raise KeyError(key)
+        self.dirty[key] = _GONE
+        return value
+
+    def __iter__(self) -> Iterator[str]:
+        seen = set()
+        for key, value in self.dirty.items():
+            seen.add(key)
+            if value is not _GONE:
+                yield key
+        for key in super().__iter__():
+            if key not in seen:
+                yield key
+
+    def __len__(self) -> int:
+        return sum(1 for _ in self)
+
+    def flush(self) -> None:
+        """Write the batch's final values (inside :func:`link_partition`)."""
+        table, encode = self.table, self.encode
+        for key, value in self.dirty.items():
+            kb = key.encode()
+            if value is _GONE:
+                if kb in table:
+                    del table[kb]
+            else:
+                table[kb] = encode(value)
+        self.dirty.clear()
+
+
+def buffered_state(rows: faust.Table, index: faust.Table, pending: faust.Table) -> TableState:
+    return TableState(rows=BufferedMapping(rows, ROW), index=BufferedMapping(index, USER),
+                      pending=BufferedMapping(pending, PENDING))
+
+
+def flush(state: TableState) -> None:
+    for mapping in (state.rows, state.index, state.pending):
+        mapping.flush()  # type: ignore[attr-defined]

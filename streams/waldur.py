@@ -1,0 +1,227 @@
+"""The HTTP client of one Waldur site: offering-user GET, PATCH and paginated listing.
+
+One :class:`SiteClient` per site per worker process carries the site's whole API
+budget: a token bucket (``Rates.requests_per_second``, ``Rates.burst``) and a
+concurrency bound (``Rates.concurrency``), shared by the sink, the lookups and the
+reconciler. The rate is therefore **per worker process**: N workers may together
+send N times the configured rate (configure ``rates`` as the site's budget / N).
+
+Retries follow the project's one policy (``streams.retry.Backoff``), honour
+``Retry-After`` and are bounded per call (``max_attempts``): the caller records a
+gave-up outcome and the next reconcile pass raises the row again. 401/403 pause the
+site: every call to it waits out the pause (a gauge says so, the log says it once).
+The token is only ever in the Authorization header: never in logs, errors or outcomes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+import msgspec
+
+from streams.config import Config, Rates, Secret
+from streams.core import HttpClass, classify_http, parse_retry_after
+from streams.metrics import Metrics
+from streams.retry import Backoff
+from streams.schema import OfferingUserRecord
+
+log = logging.getLogger("usync.waldur")
+
+PAGE_SIZE = 300
+OFFERING_USERS = "marketplace-offering-users/"
+_records = msgspec.json.Decoder(list[OfferingUserRecord])
+_record = msgspec.json.Decoder(OfferingUserRecord)
+
+
+class TokenBucket:
+    """``rate`` tokens per second, at most ``burst`` banked; ``acquire`` waits for one."""
+
+    def __init__(self, rate: float, burst: int) -> None:
+        self.rate = rate
+        self.burst = float(burst)
+        self.tokens = float(burst)
+        self.stamp = time.monotonic()
+        self._lock = asyncio.Lock()
+
+    async def acquire(self) -> None:
+        async with self._lock:  # FIFO: one waiter refills at a time
+            while True:
+                now = time.monotonic()
+                self.tokens = min(self.burst, self.tokens + (now - self.stamp) * self.rate)
+                self.stamp = now
+                if self.tokens >= 1.0:
+                    self.tokens -= 1.0
+                    return
+                await asyncio.sleep((1.0 - self.tokens) / self.rate)
+
+
+@dataclass(slots=True)
+class Answer:
+    """A final HTTP answer (success or a non-retryable status)."""
+
+    status: int
+    body: bytes
+    headers: httpx.Headers
+    attempts: int
+
+    @property
+    def ok(self) -> bool:
+        return 200 <= self.status < 300
+
+
+class GaveUp(Exception):
+    """Retryable failures exhausted the call's attempts; ``status`` is the last one (None: timeout)."""
+
+    def __init__(self, status: int | None, attempts: int, reason: str) -> None:
+        super().__init__(reason)
+        self.status = status
+        self.attempts = attempts
+
+
+class SiteClient:
+    def __init__(
+        self, name: str, api_url: str, token: Secret, rates: Rates, metrics: Metrics,
+        max_attempts: int = 8, backoff_base: float = 0.5,
+    ) -> None:
+        self.name = name
+        self.rates = rates
+        self.metrics = metrics
+        self.max_attempts = max_attempts
+        self.backoff_base = backoff_base
+        self.bucket = TokenBucket(rates.requests_per_second, rates.burst)
+        self.slots = asyncio.Semaphore(rates.concurrency)
+        self.paused_until = 0.0
+        self._pause = Backoff()
+        self._http = httpx.AsyncClient(
+            base_url=api_url if api_url.endswith("/") else api_url + "/",
+            headers={"Authorization": f"Token {token.reveal()}", "Accept": "application/json"},
+            timeout=httpx.Timeout(rates.timeout),
+            limits=httpx.Limits(max_connections=rates.concurrency, max_keepalive_connections=rates.concurrency),
+        )
+
+    async def close(self) -> None:
+        await self._http.aclose()
+
+    # -- the one request loop -----------------------------------------------------------
+
+    async def request(self, method: str, path: str, *, params: Any = None, json: Any = None) -> Answer:
+        """Send until a final answer; raise :class:`GaveUp` after ``max_attempts`` transient failures."""
+        backoff = Backoff(base=self.backoff_base, cap=30.0)
+        status: int | None = None
+        reason = ""
+        for attempt in range(1, self.max_attempts + 1):
+            await self._wait_unpaused()
+            retry_after: float | None = None
+            async with self.slots:
+                await self.bucket.acquire()
+                try:
+                    response = await self._http.request(method, path, params=params, json=json)
+                except httpx.TimeoutException:
+                    status, reason = None, "timeout"
+                except httpx.TransportError as exc:
+                    status, reason = None, f"connection error: {type(exc).__name__}"
+                else:
+                    status = response.status_code
+                    retry_after = parse_retry_after(response.headers.get("Retry-After"))
+            self.metrics.http_calls.labels(self.name, method, str(status or "timeout")).inc()
+            verdict = classify_http(status)
+            if verdict is HttpClass.SUCCESS or verdict is HttpClass.REJECT:
+                self._resume()
+                return Answer(status, response.content, response.headers, attempt)  # type: ignore[arg-type]
+            if verdict is HttpClass.PAUSE_SITE:
+                self._pause_site(status)  # type: ignore[arg-type]
+                reason = f"HTTP {status}"
+                continue
+            reason = reason if status is None else f"HTTP {status}"
+            if attempt < self.max_attempts:
+                await asyncio.sleep(backoff.next_delay(retry_after))
+        raise GaveUp(status, self.max_attempts, f"{self.name}: {method} gave up after {self.max_attempts} attempts ({reason})")
+
+    async def _wait_unpaused(self) -> None:
+        delay = self.paused_until - time.monotonic()
+        if delay > 0:
+            await asyncio.sleep(delay)
+
+    def _pause_site(self, status: int) -> None:
+        if self.paused_until <= time.monotonic():
+            delay = self._pause.next_delay()
+            if self._pause.attempt == 1:  # say it once per outage, not per call
+                log.error("site %s answers %d: credentials refused; pausing calls to it (retrying with backoff)", self.name, status)
+            self.paused_until = time.monotonic() + delay
+        self.metrics.site_paused.labels(self.name).set(1)
+
+    def _resume(self) -> None:
+        if self._pause.attempt:
+            log.warning("site %s accepts our credentials again", self.name)
+            self._pause.reset()
+            self.metrics.site_paused.labels(self.name).set(0)
+
+    # -- offering users -----------------------------------------------------------------
+
+    async def get_offering_user(self, uuid: str) -> tuple[int, OfferingUserRecord | None]:
+        answer = await self.request("GET", f"{OFFERING_USERS}{uuid}/")
+        return answer.status, _record.decode(answer.body) if answer.ok else None
+
+    async def find_offering_user(self, offering_uuid: str, user_username: str) -> tuple[int, OfferingUserRecord | None]:
+        """The offering user of ``user_username`` on ``offering_uuid``; 404 when there is none."""
+        answer = await self.request(
+            "GET", OFFERING_USERS, params={"offering_uuid": offering_uuid, "user_username": user_username},
+        )
+        if not answer.ok:
+            return answer.status, None
+        found = [r for r in _records.decode(answer.body) if r.user_username == user_username]
+        return (200, found[0]) if found else (404, None)
+
+    async def patch_username(self, uuid: str, username: str) -> tuple[int, OfferingUserRecord | None]:
+        answer = await self.request("PATCH", f"{OFFERING_USERS}{uuid}/", json={"username": username})
+        return answer.status, _record.decode(answer.body) if answer.ok else None
+
+    async def list_offering_users(
+        self, offering_uuid: str, states: list[str], page_size: int = PAGE_SIZE,
+    ) -> AsyncIterator[tuple[int, int, list[OfferingUserRecord], bool]]:
+        """Yield (page, total, records, last) through every page (``Link rel=next``)."""
+        params: Any = [("offering_uuid", offering_uuid), ("page_size", str(page_size))] + [("state", s) for s in states]
+        path: str = OFFERING_USERS
+        page = 1
+        while True:
+            answer = await self.request("GET", path, params=params)
+            if not answer.ok:
+                raise GaveUp(answer.status, answer.attempts, f"{self.name}: listing answered HTTP {answer.status}")
+            total = int(answer.headers.get("X-Result-Count", "0") or 0)
+            next_url = _next_link(answer.headers.get("Link", ""))
+            yield page, total, _records.decode(answer.body), next_url is None
+            if next_url is None:
+                return
+            path, params, page = next_url, None, page + 1
+
+
+def _next_link(header: str) -> str | None:
+    for part in header.split(","):
+        if 'rel="next"' in part:
+            start, end = part.find("<"), part.find(">")
+            if 0 <= start < end:
+                return part[start + 1:end]
+    return None
+
+
+class Clients:
+    """Every site's client of one worker process."""
+
+    def __init__(self, config: Config, metrics: Metrics, max_attempts: int = 8) -> None:
+        self.by_site = {
+            name: SiteClient(name, site.api_url, config.site_token(name), site.rates, metrics, max_attempts)
+            for name, site in config.sites.items()
+        }
+
+    def __getitem__(self, site: str) -> SiteClient:
+        return self.by_site[site]
+
+    async def close(self) -> None:
+        for client in self.by_site.values():
+            await client.close()

@@ -1,0 +1,202 @@
+"""What the app's acceptance tests share: two simulated sites, a config, worker subprocesses,
+the bridge in-process, and polling with deadlines (never sleeps as synchronisation)."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import socket
+import subprocess
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from streams.config import Config, load_config
+
+ROOT = Path(__file__).resolve().parents[2]
+USYNC = str(ROOT / ".local/venv/bin/usync")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+async def until(check: Callable[[], Any], timeout: float, what: str, interval: float = 0.1) -> Any:
+    """Poll ``check`` (sync or async) until it returns something truthy; fail after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    last: Any = None
+    while time.monotonic() < deadline:
+        last = check()
+        if asyncio.iscoroutine(last):
+            last = await last
+        if last:
+            return last
+        await asyncio.sleep(interval)
+    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what} (last: {last!r})")
+
+
+@dataclass
+class LinkSpec:
+    name: str
+    a_offering: Any
+    b_offering: Any
+    reconcile: bool = True
+
+
+@dataclass
+class Setup:
+    """Sites a (target) and b (source) with one offering, project and resource each."""
+
+    a: Any
+    b: Any
+    offering_a: Any
+    offering_b: Any
+    project_a: Any
+    project_b: Any
+    tmp: Path
+    suffix: str = field(default_factory=lambda: uuid.uuid4().hex[:10])
+    workers: list["WorkerProcess"] = field(default_factory=list)
+
+    @property
+    def env(self) -> dict[str, str]:
+        return {**os.environ, "USYNC_TOKEN_A": self.a.staff_token, "USYNC_TOKEN_B": self.b.staff_token}
+
+    def write_config(self, links: list[LinkSpec], *, broker: bool = True, rates: str = "", partitions: int = 4,
+                     reconcile_interval: float = 3600.0) -> Path:
+        def site(s: Any, env: str) -> str:
+            text = f'[sites.{s.name}]\napi_url = "{s.url}"\ntoken_env = "{env}"\n'
+            if broker:
+                text += 'broker_url = "ws://127.0.0.1:15674/ws"\nregister = true\n'
+            if rates:
+                text += f"[sites.{s.name}.rates]\n{rates}\n"
+            return text
+
+        text = (
+            f'app_id = "usync-test-{self.suffix}"\nreconcile_interval = {reconcile_interval}\n'
+            f'data_dir = "{self.tmp / "data"}"\n'
+            f'[kafka]\nevents_topic = "t-{self.suffix}.events"\ndlq_topic = "t-{self.suffix}.dlq"\n'
+            f'outcomes_topic = "t-{self.suffix}.outcomes"\npartitions = {partitions}\n'
+            + site(self.a, "USYNC_TOKEN_A") + site(self.b, "USYNC_TOKEN_B")
+        )
+        for link in links:
+            text += (
+                f'[[links]]\nname = "{link.name}"\nreconcile = {str(link.reconcile).lower()}\n'
+                f'target = {{ site = "{self.a.name}", offering = "{uuid_of(link.a_offering)}" }}\n'
+                f'source = {{ site = "{self.b.name}", offering = "{uuid_of(link.b_offering)}" }}\n'
+            )
+        path = self.tmp / "usync.toml"
+        path.write_text(text)
+        return path
+
+    def config(self, path: Path) -> Config:
+        return load_config(path, self.env)
+
+    def add_user(self, name: str) -> tuple[Any, Any]:
+        """A user on both sites (same username), member of both projects: (a_ou, b_ou), Requested and empty."""
+        ua, ub = self.a.create_user(name), self.b.create_user(name)
+        [a_ou] = self.a.add_project_member(ua, self.project_a)
+        [b_ou] = self.b.add_project_member(ub, self.project_b)
+        return a_ou, b_ou
+
+    def start_worker(self, config_path: Path, *extra: str) -> "WorkerProcess":
+        worker = WorkerProcess(config_path, self.env, self.tmp, len(self.workers), list(extra))
+        self.workers.append(worker)
+        return worker
+
+
+def uuid_of(entity: Any) -> str:
+    return entity if isinstance(entity, str) else entity.uuid
+
+
+def make_setup(federation: Any, tmp: Path) -> Setup:
+    a, b = federation.add_site("a"), federation.add_site("b")
+    parts = {}
+    for s in (a, b):
+        sp = s.create_customer("sp")
+        c = s.create_customer("c", owners=[])
+        off = s.create_offering(sp, "hpc")
+        proj = s.create_project(c, "p")
+        s.create_resource(off, proj, backend_id="acc1")
+        parts[s.name] = (off, proj)
+    return Setup(a=a, b=b, offering_a=parts["a"][0], offering_b=parts["b"][0],
+                 project_a=parts["a"][1], project_b=parts["b"][1], tmp=tmp)
+
+
+class WorkerProcess:
+    """``usync worker`` as a subprocess (memory store), its log in a file."""
+
+    def __init__(self, config_path: Path, env: dict[str, str], tmp: Path, n: int, extra: list[str]) -> None:
+        self.port = free_port()
+        self.log_path = tmp / f"worker-{n}.log"
+        self.log = open(self.log_path, "ab")
+        self.args = [USYNC, "worker", "--config", str(config_path), "--store", "memory",
+                     "--web-port", str(self.port), "--data-dir", str(tmp / f"data-{n}"), *extra]
+        self.env = env
+        self.proc = subprocess.Popen(self.args, env=env, stdout=self.log, stderr=subprocess.STDOUT, cwd=ROOT)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    async def get(self, path: str) -> httpx.Response | None:
+        try:
+            async with httpx.AsyncClient(timeout=5) as client:
+                return await client.get(self.url + path)
+        except httpx.HTTPError:
+            return None
+
+    async def ready(self, timeout: float = 60) -> None:
+        async def up() -> bool:
+            if self.proc.poll() is not None:
+                raise AssertionError(f"worker exited with {self.proc.returncode}:\n{self.log_text()[-3000:]}")
+            r = await self.get("/health")
+            return r is not None and r.status_code == 200
+        await until(up, timeout, "the worker's web server")
+
+    async def table(self) -> dict:
+        r = await self.get("/usync/table/")
+        assert r is not None and r.status_code == 200
+        return r.json()
+
+    def log_text(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def kill9(self) -> None:
+        self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait()
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.log.close()
+
+
+def patches(site: Any, since: int = 0) -> list[Any]:
+    return [c for c in site.calls.since(since) if c.method == "PATCH"]
+
+
+def last_seq(site: Any) -> int:
+    return site.calls.log[-1].seq if site.calls.log else 0
+
+
+def usernames(site: Any, offering: Any) -> dict[str, str]:
+    """user_username -> username of the offering's users."""
+    return {site.store.users[ou.user].username: ou.username or "" for ou in site.offering_users(offering)}
+
+
+def bridge_ready(bridge: Any, relays: int) -> bool:
+    """Every site's relay is subscribed (events published from now on reach Kafka)."""
+    return len(bridge.health.components) >= relays and bridge.health.ready

@@ -1,0 +1,100 @@
+"""kill -9 mid-stream with a second worker joining, and a flaky API under a rate limit."""
+
+from __future__ import annotations
+
+import msgspec
+from aiokafka import AIOKafkaConsumer
+
+from streams.schema import OutcomeAction, outcome_decoder
+from tests.app.harness import LinkSpec, bridge_ready, patches, until, usernames
+
+RATES = "requests_per_second = 50.0\nburst = 20\nconcurrency = 8\ntimeout = 2.0"
+
+
+async def read_outcomes(topic: str) -> list:
+    consumer = AIOKafkaConsumer(topic, bootstrap_servers="127.0.0.1:9092", group_id=None,
+                                auto_offset_reset="earliest", enable_auto_commit=False)
+    await consumer.start()
+    try:
+        out = []
+        while True:
+            batch = await consumer.getmany(timeout_ms=1000)
+            if not batch:
+                return out
+            for messages in batch.values():
+                out.extend(outcome_decoder.decode(m.value) for m in messages)
+    finally:
+        await consumer.stop()
+
+
+async def test_kill_9_restart_and_a_second_worker(setup, bridge):
+    s = setup
+    n = 30
+    pairs = {f"k{i:02d}": s.add_user(f"k{i:02d}") for i in range(n)}
+    path = s.write_config([LinkSpec("hpc", s.offering_a, s.offering_b)], rates=RATES)
+    b = await bridge(s.config(path))
+    first = s.start_worker(path)
+    await first.ready()
+    await until(lambda: bridge_ready(b, 2), 30, "the bridge's subscriptions")
+    s.a.faults.update(latency=0.05)  # slow A down so the kill lands mid-stream
+
+    for name, (_, b_ou) in pairs.items():
+        s.b.set_username(b_ou, f"{name}_b")
+    await until(lambda: len(patches(s.a)) >= 3, 30, "the first PATCHes")
+    first.kill9()
+    in_flight_bound = 8  # Rates.concurrency: at most this many PATCHes can be mid-air at the kill
+
+    s.start_worker(path)
+    s.start_worker(path)
+    for worker in s.workers[1:]:
+        await worker.ready()
+
+    want = {name: f"{name}_b" for name in pairs}
+    await until(lambda: usernames(s.a, s.offering_a) == want, 90, "A to converge after the kill")
+    assert len(patches(s.a)) <= n + in_flight_bound
+
+    # the table recovered (changelogs) and caught up: across both workers, every row is converged
+    async def table_converged() -> bool:
+        rows: dict = {}
+        for worker in s.workers[1:]:
+            rows.update((await worker.table())["rows"])
+        return len(rows) == n and all(r.get("a_username") == r.get("b_username") == f"{r['user_username']}_b"
+                                      for r in rows.values())
+    await until(table_converged, 60, "the recovered tables to converge")
+
+    # no correction lost: every user has an outcome that says A was made (or found) equal
+    config = s.config(path)
+    outcomes = await read_outcomes(config.kafka.outcomes_topic)
+    done = {o.user_username for o in outcomes if o.action in (OutcomeAction.CORRECTED, OutcomeAction.ALREADY_EQUAL)}
+    assert done == set(pairs)
+
+
+async def test_flaky_api_converges_within_the_rate_limit(setup):
+    s = setup
+    n = 40
+    s.a.events_enabled = s.b.events_enabled = False
+    pairs = {f"f{i:02d}": s.add_user(f"f{i:02d}") for i in range(n)}
+    for name, (_, b_ou) in pairs.items():
+        s.b.set_username(b_ou, f"{name}_b")
+    rate, burst = 20.0, 5
+    path = s.write_config([LinkSpec("hpc", s.offering_a, s.offering_b)], broker=False,
+                          rates=f"requests_per_second = {rate}\nburst = {burst}\nconcurrency = 4\ntimeout = 0.5")
+    for site in (s.a, s.b):  # 20 % of API calls fail: 5xx, 429 with Retry-After, timeouts
+        site.faults.update(error_rate=0.10, throttle_rate=0.05, retry_after=1, timeout_rate=0.05,
+                           timeout_seconds=1.0, seed=7)
+    worker = s.start_worker(path)
+    await worker.ready()
+
+    want = {name: f"{name}_b" for name in pairs}
+    await until(lambda: usernames(s.a, s.offering_a) == want, 120, "A to converge under faults")
+    assert sum(s.a.faults.stats.values()) > 0 and sum(s.b.faults.stats.values()) > 0
+
+    for site in (s.a, s.b):
+        times = sorted(c.time for c in site.calls.log if c.path.startswith("/api/"))
+        for window in (1.0, 3.0):
+            allowed = burst + rate * window + 1  # +1: arrival stamps are taken server-side
+            j = 0
+            for i, t in enumerate(times):
+                while times[j] < t - window:
+                    j += 1
+                assert i - j + 1 <= allowed, f"{site.name}: {i - j + 1} calls within {window} s (allowed {allowed})"
