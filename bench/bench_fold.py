@@ -117,7 +117,13 @@ async def raw_consume(topic: str, total: int) -> float:
         await consumer.stop()
 
 
-async def worker_fold(path: Path, env: dict, total: int) -> float:
+def cpu_seconds(pid: int) -> float:
+    """user + system CPU time of a process: a figure the other load on the machine does not bend."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+async def worker_fold(path: Path, env: dict, total: int) -> tuple[float, float]:
     port = 16066 + os.getpid() % 1000
     log = open(path.parent / "worker.log", "wb")
     proc = subprocess.Popen([str(ROOT / ".local/venv/bin/usync"), "--log-level", "warning", "worker", "--config", str(path),
@@ -125,18 +131,20 @@ async def worker_fold(path: Path, env: dict, total: int) -> float:
                             env=env, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)
     try:
         async with httpx.AsyncClient(timeout=5) as client:
-            began = None
+            began = first = None  # the clock starts at the first folded batch: startup and the group join are not folding
             while True:
                 try:
                     text = (await client.get(f"http://127.0.0.1:{port}/metrics")).text
                 except httpx.HTTPError:
                     await asyncio.sleep(0.05)
                     continue
-                began = began or time.perf_counter()
                 folded = sum(float(line.split()[-1]) for line in text.splitlines()
                              if line.startswith("usync_events_folded_total"))
+                if folded and began is None:
+                    began, first, cpu = time.perf_counter(), folded, cpu_seconds(proc.pid)
                 if folded >= total:
-                    return folded / (time.perf_counter() - began)
+                    rate = (folded - first) / (time.perf_counter() - began)
+                    return rate, (folded - first) / (cpu_seconds(proc.pid) - cpu)
                 if proc.poll() is not None:
                     raise RuntimeError("worker exited; see worker.log")
                 await asyncio.sleep(0.05)
@@ -212,7 +220,9 @@ async def main() -> None:
         total = await prefill(config, args.events, args.users, a_off, b_off)
         print(f"prefill:      {total:,} envelopes in {time.perf_counter() - t0:.1f} s")
         print(f"raw consume:  {await raw_consume(config.kafka.events_topic, total):>10,.0f} events/s (aiokafka getmany)")
-        print(f"worker fold:  {await worker_fold(path, env, total):>10,.0f} events/s (1 worker: route, repartition, fold)")
+        rate, per_cpu = await worker_fold(path, env, total)
+        print(f"worker fold:  {rate:>10,.0f} events/s (1 worker: route, repartition, fold); "
+              f"{per_cpu:,.0f} events per CPU-second of the worker")
         _state, folded, seconds = await replay(config)
         print(f"replay:       {folded / seconds:>10,.0f} events/s")
     print(f"sink:         {await sink_bench(args.patches):>10,.0f} PATCH/s (GET B + GET A + PATCH + 2 records each)")

@@ -28,18 +28,22 @@ from faust.types import EventT
 
 from streams.config import Config
 from streams.core import FoldResult, LookupNeeded, as_dict, compile_routes, drift, fold_by_link, needing_correction
+from streams.kafka import by_link_topic as by_link_topic_name
 from streams.kafka import client_options
 from streams.metrics import Metrics
 from streams.reconciler import jittered, reconcile_pass
-from streams.schema import Envelope, envelope_decoder
+from streams.router import Router, unpack
 from streams.sink import CorrectionRequest, Sink, lookup_envelope, request_decoder, request_encoder
-from streams.tables import LinkTable, buffered_state, define_tables, flush, link_partition, table_state
+from streams.tables import (
+    ChangelogWriter, LinkTable, buffered_state, define_tables, link_partition, table_state, write_changes,
+)
 from streams.waldur import Clients, GaveUp
 
 log = logging.getLogger("usync.app")
 
-FOLD_BATCH = 5000
+FOLD_BATCH = 64  # by-link records, each an array of up to router.MAX_RECORD_ENVELOPES
 SINK_BATCH = 500
+DRIFT_MAX_AGE = 10.0  # seconds a /metrics scrape may reuse the drift gauges
 
 
 def broker_credentials(config: Config) -> Any:
@@ -65,6 +69,8 @@ class Usync:
     metrics: Metrics
     clients: Clients
     tables: tuple[Any, Any, Any]
+    router: Router | None = None
+    drift_cache: tuple[float, dict[str, Any]] | None = None
     rng: random.Random = field(default_factory=random.Random)
     next_reconcile: float = 0.0  # monotonic; 0 = at start
 
@@ -96,6 +102,8 @@ def create_app(config: Config, *, store: str = "rocksdb", web_port: int | None =
         broker_commit_every=1000,
         broker_commit_interval=1.0,
         producer_acks=-1,
+        # Changelog and sink records go out in batches, not one produce request each.
+        producer_linger=0.005,
     )
     metrics = Metrics()
     clients = Clients(config, metrics)
@@ -108,7 +116,7 @@ def create_app(config: Config, *, store: str = "rocksdb", web_port: int | None =
     raw = dict(key_type=bytes, value_type=bytes, key_serializer="raw", value_serializer="raw")
     events_topic = app.topic(kafka.events_topic, **raw)
     outcomes_topic = app.topic(kafka.outcomes_topic, **raw)
-    by_link_topic = app.topic(f"{config.app_id}-by-link", partitions=kafka.partitions, internal=True, **raw)
+    by_link_topic = app.topic(by_link_topic_name(config), partitions=kafka.partitions, internal=True, **raw)
     corrections_topic = app.topic(f"{config.app_id}-corrections", partitions=kafka.partitions, internal=True, **raw)
 
     async def emit_to(topic: faust.TopicT, key: bytes, value: bytes) -> None:
@@ -122,42 +130,34 @@ def create_app(config: Config, *, store: str = "rocksdb", web_port: int | None =
 
     sink = Sink(links, clients, metrics, emit_event, emit_outcome)
 
-    # -- 1: route every fact to the links it feeds --------------------------------------
-    @app.agent(events_topic)
-    async def route(stream: faust.StreamT) -> None:
-        async for batch in stream.take_events(FOLD_BATCH, within=0.05):
-            sends = []
-            for event in batch:
-                try:
-                    envelope = envelope_decoder.decode(event.value)
-                except msgspec.DecodeError as exc:  # the bridge dead-letters; a stray writer may not
-                    log.error("undecodable record at %s:%s: %s", event.message.partition, event.message.offset, exc)
-                    metrics.events_unrouted.inc()
-                    continue
-                found = routes.of_envelope(envelope)
-                if not found:
-                    metrics.events_unrouted.inc()
-                for link, _side in found:
-                    sends.append(await by_link_topic.send(key=link.name.encode(), value=event.value))
-            if sends:
-                await asyncio.gather(*sends)
+    # -- 1: route every fact to the links it feeds (aiokafka, batched: see streams.router) --
+    router = Router(config, routes, metrics, by_link_topic.get_topic_name())
+    usync.router = router
+
+    @app.task
+    async def route() -> None:
+        await router.run()
 
     # -- 2: fold one link's facts into its partition of the table -----------------------
     @app.agent(by_link_topic)
     async def fold(stream: faust.StreamT) -> None:
         state = buffered_state(*usync.tables)
-        async for batch in stream.take_events(FOLD_BATCH, within=0.05):
+        writer = ChangelogWriter(client_options(config))
+        await writer.start()
+        async for batch in stream.take_events(FOLD_BATCH, within=0.02):
+            changelog = []
             groups: dict[str, list[EventT]] = defaultdict(list)
             for event in batch:
                 groups[event.key.decode()].append(event)
             lookups: list[LookupNeeded] = []
             corrections = []
             for link_name, events in groups.items():
-                items = [(link_name, envelope_decoder.decode(e.value)) for e in events]
+                items = [(link_name, envelope) for e in events for envelope in unpack(e.value)]
                 with link_partition(events[0]):
                     result: FoldResult = fold_by_link(state, routes, items)
                     rows = needing_correction(state, routes, result.dirty)
-                    flush(state)  # each key once per batch, into this link's partition
+                    # each key once per batch, into this link's partition
+                    changelog += write_changes(writer, state, usync.tables, events[0].message.partition)
                 metrics.events_folded.labels(link_name).inc(len(items))
                 lookups.extend(result.lookups)
                 for row in rows:
@@ -168,6 +168,7 @@ def create_app(config: Config, *, store: str = "rocksdb", web_port: int | None =
                     )
                     corrections.append(await corrections_topic.send(key=request.key.encode(), value=request_encoder.encode(request)))
                     metrics.corrections.labels(row.link).inc()
+            await asyncio.gather(*changelog)
             if lookups:
                 await asyncio.gather(*(lookup(need) for need in lookups))
             if corrections:
@@ -211,7 +212,7 @@ def create_app(config: Config, *, store: str = "rocksdb", web_port: int | None =
 
     @app.page("/usync/drift/")
     async def drift_view(web: Any, request: Any) -> Any:
-        return web.json(_drift_report(usync))
+        return web.json(_drift_report(usync, max_age=0.0))
 
     @app.page("/usync/reconcile/")
     class ReconcileView(faust.web.View):
@@ -228,12 +229,20 @@ def create_app(config: Config, *, store: str = "rocksdb", web_port: int | None =
 
     @app.page("/health")
     async def health_view(web: Any, request: Any) -> Any:
-        return web.json({"status": "ok", "paused_sites": [n for n, c in clients.by_site.items() if c.paused_until > time.monotonic()]})
+        return web.json({
+            "status": "ok",
+            "router_connected": router.connected,
+            "paused_sites": [n for n, c in clients.by_site.items() if c.paused_until > time.monotonic()],
+        })
 
     return usync
 
 
-def _drift_report(usync: Usync) -> dict[str, Any]:
+def _drift_report(usync: Usync, max_age: float = DRIFT_MAX_AGE) -> dict[str, Any]:
+    """Drift per link; a scrape reuses a report younger than ``max_age`` (it walks every row)."""
+    cached = usync.drift_cache
+    if cached is not None and time.monotonic() - cached[0] < max_age:
+        return cached[1]
     state = usync.state
     report: dict[str, Any] = {"rows": len(state.rows), "links": {}}
     usync.metrics.table_rows.set(report["rows"])
@@ -241,4 +250,5 @@ def _drift_report(usync: Usync) -> dict[str, Any]:
         rows = drift(state, link)
         usync.metrics.drift.labels(link.name).set(len(rows))
         report["links"][link.name] = {"drift": len(rows), "users": [r.user_username for r in rows[:100]]}
+    usync.drift_cache = (time.monotonic(), report)
     return report

@@ -112,7 +112,10 @@ class Kafka(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     sasl_mechanism: str | None = None
     sasl_username: str | None = None
     sasl_password_env: str | None = None
-    ssl_cafile: str | None = None
+    ssl_cafile: str | None = None  # CA bundle for SSL/SASL_SSL (default: the system's)
+    ssl_certfile: str | None = None  # client certificate (mutual TLS)
+    ssl_keyfile: str | None = None
+    ssl_check_hostname: bool = True
 
 
 class RabbitMQ(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
@@ -162,6 +165,7 @@ def _problems(config: Config, environ: Mapping[str, str]) -> list[str]:
         for field, env_name in env_fields:
             if env_name not in environ:
                 problems.append(f"{where}.{field}: environment variable {env_name} is not set")
+    problems += _kafka_problems(config.kafka)
     if config.kafka.sasl_password_env and config.kafka.sasl_password_env not in environ:
         problems.append(f"$.kafka.sasl_password_env: environment variable {config.kafka.sasl_password_env} is not set")
     seen: set[str] = set()
@@ -176,6 +180,34 @@ def _problems(config: Config, environ: Mapping[str, str]) -> list[str]:
                 problems.append(f"{where}.{side}.site: unknown site {endpoint.site!r}")
         if (link.target.site, link.target.offering) == (link.source.site, link.source.offering):
             problems.append(f"{where}: target and source are the same offering")
+    return problems
+
+
+_PROTOCOLS: Final = ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL")
+_MECHANISMS: Final = ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512", "GSSAPI", "OAUTHBEARER")
+
+
+def _kafka_problems(kafka: Kafka) -> list[str]:
+    """TLS/SASL settings that aiokafka would only reject at connect time, reported at load."""
+    problems: list[str] = []
+    where = "$.kafka"
+    if kafka.security_protocol not in _PROTOCOLS:
+        problems.append(f"{where}.security_protocol: must be one of {', '.join(_PROTOCOLS)}")
+    sasl = kafka.security_protocol.startswith("SASL_")
+    if sasl and not kafka.sasl_mechanism:
+        problems.append(f"{where}.sasl_mechanism: required with security_protocol {kafka.security_protocol}")
+    if kafka.sasl_mechanism and not sasl:
+        problems.append(f"{where}.sasl_mechanism: needs security_protocol SASL_PLAINTEXT or SASL_SSL")
+    if kafka.sasl_mechanism and kafka.sasl_mechanism not in _MECHANISMS:
+        problems.append(f"{where}.sasl_mechanism: must be one of {', '.join(_MECHANISMS)}")
+    if kafka.sasl_mechanism in ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512") and not (kafka.sasl_username and kafka.sasl_password_env):
+        problems.append(f"{where}: sasl_mechanism {kafka.sasl_mechanism} needs sasl_username and sasl_password_env")
+    if bool(kafka.ssl_certfile) != bool(kafka.ssl_keyfile):
+        problems.append(f"{where}: ssl_certfile and ssl_keyfile go together")
+    for field in ("ssl_cafile", "ssl_certfile", "ssl_keyfile"):
+        path = getattr(kafka, field)
+        if path and not Path(path).is_file():
+            problems.append(f"{where}.{field}: no such file {path}")
     return problems
 
 

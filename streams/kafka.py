@@ -27,7 +27,7 @@ def client_options(config: Config) -> dict[str, Any]:
         "security_protocol": kafka.security_protocol,
     }
     if kafka.security_protocol in ("SSL", "SASL_SSL"):
-        options["ssl_context"] = ssl.create_default_context(cafile=kafka.ssl_cafile)
+        options["ssl_context"] = ssl_context(config)
     if kafka.sasl_mechanism:
         options["sasl_mechanism"] = kafka.sasl_mechanism
         options["sasl_plain_username"] = kafka.sasl_username
@@ -36,21 +36,41 @@ def client_options(config: Config) -> dict[str, Any]:
     return options
 
 
-def topic_specs(config: Config) -> list[NewTopic]:
+def by_link_topic(config: Config) -> str:
+    """The worker's repartition topic: envelopes keyed by link name (see streams.router)."""
+    return f"{config.app_id}-by-link"
+
+
+def ssl_context(config: Config) -> ssl.SSLContext:
+    """TLS to Kafka: the configured CA (or the system's), a client certificate for mutual TLS."""
     kafka = config.kafka
-    return [
+    context = ssl.create_default_context(cafile=kafka.ssl_cafile)
+    if kafka.ssl_certfile:
+        context.load_cert_chain(kafka.ssl_certfile, kafka.ssl_keyfile)
+    context.check_hostname = kafka.ssl_check_hostname
+    return context
+
+
+def topic_specs(config: Config, *, worker: bool = False) -> list[NewTopic]:
+    kafka = config.kafka
+    specs = [
         NewTopic(name, kafka.partitions, kafka.replication_factor, topic_configs=dict(UNLIMITED))
         for name in (kafka.events_topic, kafka.dlq_topic, kafka.outcomes_topic)
     ]
+    if worker:  # derived from the events topic, so the broker's default retention is enough
+        specs.append(NewTopic(by_link_topic(config), kafka.partitions, kafka.replication_factor))
+    return specs
 
 
-async def ensure_topics(config: Config, request_timeout_ms: int = 10_000) -> list[str]:
-    """Create the usync topics that are missing; return the names created."""
+async def ensure_topics(config: Config, request_timeout_ms: int = 10_000, *, worker: bool = False) -> list[str]:
+    """Create the usync topics that are missing (with ``worker``, its repartition topic too);
+    return the names created. The router must never produce to a topic the broker would
+    auto-create with one partition."""
     admin = AIOKafkaAdminClient(**client_options(config), request_timeout_ms=request_timeout_ms)
     await admin.start()
     try:
         existing = set(await admin.list_topics())
-        missing = [spec for spec in topic_specs(config) if spec.name not in existing]
+        missing = [spec for spec in topic_specs(config, worker=worker) if spec.name not in existing]
         if missing:
             try:
                 await admin.create_topics(missing)

@@ -9,6 +9,7 @@ class Metrics:
     def __init__(self) -> None:
         self.registry = registry = CollectorRegistry()
         self.events_folded = Counter("usync_events_folded", "Envelopes folded into the table", ["link"], registry=registry)
+        self.events_routed = Counter("usync_events_routed", "Envelopes read from the events topic by the router", registry=registry)
         self.events_unrouted = Counter("usync_events_unrouted", "Envelopes no link takes", registry=registry)
         self.corrections = Counter("usync_corrections_requested", "Correction requests sent to the sink", ["link"], registry=registry)
         self.outcomes = Counter("usync_outcomes", "Correction outcomes", ["link", "action"], registry=registry)

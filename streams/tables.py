@@ -12,17 +12,27 @@ depends on faust internals we do not set.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import logging
 import weakref
-from collections.abc import Iterator, MutableMapping
+from collections.abc import Awaitable, Iterator, MutableMapping
 from contextvars import ContextVar
 from typing import Any, Generic, TypeVar
 
 import faust
 import msgspec
+from aiokafka import AIOKafkaProducer
+from aiokafka.errors import KafkaError
 from faust.streams import _current_event  # the ContextVar faust sets per event
+from faust.types import TP
 
 from streams.core import Pending, Row, TableState
+from streams.retry import Backoff
+
+log = logging.getLogger("usync.tables")
+
+BATCH_BYTES = 1024 * 1024
 
 _partition: ContextVar[int | None] = ContextVar("usync_link_partition", default=None)
 
@@ -171,17 +181,12 @@ class BufferedMapping(TableMapping[V]):
     def __len__(self) -> int:
         return sum(1 for _ in self)
 
-    def flush(self) -> None:
-        """Write the batch's final values (inside :func:`link_partition`)."""
-        table, encode = self.table, self.encode
-        for key, value in self.dirty.items():
-            kb = key.encode()
-            if value is _GONE:
-                if kb in table:
-                    del table[kb]
-            else:
-                table[kb] = encode(value)
+    def take_changes(self) -> dict[bytes, bytes | None]:
+        """The batch's final values, encoded (None: deleted); the buffer starts over."""
+        encode = self.encode
+        changes = {key.encode(): None if value is _GONE else encode(value) for key, value in self.dirty.items()}
         self.dirty.clear()
+        return changes
 
 
 def buffered_state(rows: faust.Table, index: faust.Table, pending: faust.Table) -> TableState:
@@ -189,6 +194,92 @@ def buffered_state(rows: faust.Table, index: faust.Table, pending: faust.Table) 
                       pending=BufferedMapping(pending, PENDING))
 
 
-def flush(state: TableState) -> None:
-    for mapping in (state.rows, state.index, state.pending):
-        mapping.flush()  # type: ignore[attr-defined]
+class ChangelogWriter:
+    """Writes one fold batch's changes to a table's store and, in bulk, to its changelog.
+
+    ``table[key] = value`` would send one changelog record through faust's producer
+    buffer per key, which costs more than the fold itself; here the store is written
+    directly and the changelog records go out as aiokafka batches (one per partition
+    and megabyte) on a producer of our own. The fold agent awaits :meth:`send`'s acks
+    before it asks faust for the next batch, so a source offset is never committed
+    ahead of the table state it produced (invariant 1).
+    """
+
+    def __init__(self, options: dict[str, Any]) -> None:
+        self._options = options
+        self._producer: AIOKafkaProducer | None = None
+
+    async def start(self) -> None:
+        backoff = Backoff()
+        while self._producer is None:
+            producer = AIOKafkaProducer(**self._options, acks="all", enable_idempotence=True,
+                                        max_batch_size=BATCH_BYTES, max_request_size=4 * BATCH_BYTES)
+            try:
+                await producer.start()
+            except Exception as exc:  # Kafka down at start: wait for it like every other loop
+                await producer.stop()
+                delay = backoff.next_delay()
+                log.warning("changelog producer: %s; retrying in %.1f s", exc, delay)
+                await asyncio.sleep(delay)
+            else:
+                self._producer = producer
+
+    async def stop(self) -> None:
+        if self._producer is not None:
+            await self._producer.stop()
+            self._producer = None
+
+    def apply(self, table: faust.Table, changes: dict[bytes, bytes | None]) -> None:
+        """Write the store (inside :func:`link_partition`: the RocksDB store picks its partition db from it)."""
+        store = table.data
+        for key, value in changes.items():
+            if value is None:
+                store.pop(key, None)
+            else:
+                store[key] = value
+
+    async def send(self, table: faust.Table, partition: int, changes: dict[bytes, bytes | None]) -> None:
+        """Write ``changes`` to the changelog partition; retry until Kafka acknowledged them all."""
+        assert self._producer is not None, "start() first"
+        topic = table.changelog_topic.get_topic_name()
+        backoff = Backoff()
+        while True:
+            try:
+                last = await self._send_batches(topic, partition, changes)
+                break
+            except KafkaError as exc:  # re-sending the same values is harmless: the changelog is compacted
+                delay = backoff.next_delay()
+                log.warning("changelog %s[%d]: %s; re-sending in %.1f s", topic, partition, exc, delay)
+                await asyncio.sleep(delay)
+        if last is not None:
+            table.data.set_persisted_offset(TP(topic, partition), last)
+
+    async def _send_batches(self, topic: str, partition: int, changes: dict[bytes, bytes | None]) -> int | None:
+        producer = self._producer
+        assert producer is not None
+        acks: list[tuple[asyncio.Future, int]] = []
+        batch, count = producer.create_batch(), 0
+        for key, value in changes.items():
+            if batch.append(key=key, value=value, timestamp=None) is None:
+                acks.append((await producer.send_batch(batch, topic, partition=partition), count))
+                batch, count = producer.create_batch(), 0
+                batch.append(key=key, value=value, timestamp=None)
+            count += 1
+        if count:
+            acks.append((await producer.send_batch(batch, topic, partition=partition), count))
+        last = None
+        for ack, n in acks:
+            last = (await ack).offset + n - 1
+        return last
+
+
+def write_changes(writer: ChangelogWriter, state: TableState, tables: tuple[faust.Table, ...],
+                        partition: int) -> list[Awaitable[None]]:
+    """Apply the buffered state's changes to the tables' stores; return their changelog sends."""
+    sends: list[Awaitable[None]] = []
+    for mapping, table in zip((state.rows, state.index, state.pending), tables):
+        changes = mapping.take_changes()  # type: ignore[attr-defined]
+        if changes:
+            writer.apply(table, changes)
+            sends.append(writer.send(table, partition, changes))
+    return sends
