@@ -8,13 +8,15 @@
    timed from the worker's readiness to its folded counter reaching the total;
 4. replay of the same topic (``streams.replay.replay``, no network);
 5. sink PATCH/s: the sink (live GET B, GET A, PATCH A, Lookup + outcome records acked by Kafka)
-   against the simulator, with a generous rate limit.
+   against the simulator, running in a process of its own as remote sites would, with a
+   generous rate limit.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import multiprocessing
 import os
 import subprocess
 import sys
@@ -153,7 +155,8 @@ async def worker_fold(path: Path, env: dict, total: int) -> tuple[float, float]:
         proc.wait(20)
 
 
-async def sink_bench(n: int) -> float:
+async def _sites(n: int, conn) -> None:
+    """The simulator's side of the sink bench, in its own process (as remote sites would be)."""
     from waldursim import Federation
 
     async with Federation(broker_enabled=False, seed=1, publish_rate=0) as sim:
@@ -166,17 +169,35 @@ async def sink_bench(n: int) -> float:
             projs[s.name] = s.create_project(c, "p")
             s.create_resource(offs[s.name], projs[s.name], backend_id="x")
         a.events_enabled = b.events_enabled = False
-        requests = []
+        users = []
         for i in range(n):
             [aou] = a.add_project_member(a.create_user(f"p{i}"), projs["a"])
             [bou] = b.add_project_member(b.create_user(f"p{i}"), projs["b"])
             b.set_username(bou, f"p{i}_b")
-            requests.append(CorrectionRequest(link="bench", user_username=f"p{i}", a_offering_user_uuid=aou.uuid,
-                                              b_offering_user_uuid=bou.uuid, desired=f"p{i}_b"))
+            users.append((f"p{i}", aou.uuid, bou.uuid))
+        conn.send({"a": (a.url, a.staff_token, offs["a"].uuid), "b": (b.url, b.staff_token, offs["b"].uuid), "users": users})
+        await asyncio.get_running_loop().run_in_executor(None, conn.recv)  # "done"
+        conn.send(sum(1 for c in a.calls.log if c.method == "PATCH"))
+
+
+def _run_sites(n: int, conn) -> None:
+    asyncio.run(_sites(n, conn))
+
+
+async def sink_bench(n: int) -> float:
+    parent, child = multiprocessing.Pipe()
+    sites = multiprocessing.get_context("fork").Process(target=_run_sites, args=(n, child), daemon=True)
+    sites.start()
+    try:
+        setup = await asyncio.get_running_loop().run_in_executor(None, parent.recv)
+        (a_url, a_token, a_off), (b_url, b_token, b_off) = setup["a"], setup["b"]
+        requests = [CorrectionRequest(link="bench", user_username=name, a_offering_user_uuid=a_uuid,
+                                      b_offering_user_uuid=b_uuid, desired=f"{name}_b")
+                    for name, a_uuid, b_uuid in setup["users"]]
         suffix = uuid.uuid4().hex[:8]
         rates = "[rates]\nrequests_per_second = 100000.0\nburst = 1000\nconcurrency = 64\ntimeout = 10.0"
-        config = parse_config(config_text(suffix, a.url, b.url, offs["a"].uuid, offs["b"].uuid, rates),
-                              {"BENCH_TOKEN_A": a.staff_token, "BENCH_TOKEN_B": b.staff_token})
+        config = parse_config(config_text(suffix, a_url, b_url, a_off, b_off, rates),
+                              {"BENCH_TOKEN_A": a_token, "BENCH_TOKEN_B": b_token})
         await ensure_topics(config)
         producer = AIOKafkaProducer(bootstrap_servers=BOOT, acks="all", linger_ms=5)
         await producer.start()
@@ -196,9 +217,14 @@ async def sink_bench(n: int) -> float:
         elapsed = time.perf_counter() - began
         await producer.stop()
         await clients.close()
-        patched = sum(1 for c in a.calls.log if c.method == "PATCH")
+        parent.send("done")
+        patched = await asyncio.get_running_loop().run_in_executor(None, parent.recv)
         assert patched == n, patched
         return patched / elapsed
+    finally:
+        sites.join(10)
+        if sites.is_alive():
+            sites.kill()
 
 
 async def main() -> None:
@@ -225,7 +251,8 @@ async def main() -> None:
               f"{per_cpu:,.0f} events per CPU-second of the worker")
         _state, folded, seconds = await replay(config)
         print(f"replay:       {folded / seconds:>10,.0f} events/s")
-    print(f"sink:         {await sink_bench(args.patches):>10,.0f} PATCH/s (GET B + GET A + PATCH + 2 records each)")
+    print(f"sink:         {await sink_bench(args.patches):>10,.0f} PATCH/s (GET B + GET A + PATCH + 2 records each; "
+          f"simulator in its own process)")
 
 
 if __name__ == "__main__":
