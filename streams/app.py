@@ -43,6 +43,7 @@ log = logging.getLogger("usync.app")
 
 FOLD_BATCH = 64  # by-link records, each an array of up to router.MAX_RECORD_ENVELOPES
 SINK_BATCH = 500
+PENDING_RETRY_INTERVAL = 10.0  # seconds between re-issues of parked events' lookups
 DRIFT_MAX_AGE = 10.0  # seconds a /metrics scrape may reuse the drift gauges
 
 
@@ -169,10 +170,29 @@ def create_app(config: Config, *, store: str = "rocksdb", web_port: int | None =
                     corrections.append(await corrections_topic.send(key=request.key.encode(), value=request_encoder.encode(request)))
                     metrics.corrections.labels(row.link).inc()
             await asyncio.gather(*changelog)
-            if lookups:
-                await asyncio.gather(*(lookup(need) for need in lookups))
+            for need in lookups:
+                start_lookup(need)
             if corrections:
                 await asyncio.gather(*corrections)
+
+    lookups_in_flight: dict[tuple[str, str], asyncio.Task] = {}
+
+    def start_lookup(need: LookupNeeded) -> None:
+        """In the background: a slow site must not stall folding. The parked event stays in the
+        pending table until the answer is folded, so a lookup lost with its worker is re-issued."""
+        key = (need.site, need.offering_user_uuid)
+        if key not in lookups_in_flight:
+            task = asyncio.ensure_future(lookup(need))
+            lookups_in_flight[key] = task
+            task.add_done_callback(lambda _: lookups_in_flight.pop(key, None))
+
+    @app.timer(PENDING_RETRY_INTERVAL)
+    async def retry_pending() -> None:
+        """Re-issue the lookups of parked events: after a restart, or after a lookup gave up."""
+        for parked in list(usync.state.pending.values()):
+            start_lookup(LookupNeeded(site=parked.site, offering_uuid=parked.offering_uuid,
+                                      offering_user_uuid=parked.offering_user_uuid, link=parked.link,
+                                      cause_event_id=parked.event_id))
 
     async def lookup(need: LookupNeeded) -> None:
         """Identity-index miss: ask the site, write the answer as a fact (404 is an answer too)."""

@@ -3,16 +3,19 @@
 from __future__ import annotations
 
 import msgspec
-from aiokafka import AIOKafkaConsumer
+from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient
 
+from streams.kafka import by_link_topic
 from streams.schema import OutcomeAction, outcome_decoder
+from tests.support.services import KAFKA_BOOTSTRAP
 from tests.app.harness import LinkSpec, bridge_ready, patches, until, usernames
 
 RATES = "requests_per_second = 50.0\nburst = 20\nconcurrency = 8\ntimeout = 2.0"
 
 
 async def read_outcomes(topic: str) -> list:
-    consumer = AIOKafkaConsumer(topic, bootstrap_servers="127.0.0.1:9092", group_id=None,
+    consumer = AIOKafkaConsumer(topic, bootstrap_servers=KAFKA_BOOTSTRAP, group_id=None,
                                 auto_offset_reset="earliest", enable_auto_commit=False)
     await consumer.start()
     try:
@@ -98,3 +101,51 @@ async def test_flaky_api_converges_within_the_rate_limit(setup):
                 while times[j] < t - window:
                     j += 1
                 assert i - j + 1 <= allowed, f"{site.name}: {i - j + 1} calls within {window} s (allowed {allowed})"
+
+
+async def fold_caught_up(config) -> bool:
+    """The worker's group has committed every by-link record (and the router every event)."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=KAFKA_BOOTSTRAP)
+    consumer = AIOKafkaConsumer(bootstrap_servers=KAFKA_BOOTSTRAP, group_id=None)
+    await admin.start()
+    await consumer.start()
+    try:
+        for group, topic in ((config.app_id, by_link_topic(config)), (f"{config.app_id}-route", config.kafka.events_topic)):
+            committed = {tp: meta.offset for tp, meta in (await admin.list_consumer_group_offsets(group)).items()
+                         if tp.topic == topic}
+            ends = await consumer.end_offsets([TopicPartition(topic, p) for p in range(config.kafka.partitions)])
+            if any(end > committed.get(tp, 0) for tp, end in ends.items()):
+                return False
+        return True
+    finally:
+        await consumer.stop()
+        await admin.close()
+
+
+async def test_a_lookup_lost_with_its_worker_is_issued_again(setup, bridge):
+    """An event the identity index cannot place waits in the pending table for its lookup; a
+    worker killed while the lookup fails must not lose it: the next worker asks again."""
+    s = setup
+    path = s.write_config([LinkSpec("hpc", s.offering_a, s.offering_b)], rates=RATES)
+    b = await bridge(s.config(path))
+    first = s.start_worker(path, "--no-reconcile")  # no snapshot may fill the index behind the lookup's back
+    await first.ready()
+    await until(lambda: bridge_ready(b, 2), 30, "the bridge's subscriptions")
+
+    s.b.faults.update(error_rate=1.0, error_statuses=[503], methods=["GET"])  # B cannot be looked up
+    a_ou, b_ou = s.add_user("lena")
+    s.b.set_username(b_ou, "lena_b")
+
+    async def parked_on_b() -> bool:
+        table = await first.table()
+        return any(p["site"] == "b" for p in table["pending"].values())
+    await until(parked_on_b, 60, "B's event to wait for its lookup")
+    # the parked event's offsets are committed: a new worker will not fold it again
+    await until(lambda: fold_caught_up(s.config(path)), 60, "the fold's offsets to be committed")
+    first.kill9()
+    s.b.faults.update(error_rate=0.0)
+
+    second = s.start_worker(path, "--no-reconcile")
+    await second.ready()
+    await until(lambda: s.a.offering_user(a_ou).username == "lena_b", 90,
+                "the re-issued lookup to let A follow B")
