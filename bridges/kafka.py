@@ -7,6 +7,8 @@ import asyncio
 import functools
 import logging
 import random
+from collections.abc import Callable
+from typing import Any, Generic, TypeVar
 
 import aiokafka
 from aiokafka.errors import KafkaError
@@ -21,6 +23,8 @@ from bridges.metrics import BridgeMetrics
 from bridges.records import Record
 
 log = logging.getLogger("usync.bridge.kafka")
+
+T = TypeVar("T")
 
 
 class KafkaUnavailable(Exception):
@@ -89,19 +93,11 @@ class KafkaOutlet:
             self.health.set(self.HEALTH_NAME, "connected")
             log.info("Kafka producer connected")
 
-    async def send(self, record: Record) -> asyncio.Future:
-        """Queue ``record``; the returned future resolves when Kafka has acknowledged it."""
-        producer = self.producer
-        if producer is None:
+    def batches(self) -> "Batches":
+        """A batcher for one relay connection, bound to the current producer."""
+        if self.producer is None:
             raise KafkaUnavailable("producer not started", self.generation)
-        topic = self.topics[record.topic_kind]
-        known = producer.client.cluster.partitions_for_topic(topic)
-        partition = partition_for(record.key, tuple(sorted(known))) if known else None
-        try:
-            return await producer.send(topic, record.value, key=record.key, headers=record.headers, partition=partition)
-        except KafkaError as exc:
-            await self.reset(exc, self.generation)
-            raise KafkaUnavailable(str(exc), self.generation) from exc
+        return Batches(self, self.producer, self.generation)
 
     async def reset(self, reason: BaseException, generation: int) -> None:
         """Drop the producer after a failure; the next ``ready()`` builds a new one.
@@ -128,3 +124,68 @@ class KafkaOutlet:
             self.producer = None
         self._ready.clear()
         self.health.set(self.HEALTH_NAME, "stopped")
+
+
+Delivered = Callable[[asyncio.Future, list[T]], None]
+
+
+class Batches(Generic[T]):
+    """Records gathered per partition into aiokafka batches, each sent as one.
+
+    ``producer.send`` costs about as much per record as reading the message from the
+    broker; appending to a batch costs a fraction of it. Each batch's future resolves
+    when Kafka acknowledged every record in it; ``on_delivered`` then gets that future
+    and the items added with the batch's records, in order.
+    """
+
+    def __init__(self, outlet: KafkaOutlet, producer: aiokafka.AIOKafkaProducer, generation: int) -> None:
+        self.outlet = outlet
+        self.producer = producer
+        self.generation = generation
+        self.open: dict[tuple[str, int], tuple[Any, list[T]]] = {}
+        self.count = 0
+        # FIFO: batches of one partition reach the producer in the order they were closed.
+        self._sending = asyncio.Lock()
+
+    async def _partition(self, topic: str, key: bytes) -> int:
+        known = self.producer.client.cluster.partitions_for_topic(topic)
+        if not known:  # first record for this topic on this producer: wait for its metadata
+            try:
+                known = await self.producer.partitions_for(topic)
+            except KafkaError as exc:
+                await self.outlet.reset(exc, self.generation)
+                raise KafkaUnavailable(str(exc), self.generation) from exc
+        return partition_for(key, tuple(sorted(known)))
+
+    async def add(self, record: Record, item: T, on_delivered: Delivered) -> None:
+        topic = self.outlet.topics[record.topic_kind]
+        where = (topic, await self._partition(topic, record.key))
+        batch, items = self.open.get(where) or self._new(where)
+        if batch.append(key=record.key, value=record.value, timestamp=None, headers=record.headers) is None:
+            await self._send(where, on_delivered)  # full: this one starts the next batch
+            batch, items = self._new(where)
+            batch.append(key=record.key, value=record.value, timestamp=None, headers=record.headers)
+        items.append(item)
+        self.count += 1
+
+    def _new(self, where: tuple[str, int]) -> tuple[Any, list[T]]:
+        self.open[where] = opened = (self.producer.create_batch(), [])
+        return opened
+
+    async def flush(self, on_delivered: Delivered) -> None:
+        for where in list(self.open):
+            await self._send(where, on_delivered)
+        self.count = 0
+
+    async def _send(self, where: tuple[str, int], on_delivered: Delivered) -> None:
+        batch, items = self.open.pop(where)
+        if not items:
+            return
+        topic, partition = where
+        try:
+            async with self._sending:
+                future = await self.producer.send_batch(batch, topic, partition=partition)
+        except KafkaError as exc:
+            await self.outlet.reset(exc, self.generation)
+            raise KafkaUnavailable(str(exc), self.generation) from exc
+        future.add_done_callback(lambda f: on_delivered(f, items))

@@ -36,6 +36,9 @@ log = logging.getLogger("usync.bridge")
 
 # Credentials rejected is rarely fixed by the next attempt: retry, but more slowly.
 AUTH_BACKOFF_BASE = 15.0
+# A batch goes to Kafka when it holds this many records, or this long after its first.
+FLUSH_RECORDS = 500
+LINGER_SECONDS = 0.002
 
 
 @dataclass
@@ -157,50 +160,67 @@ class _Pump:
         self.in_flight = 0
         self.drained = asyncio.Event()
         self.drained.set()
+        self.batches = relay.outlet.batches()
+        self.unsent = asyncio.Event()
 
     async def run(self) -> None:
         acker = asyncio.create_task(self._ack_loop())
+        flusher = asyncio.create_task(self._flush_loop())
         reader = asyncio.create_task(self._read_loop())
         stopping = asyncio.create_task(self.relay._stopping.wait())
         failed = asyncio.create_task(self.failed.wait())
         try:
-            done, _ = await asyncio.wait({reader, stopping, failed}, return_when=asyncio.FIRST_COMPLETED)
+            done, _ = await asyncio.wait({reader, flusher, stopping, failed}, return_when=asyncio.FIRST_COMPLETED)
             self._raise_failure()  # a send failed: tear down even if the reader is idle
+            if flusher in done:
+                flusher.result()  # Kafka refused a batch
             if reader in done:
                 reader.result()  # re-raise the transport's failure
             else:
                 reader.cancel()
-            # Graceful end (SIGTERM): let Kafka confirm what is in flight, ack it, then close.
+            # Graceful end (SIGTERM): send what is gathered, let Kafka confirm it, ack it, then close.
+            await self.batches.flush(self._on_delivery)
             await asyncio.wait_for(self.drained.wait(), timeout=30)
             self._raise_failure()
             await self._ack_pending()
         finally:
-            for task in (reader, stopping, failed, acker):
+            for task in (reader, stopping, failed, acker, flusher):
                 task.cancel()
             self.relay.metrics.in_flight.dec(self.in_flight)
 
     async def _read_loop(self) -> None:
         relay = self.relay
-        metrics, site, transport, send = relay.metrics, relay.site, relay.transport, relay.outlet.send
+        metrics, site, transport, batches = relay.metrics, relay.site, relay.transport, self.batches
         received, redelivered, in_flight = metrics.received.labels(site), metrics.redelivered.labels(site), metrics.in_flight
+        on_delivery = self._on_delivery
         async for message in self.source.messages():
             self._raise_failure()
             received.inc()
             if message.redelivered:
                 redelivered.inc()
             record = to_record(site, transport, message, datetime.now(timezone.utc))
-            started = time.perf_counter()
-            future = await send(record)
+            await batches.add(record, (message, record.topic_kind, time.perf_counter()), on_delivery)
             self.in_flight += 1
             self.drained.clear()
             in_flight.inc()
-            future.add_done_callback(lambda f, m=message, r=record, t=started: self._on_delivery(f, m, r, t))
+            if batches.count >= FLUSH_RECORDS:
+                await batches.flush(on_delivery)
+            else:
+                self.unsent.set()
         self._raise_failure()
 
-    def _on_delivery(self, future: asyncio.Future, message: BrokerMessage, record, started: float) -> None:
+    async def _flush_loop(self) -> None:
+        """Send what the reader gathered once it has lingered: batches, not records, go to Kafka."""
+        while True:
+            await self.unsent.wait()
+            await asyncio.sleep(LINGER_SECONDS)
+            self.unsent.clear()
+            await self.batches.flush(self._on_delivery)
+
+    def _on_delivery(self, future: asyncio.Future, items: list[tuple[BrokerMessage, str, float]]) -> None:
         metrics = self.relay.metrics
-        self.in_flight -= 1
-        metrics.in_flight.dec()
+        self.in_flight -= len(items)
+        metrics.in_flight.dec(len(items))
         if self.in_flight == 0:
             self.drained.set()
         if future.cancelled() or future.exception() is not None:
@@ -212,9 +232,12 @@ class _Pump:
             return
         if self.failure is not None:
             return  # redelivered after teardown; acking now could reorder the queue's last copies
-        metrics.send_seconds.observe(time.perf_counter() - started)
-        (self.dead_lettered if record.topic_kind == "dlq" else self.relayed).inc()
-        self.delivered.append(message)
+        metrics.send_seconds.observe(time.perf_counter() - items[0][2])
+        dead = sum(1 for _, kind, _ in items if kind == "dlq")
+        if dead:
+            self.dead_lettered.inc(dead)
+        self.relayed.inc(len(items) - dead)
+        self.delivered.extend(message for message, _, _ in items)
         self.wake_acker.set()
 
     async def _ack_loop(self) -> None:

@@ -18,6 +18,7 @@ import logging
 import random
 import time
 from collections import defaultdict
+from datetime import datetime, timezone
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -196,6 +197,7 @@ def create_app(config: Config, *, store: str = "rocksdb", web_port: int | None =
 
     async def lookup(need: LookupNeeded) -> None:
         """Identity-index miss: ask the site, write the answer as a fact (404 is an answer too)."""
+        asked = datetime.now(timezone.utc)
         try:
             status, record = await clients[need.site].get_offering_user(need.offering_user_uuid)
         except GaveUp as exc:  # the pending entry stays; the next event or snapshot retries it
@@ -203,7 +205,7 @@ def create_app(config: Config, *, store: str = "rocksdb", web_port: int | None =
             metrics.lookups.labels(need.site, "gave-up").inc()
             return
         metrics.lookups.labels(need.site, str(status)).inc()
-        await emit_event(*lookup_envelope(need.site, need.offering_uuid, need.offering_user_uuid, status, record))
+        await emit_event(*lookup_envelope(need.site, need.offering_uuid, need.offering_user_uuid, status, record, asked))
 
     # -- 3: the sink --------------------------------------------------------------------
     @app.agent(corrections_topic)

@@ -36,16 +36,18 @@ async def snapshot_offering(clients: Clients, metrics: Metrics, emit: Emit, link
     """List one offering through every page; write each page; return the users seen."""
     snapshot_id = uuid.uuid4().hex
     seen = 0
+    asked = datetime.now(timezone.utc)  # a page is as old as its request (see streams.core.fold)
     async for page, total, users, last in clients[site].list_offering_users(offering, states):
         envelope = Envelope(
             event_id=f"{snapshot_id}:{page}", site=site, source=Source.SNAPSHOT, offering_uuid=offering,
-            received_at=datetime.now(timezone.utc),
+            received_at=asked,
             body=SnapshotPage(snapshot_id=snapshot_id, offering_uuid=offering, states=states, page=page,
                               last=last, total=total, users=users),
         )
         await emit(event_key(site, offering).encode(), envelope_encoder.encode(envelope))
         metrics.snapshot_pages.labels(link.name, site).inc()
         seen += len(users)
+        asked = datetime.now(timezone.utc)  # the generator asks for the next page when resumed
     return seen
 
 

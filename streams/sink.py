@@ -66,10 +66,12 @@ def coalesce(requests: Iterable[CorrectionRequest]) -> list[CorrectionRequest]:
 
 
 def lookup_envelope(site: str, offering_uuid: str, offering_user_uuid: str, status: int,
-                    user: OfferingUserRecord | None) -> tuple[bytes, bytes]:
+                    user: OfferingUserRecord | None, asked: datetime) -> tuple[bytes, bytes]:
+    """A GET's answer as a fact, stamped with when the GET was *sent*: the fold lets it win
+    only over facts observed before that (see streams.core.fold)."""
     envelope = Envelope(
         event_id=uuid.uuid4().hex, site=site, source=Source.LOOKUP, offering_uuid=offering_uuid,
-        received_at=datetime.now(timezone.utc),
+        received_at=asked,
         body=Lookup(offering_user_uuid=offering_user_uuid, status=status, user=user),
     )
     return event_key(site, offering_uuid).encode(), envelope_encoder.encode(envelope)
@@ -104,6 +106,7 @@ class Sink:
 
     async def _read(self, site: str, offering: str, uuid_: str | None, user_username: str) -> OfferingUserRecord | None:
         client = self.clients[site]
+        asked = datetime.now(timezone.utc)
         if uuid_:
             status, record = await client.get_offering_user(uuid_)
             if record is not None and record.user_username != user_username:
@@ -113,9 +116,9 @@ class Sink:
         if record is None and status in (200, 404):
             status, record = await client.find_offering_user(offering, user_username)
         if record is not None:
-            await self.emit_event(*lookup_envelope(site, offering, record.uuid, 200, record))
+            await self.emit_event(*lookup_envelope(site, offering, record.uuid, 200, record, asked))
         elif uuid_ and status in (404, 410):
-            await self.emit_event(*lookup_envelope(site, offering, uuid_, status, None))
+            await self.emit_event(*lookup_envelope(site, offering, uuid_, status, None, asked))
         return record
 
     async def _correct(self, link: Link, request: CorrectionRequest) -> Outcome:
@@ -129,9 +132,10 @@ class Sink:
                                  observed=decision.observed, reason=decision.reason,
                                  a_uuid=a_live.uuid if a_live else "")
         assert decision.offering_user_uuid is not None and decision.desired is not None
+        asked = datetime.now(timezone.utc)
         status, record = await self.clients[link.target.site].patch_username(decision.offering_user_uuid, decision.desired)
         if record is not None:
-            await self.emit_event(*lookup_envelope(link.target.site, link.target.offering, record.uuid, 200, record))
+            await self.emit_event(*lookup_envelope(link.target.site, link.target.offering, record.uuid, 200, record, asked))
             action, reason = OutcomeAction.CORRECTED, ""
         else:
             action, reason = OutcomeAction.REJECTED, f"PATCH answered HTTP {status}"

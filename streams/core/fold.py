@@ -1,7 +1,12 @@
 """The fold: one pure function from (table, envelope) to the next table.
 
-Semantics: per-field last writer wins, in topic order. Every fact *sets* fields to
-values that do not depend on the row it lands on:
+Semantics: per side of a row, the newest observation wins. Every envelope carries when
+its facts were observed (``received_at``: when the bridge got the event, or when the
+worker *sent* the GET whose answer a snapshot or lookup records), and a fact older
+than what its side of the row already holds is ignored; ties go to topic order. Topic
+order alone is not enough: a lookup sent before B's change event was emitted can be
+written to the topic after that event, and must not bring the old username back.
+Every fact *sets* fields to values that do not depend on the row it lands on:
 
 ============================  =======================================================
 fact                          sets (on its side of the row)
@@ -15,12 +20,14 @@ snapshot record, 200 lookup   username, state, restricted (B), and the identity 
 404/410 lookup                state = "Deleted" if the index knew the user
 ============================  =======================================================
 
-(every write also sets the side's offering_user_uuid and event id; a field an event
-leaves out is left alone). Because no write reads the row, re-reading any stretch of
-the topic (at-least-once redelivery, a consumer restarting from an older offset)
-rewrites the same values in the same order, and the table ends where it was: no
-event-id dedupe is needed -- and none would be right, since Waldur's x-message-id is
-a content hash and X -> Y -> X legitimately repeats an id.
+(every write also sets the side's offering_user_uuid, event id and observation time; a
+field an event leaves out is left alone). Because a write depends only on the fact and
+the side's observation time, re-reading any stretch of the topic (at-least-once
+redelivery, a consumer restarting from an older offset) changes nothing: older facts are
+ignored and the newest ones rewrite the same values. No event-id dedupe is needed --
+and none would be right, since Waldur's x-message-id is a content hash and X -> Y -> X
+legitimately repeats an id. The clocks of the bridge and worker hosts must agree
+(NTP): facts that disagree within the skew are settled by the next reconcile.
 
 Events name only the offering user, not the user. An event the identity index cannot
 attribute is parked in ``pending`` and a :class:`LookupNeeded` is returned. The
@@ -31,6 +38,7 @@ parked event is dropped, not applied.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterable, Sequence
 from typing import Final, NamedTuple
 
@@ -83,11 +91,16 @@ class _SideFields(NamedTuple):
     state: str
     event_id: str
     restricted: str | None
+    observed_at: str
+    username_at: str
+    state_at: str
 
 
 _FIELDS: Final[dict[str, _SideFields]] = {
-    SOURCE: _SideFields("b_offering_user_uuid", "b_username", "b_state", "b_event_id", "b_restricted"),
-    TARGET: _SideFields("a_offering_user_uuid", "a_username", "a_state", "a_event_id", None),
+    SOURCE: _SideFields("b_offering_user_uuid", "b_username", "b_state", "b_event_id", "b_restricted", "b_observed_at",
+                          "b_username_at", "b_state_at"),
+    TARGET: _SideFields("a_offering_user_uuid", "a_username", "a_state", "a_event_id", None, "a_observed_at",
+                          "a_username_at", "a_state_at"),
 }
 
 
@@ -156,8 +169,9 @@ def _fold_routed(batch: _Batch, link: Link, side: Side, envelope: Envelope) -> N
     if kind is OfferingUserEvent:
         _fold_event(batch, link.name, side, envelope, body)  # type: ignore[arg-type]
     elif kind is SnapshotPage:
+        seen = observed_at(envelope)
         for record in body.users:  # type: ignore[union-attr]
-            _fold_record(batch, link.name, side, record, envelope.event_id)
+            _fold_record(batch, link.name, side, record, envelope.event_id, seen)
     elif kind is Lookup:
         _fold_lookup(batch, link.name, side, envelope, body)  # type: ignore[arg-type]
 
@@ -183,26 +197,29 @@ def _fold_event(batch: _Batch, link: str, side: Side, envelope: Envelope, event:
     offering_user_uuid = normalize_uuid(event.offering_user_uuid)
     key = index_key(link, side, offering_user_uuid)
     user = batch.state.index.get(key)
-    if user is None:
-        _park(batch, key, link, side, envelope, offering_user_uuid)
-        return
     username, state = effect
-    _write(batch, link, side, user, offering_user_uuid, envelope.event_id, username, state, None)
+    seen = observed_at(envelope)
+    if user is None:
+        _park(batch, key, link, side, envelope, offering_user_uuid, seen, username, state)
+        return
+    _write(batch, link, side, user, offering_user_uuid, envelope.event_id, seen, username, state, None)
 
 
-def _fold_record(batch: _Batch, link: str, side: Side, record: OfferingUserRecord, event_id: str) -> None:
+def _fold_record(batch: _Batch, link: str, side: Side, record: OfferingUserRecord, event_id: str, seen: int) -> None:
     offering_user_uuid = normalize_uuid(record.uuid)
-    _learn_identity(batch, link, side, offering_user_uuid, record.user_username)
+    parked = _learn_identity(batch, link, side, offering_user_uuid, record.user_username)
     restricted = record.is_restricted if side == SOURCE else None
     _write(
-        batch, link, side, record.user_username, offering_user_uuid, event_id,
+        batch, link, side, record.user_username, offering_user_uuid, event_id, seen,
         record.username or "", state_display(record.state), restricted,
     )
+    if parked is not None:  # the events that waited for this identity: newer ones still win
+        _write_parked(batch, record.user_username, parked)
 
 
 def _fold_lookup(batch: _Batch, link: str, side: Side, envelope: Envelope, lookup: Lookup) -> None:
     if lookup.status == 200 and lookup.user is not None:
-        _fold_record(batch, link, side, lookup.user, envelope.event_id)
+        _fold_record(batch, link, side, lookup.user, envelope.event_id, observed_at(envelope))
         return
     if lookup.status not in GONE_STATUSES:
         return  # a failed lookup says nothing; the pending entry stays for a retry
@@ -211,26 +228,54 @@ def _fold_lookup(batch: _Batch, link: str, side: Side, envelope: Envelope, looku
     batch.state.pending.pop(key, None)
     user = batch.state.index.get(key)
     if user is not None:
-        _write(batch, link, side, user, offering_user_uuid, envelope.event_id, None, DELETED, None)
+        _write(batch, link, side, user, offering_user_uuid, envelope.event_id, observed_at(envelope), None, DELETED, None)
 
 
 # -- writes -------------------------------------------------------------------------
 
 
-def _park(batch: _Batch, key: str, link: str, side: Side, envelope: Envelope, offering_user_uuid: str) -> None:
+def _park(batch: _Batch, key: str, link: str, side: Side, envelope: Envelope, offering_user_uuid: str,
+          seen: int, username: str | None, state: str | None) -> None:
     site, offering_uuid, event_id = envelope.site, envelope.offering_uuid, envelope.event_id
-    batch.state.pending[key] = Pending(
-        link=link, side=side, site=site, offering_uuid=offering_uuid,
-        offering_user_uuid=offering_user_uuid, event_id=event_id,
+    parked = Pending(
+        link=link, side=side, site=site, offering_uuid=offering_uuid, offering_user_uuid=offering_user_uuid,
+        event_id=event_id, observed_at=seen,
+        username=username, username_at=seen if username is not None else 0,
+        state=state, state_at=seen if state is not None else 0,
     )
+    batch.state.pending[key] = _merge_parked(batch.state.pending.get(key), parked)
     batch.lookups[key] = LookupNeeded(
         site=site, offering_uuid=offering_uuid, offering_user_uuid=offering_user_uuid,
         link=link, cause_event_id=event_id,
     )
 
 
-def _learn_identity(batch: _Batch, link: str, side: Side, offering_user_uuid: str, user: str) -> None:
-    """Record offering user -> user; drop the parked event the record supersedes."""
+def _merge_parked(old: Pending | None, new: Pending) -> Pending:
+    """Two parked events of one offering user as one: each field from the newer that sets it."""
+    if old is None:
+        return new
+    username, username_at = (new.username, new.username_at) if new.username is not None and new.username_at >= old.username_at \
+        else (old.username, old.username_at)
+    state, state_at = (new.state, new.state_at) if new.state is not None and new.state_at >= old.state_at \
+        else (old.state, old.state_at)
+    newest = new if new.observed_at >= old.observed_at else old
+    return replace(newest, username=username, username_at=username_at, state=state, state_at=state_at)
+
+
+def _write_parked(batch: _Batch, user: str, parked: Pending) -> None:
+    """Apply what waited for ``user``'s identity. The record that brought the identity came
+    later in the topic, so on equal observation times the record wins."""
+    write = functools.partial(_write, batch, parked.link, parked.side, user,  # type: ignore[arg-type]
+                              parked.offering_user_uuid, parked.event_id, strictly_newer=True)
+    if parked.username is not None:
+        write(parked.username_at, parked.username, None, None)
+    if parked.state is not None:
+        write(parked.state_at, None, parked.state, None)
+    write(parked.observed_at, None, None, None)
+
+
+def _learn_identity(batch: _Batch, link: str, side: Side, offering_user_uuid: str, user: str) -> Pending | None:
+    """Record offering user -> user; return the events parked for want of it."""
     state = batch.state
     key = index_key(link, side, offering_user_uuid)
     previous = state.index.get(key)
@@ -238,7 +283,7 @@ def _learn_identity(batch: _Batch, link: str, side: Side, offering_user_uuid: st
         state.index[key] = user
         if previous is not None:  # the user was renamed: the old row no longer owns this uuid
             _forget_side(batch, link, side, previous, offering_user_uuid)
-    state.pending.pop(key, None)
+    return state.pending.pop(key, None)
 
 
 def _forget_side(batch: _Batch, link: str, side: Side, user: str, offering_user_uuid: str) -> None:
@@ -247,30 +292,48 @@ def _forget_side(batch: _Batch, link: str, side: Side, user: str, offering_user_
     fields = _FIELDS[side]
     if row is None or getattr(row, fields.uuid) != offering_user_uuid:
         return
-    cleared: dict[str, object] = {fields.uuid: None, fields.username: None, fields.state: None, fields.event_id: None}
+    cleared: dict[str, object] = {fields.uuid: None, fields.username: None, fields.state: None, fields.event_id: None,
+                                  fields.observed_at: 0, fields.username_at: 0, fields.state_at: 0}
     if fields.restricted:
         cleared[fields.restricted] = False
     batch.state.rows[key] = replace(row, **cleared)
     batch.dirty[key] = None
 
 
+def observed_at(envelope: Envelope) -> int:
+    """When the envelope's facts were observed, in microseconds since the epoch."""
+    return int(envelope.received_at.timestamp() * 1_000_000)
+
+
 def _write(
-    batch: _Batch, link: str, side: Side, user: str, offering_user_uuid: str, event_id: str,
-    username: str | None, state: str | None, restricted: bool | None,
+    batch: _Batch, link: str, side: Side, user: str, offering_user_uuid: str, event_id: str, seen: int,
+    username: str | None, state: str | None, restricted: bool | None, *, strictly_newer: bool = False,
 ) -> None:
-    """Set one side's fields of (link, user); a None value leaves its field alone."""
+    """Set one side's fields of (link, user) unless the side holds a newer observation
+    (with ``strictly_newer``, unless it holds one as new: a tie goes to what came first);
+    a None value leaves its field alone. The row is dirty either way: corrections are
+    level-triggered, and a restated fact must re-check it."""
     key = row_key(link, user)
     rows = batch.state.rows
     row = rows.get(key)
     if row is None:
         row = Row(link=link, user_username=user)
     fields = _FIELDS[side]
-    changes: dict[str, object] = {fields.uuid: offering_user_uuid, fields.event_id: event_id}
-    if username is not None:
-        changes[fields.username] = username
-    if state is not None:
-        changes[fields.state] = state
-    if restricted is not None and fields.restricted:
-        changes[fields.restricted] = restricted
-    rows[key] = replace(row, **changes)
     batch.dirty[key] = None
+    changes: dict[str, object] = {}
+    wins = seen.__gt__ if strictly_newer else seen.__ge__
+    if username is not None and wins(getattr(row, fields.username_at)):
+        changes[fields.username] = username
+        changes[fields.username_at] = seen
+    if state is not None and wins(getattr(row, fields.state_at)):
+        changes[fields.state] = state
+        changes[fields.state_at] = seen
+    if wins(getattr(row, fields.observed_at)):
+        changes[fields.uuid] = offering_user_uuid
+        changes[fields.event_id] = event_id
+        changes[fields.observed_at] = seen
+        if restricted is not None and fields.restricted:
+            changes[fields.restricted] = restricted
+    if not changes:
+        return
+    rows[key] = replace(row, **changes)

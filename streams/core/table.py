@@ -29,8 +29,9 @@ DELETED: Final = "Deleted"
 class Row(msgspec.Struct, frozen=True, kw_only=True, gc=False, omit_defaults=True):
     """One user of one link: B's side (``b_*``, the source) and A's side (``a_*``, the target).
 
-    Each field holds the value of the last fact in topic order that set it; ``*_event_id``
-    is the id of the envelope that last set a field of that side.
+    Each field holds the value of the newest fact that set it, by observation time
+    (``*_at``, microseconds since the epoch; ties go to topic order), so facts that set
+    different fields commute. ``*_event_id`` is the id of the side's newest fact.
     """
 
     link: str
@@ -40,10 +41,16 @@ class Row(msgspec.Struct, frozen=True, kw_only=True, gc=False, omit_defaults=Tru
     b_state: str | None = None
     b_restricted: bool = False  # only snapshots and lookups carry it; events do not
     b_event_id: str | None = None
+    b_observed_at: int = 0  # of the side's newest fact (uuid, event id, restricted)
+    b_username_at: int = 0
+    b_state_at: int = 0
     a_offering_user_uuid: str | None = None
     a_username: str | None = None
     a_state: str | None = None
     a_event_id: str | None = None
+    a_observed_at: int = 0
+    a_username_at: int = 0
+    a_state_at: int = 0
 
 
 class Pending(msgspec.Struct, frozen=True, kw_only=True, gc=False):
@@ -59,6 +66,13 @@ class Pending(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     offering_uuid: str
     offering_user_uuid: str
     event_id: str
+    # What the event would set, merged over every event parked for this offering user
+    # (field by field, newest observation wins), applied once the user is known.
+    observed_at: int = 0
+    username: str | None = None
+    username_at: int = 0
+    state: str | None = None
+    state_at: int = 0
 
 
 @dataclass(slots=True)
