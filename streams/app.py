@@ -167,6 +167,7 @@ def create_app(config: Config, *, store: str = "rocksdb", web_port: int | None =
                         link=row.link, user_username=row.user_username,
                         a_offering_user_uuid=row.a_offering_user_uuid, b_offering_user_uuid=row.b_offering_user_uuid,
                         desired=row.b_username, cause_event_id=row.b_event_id or row.a_event_id or "",
+                        observed_at=max(row.b_observed_at, row.a_observed_at),
                     )
                     corrections.append(await corrections_topic.send(key=request.key.encode(), value=request_encoder.encode(request)))
                     metrics.corrections.labels(row.link).inc()

@@ -9,7 +9,9 @@ facts (so the table catches up with what the sink saw, and replay sees it too), 
 from __future__ import annotations
 
 import asyncio
+import collections
 import logging
+import time
 import uuid
 from collections.abc import Awaitable, Callable, Iterable
 from datetime import datetime, timezone
@@ -46,11 +48,16 @@ class CorrectionRequest(msgspec.Struct, kw_only=True, omit_defaults=True):
     b_offering_user_uuid: str | None = None
     desired: str | None = None
     cause_event_id: str = ""
+    # When the newest fact behind the request was observed (µs since the epoch): a live
+    # read sent after that already covers it.
+    observed_at: int = 0
 
     @property
     def key(self) -> str:
         return f"{self.link}:{self.user_username}"
 
+
+VERIFIED_KEYS = 100_000
 
 request_encoder = msgspec.json.Encoder()
 request_decoder = msgspec.json.Decoder(CorrectionRequest)
@@ -85,6 +92,10 @@ class Sink:
         self.metrics = metrics
         self.emit_event = emit_event
         self.emit_outcome = emit_outcome
+        # (link, user) -> when its last live verification was sent. One change on B arrives
+        # as several events (update, username_set) and the PATCH echoes back from A; each
+        # makes a request, and re-reading both sites for each would triple the calls.
+        self.verified_from: collections.OrderedDict[str, int] = collections.OrderedDict()
 
     async def handle_batch(self, requests: Iterable[CorrectionRequest]) -> list[Outcome]:
         """Correct every (link, user) of a batch concurrently; return once every outcome is acked."""
@@ -94,15 +105,28 @@ class Sink:
         link = self.links.get(request.link)
         if link is None:
             outcome = self._outcome(request, OutcomeAction.SKIPPED, reason="unknown link")
+        elif request.observed_at and request.observed_at < self.verified_from.get(request.key, 0):
+            outcome = self._outcome(request, OutcomeAction.SKIPPED, reason="covered by a later live verification")
         else:
+            started = int(time.time() * 1_000_000)
             try:
                 outcome = await self._correct(link, request)
             except GaveUp as exc:
                 outcome = self._outcome(request, OutcomeAction.GAVE_UP, http_status=exc.status,
                                         reason=str(exc), attempts=exc.attempts)
+            if outcome.action in (OutcomeAction.CORRECTED, OutcomeAction.ALREADY_EQUAL):
+                self._verified(request.key, started)
         await self.emit_outcome(request.key.encode(), outcome_encoder.encode(outcome))
         self.metrics.outcomes.labels(request.link, outcome.action.value).inc()
         return outcome
+
+    def _verified(self, key: str, started: int) -> None:
+        """A, as read from ``started`` on, agreed with B (or was made to): later requests
+        about facts older than that have nothing to add."""
+        self.verified_from[key] = started
+        self.verified_from.move_to_end(key)
+        if len(self.verified_from) > VERIFIED_KEYS:
+            self.verified_from.popitem(last=False)  # forgetting only costs a re-read
 
     async def _read(self, site: str, offering: str, uuid_: str | None, user_username: str) -> OfferingUserRecord | None:
         client = self.clients[site]
