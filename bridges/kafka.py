@@ -178,7 +178,8 @@ class Batches(Generic[T]):
         self.count = 0
 
     async def _send(self, where: tuple[str, int], on_delivered: Delivered) -> None:
-        batch, items = self.open.pop(where)
+        # The reader and the flusher both send: the other may have taken this batch already.
+        batch, items = self.open.pop(where, (None, None))
         if not items:
             return
         topic, partition = where

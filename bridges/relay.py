@@ -103,6 +103,10 @@ class SubscriptionRelay:
             except (SourceError, OSError) as exc:
                 self._down(f"{type(exc).__name__}: {exc}")
                 delay = backoff.next_delay()
+            except Exception as exc:  # a bug must cost a reconnect, not the relay
+                log.exception("%s: unexpected error", self.name)
+                self._down(f"unexpected {type(exc).__name__}: {exc}")
+                delay = backoff.next_delay()
             self.metrics.reconnects.labels(self.site).inc()
             log.warning("%s: reconnecting in %.1f s", self.name, delay)
             await self._sleep(delay)
@@ -162,6 +166,7 @@ class _Pump:
         self.drained.set()
         self.batches = relay.outlet.batches()
         self.unsent = asyncio.Event()
+        self.closed = False
 
     async def run(self) -> None:
         acker = asyncio.create_task(self._ack_loop())
@@ -186,6 +191,7 @@ class _Pump:
         finally:
             for task in (reader, stopping, failed, acker, flusher):
                 task.cancel()
+            self.closed = True
             self.relay.metrics.in_flight.dec(self.in_flight)
 
     async def _read_loop(self) -> None:
@@ -218,6 +224,8 @@ class _Pump:
             await self.batches.flush(self._on_delivery)
 
     def _on_delivery(self, future: asyncio.Future, items: list[tuple[BrokerMessage, str, float]]) -> None:
+        if self.closed:  # the connection is gone (its in-flight count already settled); the broker redelivers
+            return
         metrics = self.relay.metrics
         self.in_flight -= len(items)
         metrics.in_flight.dec(len(items))
