@@ -74,8 +74,11 @@ class LookupNeeded(msgspec.Struct, frozen=True, kw_only=True, gc=False):
 class FoldResult(msgspec.Struct, kw_only=True):
     """What folding some envelopes did, for the worker to act on.
 
-    ``dirty``: row keys the facts wrote (changed or not: corrections are
-    level-triggered, so a snapshot restating a mismatch must re-raise it), each once.
+    ``dirty``: row keys whose values (usernames, states, uuids, restricted) the facts
+    changed, and every row a snapshot wrote (a reconcile restating a mismatch must raise
+    it again), each once. Events and lookups that only restate a row do not: B's
+    ``username_set`` after its ``update``, A's echo of our PATCH, or the sink's own reads
+    after a refused PATCH would otherwise each cost a verification, the last one forever.
     ``lookups``: identity-index misses, at most one per (link, side, offering user).
     ``unrouted``: envelopes no link takes (the worker counts or dead-letters them).
     """
@@ -107,13 +110,14 @@ _FIELDS: Final[dict[str, _SideFields]] = {
 class _Batch:
     """The mutable accumulator of one fold call; the only allocation per call."""
 
-    __slots__ = ("state", "dirty", "lookups", "unrouted")
+    __slots__ = ("state", "dirty", "lookups", "unrouted", "restating")
 
     def __init__(self, state: TableState) -> None:
         self.state = state
         self.dirty: dict[str, None] = {}  # an insertion-ordered set
         self.lookups: dict[str, LookupNeeded] = {}
         self.unrouted = 0
+        self.restating = False  # folding a snapshot: every row it writes is dirty
 
     def result(self) -> FoldResult:
         return FoldResult(dirty=list(self.dirty), lookups=list(self.lookups.values()), unrouted=self.unrouted)
@@ -170,8 +174,12 @@ def _fold_routed(batch: _Batch, link: Link, side: Side, envelope: Envelope) -> N
         _fold_event(batch, link.name, side, envelope, body)  # type: ignore[arg-type]
     elif kind is SnapshotPage:
         seen = observed_at(envelope)
-        for record in body.users:  # type: ignore[union-attr]
-            _fold_record(batch, link.name, side, record, envelope.event_id, seen)
+        batch.restating = True
+        try:
+            for record in body.users:  # type: ignore[union-attr]
+                _fold_record(batch, link.name, side, record, envelope.event_id, seen)
+        finally:
+            batch.restating = False
     elif kind is Lookup:
         _fold_lookup(batch, link.name, side, envelope, body)  # type: ignore[arg-type]
 
@@ -311,15 +319,16 @@ def _write(
 ) -> None:
     """Set one side's fields of (link, user) unless the side holds a newer observation
     (with ``strictly_newer``, unless it holds one as new: a tie goes to what came first);
-    a None value leaves its field alone. The row is dirty either way: corrections are
-    level-triggered, and a restated fact must re-check it."""
+    a None value leaves its field alone. The row is dirty if its values changed, or
+    always while a snapshot is folded (see :class:`FoldResult`)."""
     key = row_key(link, user)
     rows = batch.state.rows
     row = rows.get(key)
     if row is None:
         row = Row(link=link, user_username=user)
     fields = _FIELDS[side]
-    batch.dirty[key] = None
+    if batch.restating:
+        batch.dirty[key] = None
     changes: dict[str, object] = {}
     wins = seen.__gt__ if strictly_newer else seen.__ge__
     if username is not None and wins(getattr(row, fields.username_at)):
@@ -336,4 +345,13 @@ def _write(
             changes[fields.restricted] = restricted
     if not changes:
         return
-    rows[key] = replace(row, **changes)
+    new = replace(row, **changes)
+    rows[key] = new
+    if _values(new) != _values(row):
+        batch.dirty[key] = None
+
+
+def _values(row: Row) -> tuple:
+    """What corrections depend on (not event ids or observation times)."""
+    return (row.b_offering_user_uuid, row.b_username, row.b_state, row.b_restricted,
+            row.a_offering_user_uuid, row.a_username, row.a_state)

@@ -66,10 +66,13 @@ async def test_kill_9_restart_and_a_second_worker(setup, bridge):
     await until(table_converged, 60, "the recovered tables to converge")
 
     # no correction lost: every user has an outcome that says A was made (or found) equal
+    # (A's username changes before the sink writes the outcome: wait for the outcomes too)
     config = s.config(path)
-    outcomes = await read_outcomes(config.kafka.outcomes_topic)
-    done = {o.user_username for o in outcomes if o.action in (OutcomeAction.CORRECTED, OutcomeAction.ALREADY_EQUAL)}
-    assert done == set(pairs)
+
+    async def every_user_has_an_outcome() -> bool:
+        outcomes = await read_outcomes(config.kafka.outcomes_topic)
+        return {o.user_username for o in outcomes if o.action in (OutcomeAction.CORRECTED, OutcomeAction.ALREADY_EQUAL)} == set(pairs)
+    await until(every_user_has_an_outcome, 60, "an outcome for every user")
 
 
 async def test_flaky_api_converges_within_the_rate_limit(setup):

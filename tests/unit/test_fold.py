@@ -253,3 +253,18 @@ def test_the_table_exports_as_plain_sorted_json():
     assert msgspec.json.decode(msgspec.json.encode(exported)) == exported
     assert list(exported) == ["rows", "index", "pending"]
     assert exported["rows"]["b-to-a:alice"]["b_username"] == "alice_b"
+
+
+def test_facts_that_only_restate_a_row_do_not_raise_it_again():
+    state = known_alice()  # B says alice_b, A says old: a mismatch
+    assert fold(state, LINKS, on_b(event("update", username="alice_b", state="OK"), "u1")).dirty == []
+    assert fold(state, LINKS, on_b(event("username_set", username="alice_b", state=5), "u2")).dirty == []
+    # the sink's own reads after a refused PATCH restate the mismatch: no endless re-verification
+    read_a = Lookup(offering_user_uuid=OU_A, status=200, user=record(OU_A, username="old", offering=OFF_A))
+    assert fold(state, LINKS, on_a(read_a, "l1")).dirty == []
+
+
+def test_a_snapshot_restating_a_mismatch_raises_it_again():
+    state = known_alice()
+    result = fold(state, LINKS, on_b(page(record(username="alice_b")), "snap-b2"))
+    assert result.dirty == ["b-to-a:alice"]
