@@ -211,7 +211,7 @@ def create_app(config: Config, *, store: str = "rocksdb", web_port: int | None =
     # -- 3: the sink --------------------------------------------------------------------
     @app.agent(corrections_topic)
     async def correct(stream: faust.StreamT) -> None:
-        async for batch in stream.take_events(SINK_BATCH, within=0.05):
+        async for batch in stream.take_events(SINK_BATCH, within=0.01):
             # Outcomes are acked inside handle_batch, before this batch's offsets can be committed.
             await sink.handle_batch(request_decoder.decode(e.value) for e in batch)
 

@@ -109,11 +109,14 @@ class Sink:
             outcome = self._outcome(request, OutcomeAction.SKIPPED, reason="covered by a later live verification")
         else:
             started = int(time.time() * 1_000_000)
+            writes: list[asyncio.Future] = []
             try:
-                outcome = await self._correct(link, request)
+                outcome = await self._correct(link, request, writes)
             except GaveUp as exc:
                 outcome = self._outcome(request, OutcomeAction.GAVE_UP, http_status=exc.status,
                                         reason=str(exc), attempts=exc.attempts)
+            finally:
+                await asyncio.gather(*writes)  # what was read is in the topic before the outcome
             if outcome.action in (OutcomeAction.CORRECTED, OutcomeAction.ALREADY_EQUAL):
                 self._verified(request.key, started)
         await self.emit_outcome(request.key.encode(), outcome_encoder.encode(outcome))
@@ -128,7 +131,8 @@ class Sink:
         if len(self.verified_from) > VERIFIED_KEYS:
             self.verified_from.popitem(last=False)  # forgetting only costs a re-read
 
-    async def _read(self, site: str, offering: str, uuid_: str | None, user_username: str) -> OfferingUserRecord | None:
+    async def _read(self, site: str, offering: str, uuid_: str | None, user_username: str,
+                    writes: list[asyncio.Future]) -> OfferingUserRecord | None:
         client = self.clients[site]
         asked = datetime.now(timezone.utc)
         if uuid_:
@@ -140,15 +144,17 @@ class Sink:
         if record is None and status in (200, 404):
             status, record = await client.find_offering_user(offering, user_username)
         if record is not None:
-            await self.emit_event(*lookup_envelope(site, offering, record.uuid, 200, record, asked))
+            writes.append(asyncio.ensure_future(self.emit_event(*lookup_envelope(site, offering, record.uuid, 200, record, asked))))
         elif uuid_ and status in (404, 410):
-            await self.emit_event(*lookup_envelope(site, offering, uuid_, status, None, asked))
+            writes.append(asyncio.ensure_future(self.emit_event(*lookup_envelope(site, offering, uuid_, status, None, asked))))
         return record
 
-    async def _correct(self, link: Link, request: CorrectionRequest) -> Outcome:
+    async def _correct(self, link: Link, request: CorrectionRequest, writes: list[asyncio.Future]) -> Outcome:
+        """Read both sides live, PATCH A if they differ. What was read goes to the events
+        topic in ``writes``, not awaited here: the PATCH need not wait for Kafka."""
         b_live, a_live = await asyncio.gather(
-            self._read(link.source.site, link.source.offering, request.b_offering_user_uuid, request.user_username),
-            self._read(link.target.site, link.target.offering, request.a_offering_user_uuid, request.user_username),
+            self._read(link.source.site, link.source.offering, request.b_offering_user_uuid, request.user_username, writes),
+            self._read(link.target.site, link.target.offering, request.a_offering_user_uuid, request.user_username, writes),
         )
         decision = decide(link, b_live, a_live)
         if decision.verdict is not Verdict.PATCH:
@@ -159,7 +165,8 @@ class Sink:
         asked = datetime.now(timezone.utc)
         status, record = await self.clients[link.target.site].patch_username(decision.offering_user_uuid, decision.desired)
         if record is not None:
-            await self.emit_event(*lookup_envelope(link.target.site, link.target.offering, record.uuid, 200, record, asked))
+            writes.append(asyncio.ensure_future(
+                self.emit_event(*lookup_envelope(link.target.site, link.target.offering, record.uuid, 200, record, asked))))
             action, reason = OutcomeAction.CORRECTED, ""
         else:
             action, reason = OutcomeAction.REJECTED, f"PATCH answered HTTP {status}"
