@@ -39,15 +39,14 @@ test: install
 unit: $(STAMP)
 	@$(PY) -m pytest tests/unit $(PYTEST_ARGS)
 
-# Until the end-to-end demo exists: start the services and say how to reach them.
-demo: services
-	@echo; echo "Local services are running:"; \
-	echo "  Kafka               127.0.0.1:9092"; \
-	echo "  RabbitMQ AMQP       amqp://guest:guest@127.0.0.1:5672/"; \
-	echo "  RabbitMQ STOMP      stomp://127.0.0.1:61613"; \
-	echo "  RabbitMQ web-STOMP  ws://127.0.0.1:15674/ws"; \
-	echo "  RabbitMQ management http://127.0.0.1:15672 (guest/guest)"; \
-	echo "Stop them with: make services-stop"
+# The end-to-end demo (demo/README.md): two simulated sites, the real bridge and worker, A
+# converging live. Starts the brokers that are down and stops only those afterwards, also on
+# Ctrl-C. DEMO_ARGS passes options, e.g. DEMO_ARGS="--users 10000".
+demo: install
+	@started=$$(services/started-by-us.sh); \
+	trap 'true' INT TERM; \
+	$(PY) -m demo $(DEMO_ARGS); rc=$$?; \
+	services/started-by-us.sh --stop "$$started"; exit $$rc
 
 clean: services-stop
 	rm -rf .local

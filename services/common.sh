@@ -1,9 +1,30 @@
 # Shared settings for the local broker scripts. Sourced, not run.
 # Everything lives under .local/ (git-ignored) unless USYNC_DATA says otherwise.
+#
+# A second, isolated pair of brokers (tests that stop brokers while others use the
+# default ones) needs its own data dir, ports and RabbitMQ node name:
+#
+#   USYNC_DATA=$PWD/.local/e2e USYNC_PORT_OFFSET=100 RABBITMQ_NODENAME=usync-e2e@localhost \
+#     services/rabbitmq.sh start
+#
+# USYNC_PORT_OFFSET (default 0) is added to every default port below; each port can
+# also be set on its own (tests/support/services.py reads the same variables):
+#   KAFKA_PORT 9092, KAFKA_CONTROLLER_PORT 9093,
+#   RABBITMQ_AMQP_PORT 5672, RABBITMQ_STOMP_PORT 61613, RABBITMQ_WEB_STOMP_PORT 15674,
+#   RABBITMQ_MGMT_PORT 15672, RABBITMQ_DIST_PORT (Erlang distribution) AMQP port + 20000,
+#   RABBITMQ_NODENAME usync@localhost.
 set -euo pipefail
 USYNC_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 USYNC_DATA="${USYNC_DATA:-$USYNC_ROOT/.local}"
 mkdir -p "$USYNC_DATA"
+
+USYNC_PORT_OFFSET="${USYNC_PORT_OFFSET:-0}"
+KAFKA_PORT="${KAFKA_PORT:-$((9092 + USYNC_PORT_OFFSET))}"
+KAFKA_CONTROLLER_PORT="${KAFKA_CONTROLLER_PORT:-$((9093 + USYNC_PORT_OFFSET))}"
+RABBITMQ_AMQP_PORT="${RABBITMQ_AMQP_PORT:-$((5672 + USYNC_PORT_OFFSET))}"
+RABBITMQ_STOMP_PORT="${RABBITMQ_STOMP_PORT:-$((61613 + USYNC_PORT_OFFSET))}"
+RABBITMQ_WEB_STOMP_PORT="${RABBITMQ_WEB_STOMP_PORT:-$((15674 + USYNC_PORT_OFFSET))}"
+RABBITMQ_MGMT_PORT="${RABBITMQ_MGMT_PORT:-$((15672 + USYNC_PORT_OFFSET))}"
 
 log() { printf '[%s] %s\n' "$(basename "$0" .sh)" "$*" >&2; }
 

@@ -1,12 +1,14 @@
 #!/usr/bin/env bash
 # Local Apache Kafka (KRaft, single node) on 127.0.0.1:9092, from the jars on Maven
 # Central. Usage: services/kafka.sh install|start|stop|status|restart
+# Environment (defaults unchanged; see common.sh): USYNC_DATA (data under
+# $USYNC_DATA/kafka), KAFKA_PORT (9092), KAFKA_CONTROLLER_PORT (9093), or
+# USYNC_PORT_OFFSET added to both.
 source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 
 KAFKA_DIR="$USYNC_DATA/kafka"
 KAFKA_LIB="$KAFKA_DIR/lib"
-KAFKA_PORT="${KAFKA_PORT:-9092}"
-CONTROLLER_PORT="${KAFKA_CONTROLLER_PORT:-9093}"
+CONTROLLER_PORT="$KAFKA_CONTROLLER_PORT"
 POM="$USYNC_ROOT/services/kafka/pom.xml"
 PID_FILE="$KAFKA_DIR/kafka.pid"
 

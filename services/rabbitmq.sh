@@ -1,6 +1,11 @@
 #!/usr/bin/env bash
 # Local RabbitMQ on loopback: AMQP 5672, STOMP 61613, web-STOMP 15674 (/ws),
 # management 15672. Usage: services/rabbitmq.sh install|start|stop|status|restart
+# Environment (defaults unchanged; see common.sh): USYNC_DATA (node data under
+# $USYNC_DATA/rabbitmq), RABBITMQ_NODENAME (usync@localhost), RABBITMQ_AMQP_PORT,
+# RABBITMQ_STOMP_PORT, RABBITMQ_WEB_STOMP_PORT, RABBITMQ_MGMT_PORT,
+# RABBITMQ_DIST_PORT (AMQP + 20000), or USYNC_PORT_OFFSET added to every port.
+# A second node needs its own name, data dir and ports; both share the one epmd.
 source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 
 RMQ_DIR="$USYNC_DATA/rabbitmq"
@@ -12,6 +17,11 @@ export RABBITMQ_ENABLED_PLUGINS_FILE="$RMQ_DIR/enabled_plugins"
 export RABBITMQ_CONFIG_FILE="$RMQ_DIR/rabbitmq"
 export RABBITMQ_PID_FILE="$RMQ_DIR/rabbitmq.pid"
 export RABBITMQ_NODE_IP_ADDRESS=127.0.0.1
+export RABBITMQ_NODE_PORT="$RABBITMQ_AMQP_PORT"
+# The distribution port defaults to 5672 + 20000 whatever the config file says: set it
+# so that a second node does not collide with the first.
+export RABBITMQ_DIST_PORT="${RABBITMQ_DIST_PORT:-$((RABBITMQ_AMQP_PORT + 20000))}"
+export USYNC_RMQ_PORTS="$RABBITMQ_AMQP_PORT $RABBITMQ_STOMP_PORT $RABBITMQ_WEB_STOMP_PORT $RABBITMQ_MGMT_PORT"
 export ERL_EPMD_ADDRESS=127.0.0.1
 export HOME="${HOME:-/root}"   # the Erlang cookie lives in $HOME
 
@@ -22,12 +32,12 @@ install() {
   fi
   mkdir -p "$RMQ_DIR/log" "$RMQ_DIR/mnesia"
   cat > "$RMQ_DIR/rabbitmq.conf" <<CONF
-listeners.tcp.default = 127.0.0.1:5672
-stomp.listeners.tcp.1 = 127.0.0.1:61613
+listeners.tcp.default = 127.0.0.1:$RABBITMQ_AMQP_PORT
+stomp.listeners.tcp.1 = 127.0.0.1:$RABBITMQ_STOMP_PORT
 web_stomp.tcp.ip = 127.0.0.1
-web_stomp.tcp.port = 15674
+web_stomp.tcp.port = $RABBITMQ_WEB_STOMP_PORT
 management.tcp.ip = 127.0.0.1
-management.tcp.port = 15672
+management.tcp.port = $RABBITMQ_MGMT_PORT
 loopback_users = none
 log.console = false
 log.file.level = warning
@@ -45,8 +55,8 @@ is_running() { ctl status >/dev/null 2>&1; }
 # Ready means every listener answers, not just the Erlang node.
 listeners_up() {
   python3 - <<'PY'
-import socket, sys
-for port in (5672, 61613, 15674, 15672):
+import os, socket, sys
+for port in map(int, os.environ["USYNC_RMQ_PORTS"].split()):
     with socket.socket() as s:
         s.settimeout(1)
         if s.connect_ex(("127.0.0.1", port)):
@@ -62,7 +72,8 @@ start() {
   # await_startup right after -detached can return before the node exists: loop.
   wait_until 90 ctl await_startup --timeout 5 || { log "node did not boot; see $RMQ_DIR/log"; return 1; }
   wait_until 60 listeners_up || { log "listeners did not open"; return 1; }
-  log "ready: amqp://127.0.0.1:5672 stomp://127.0.0.1:61613 ws://127.0.0.1:15674/ws http://127.0.0.1:15672"
+  log "ready: amqp://127.0.0.1:$RABBITMQ_AMQP_PORT stomp://127.0.0.1:$RABBITMQ_STOMP_PORT" \
+    "ws://127.0.0.1:$RABBITMQ_WEB_STOMP_PORT/ws http://127.0.0.1:$RABBITMQ_MGMT_PORT"
 }
 
 stop() {
@@ -70,8 +81,9 @@ stop() {
     log "stopping"
     ctl shutdown || true
   fi
+  # epmd refuses -kill while another node (a second instance) is registered with it.
   "$RMQ_BIN/../../../bin/epmd" -kill >/dev/null 2>&1 || epmd -kill >/dev/null 2>&1 || true
-  wait_until 30 bash -c '! (exec 3<>/dev/tcp/127.0.0.1/5672) 2>/dev/null' || true
+  wait_until 30 bash -c "! (exec 3<>/dev/tcp/127.0.0.1/$RABBITMQ_AMQP_PORT) 2>/dev/null" || true
 }
 
 status() {

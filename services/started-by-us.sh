@@ -2,6 +2,8 @@
 # Without arguments: start whichever broker is down and print the names of those it
 # started. With --stop NAMES: stop exactly those. Lets `make test` leave running
 # brokers running and clean up only after itself.
+# Which brokers: the environment of services/common.sh (USYNC_DATA, USYNC_PORT_OFFSET or
+# the single *_PORT variables, RABBITMQ_NODENAME), passed through to both scripts.
 source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 here="$USYNC_ROOT/services"
 if [ "${1:-}" = "--stop" ]; then

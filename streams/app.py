@@ -28,9 +28,12 @@ import msgspec
 from faust.types import EventT
 
 from streams.config import Config
-from streams.core import FoldResult, LookupNeeded, as_dict, compile_routes, drift, fold_by_link, needing_correction
+from streams.core import (
+    FoldResult, LookupNeeded, Row, as_dict, compile_routes, drift, fold_by_link, needing_correction, row_key,
+)
 from streams.kafka import by_link_topic as by_link_topic_name
 from streams.kafka import client_options
+from streams.kafka import corrections_topic as corrections_topic_name
 from streams.metrics import Metrics
 from streams.reconciler import jittered, reconcile_pass
 from streams.router import Router, unpack
@@ -44,6 +47,8 @@ log = logging.getLogger("usync.app")
 
 FOLD_BATCH = 64  # by-link records, each an array of up to router.MAX_RECORD_ENVELOPES
 SINK_BATCH = 500
+RERAISE_INTERVAL = 30.0  # seconds between scans for rows left in drift
+RERAISE_SETTLE = 30.0  # a row's newest fact must be this old before it is raised again
 PENDING_RETRY_INTERVAL = 10.0  # seconds between re-issues of parked events' lookups
 DRIFT_MAX_AGE = 10.0  # seconds a /metrics scrape may reuse the drift gauges
 
@@ -119,7 +124,7 @@ def create_app(config: Config, *, store: str = "rocksdb", web_port: int | None =
     events_topic = app.topic(kafka.events_topic, **raw)
     outcomes_topic = app.topic(kafka.outcomes_topic, **raw)
     by_link_topic = app.topic(by_link_topic_name(config), partitions=kafka.partitions, internal=True, **raw)
-    corrections_topic = app.topic(f"{config.app_id}-corrections", partitions=kafka.partitions, internal=True, **raw)
+    corrections_topic = app.topic(corrections_topic_name(config), partitions=kafka.partitions, internal=True, **raw)
 
     async def emit_to(topic: faust.TopicT, key: bytes, value: bytes) -> None:
         await (await topic.send(key=key, value=value))  # the send, then Kafka's ack
@@ -163,19 +168,42 @@ def create_app(config: Config, *, store: str = "rocksdb", web_port: int | None =
                 metrics.events_folded.labels(link_name).inc(len(items))
                 lookups.extend(result.lookups)
                 for row in rows:
-                    request = CorrectionRequest(
-                        link=row.link, user_username=row.user_username,
-                        a_offering_user_uuid=row.a_offering_user_uuid, b_offering_user_uuid=row.b_offering_user_uuid,
-                        desired=row.b_username, cause_event_id=row.b_event_id or row.a_event_id or "",
-                        observed_at=max(row.b_observed_at, row.a_observed_at),
-                    )
-                    corrections.append(await corrections_topic.send(key=request.key.encode(), value=request_encoder.encode(request)))
-                    metrics.corrections.labels(row.link).inc()
+                    corrections.append(await request_correction(row))
             await asyncio.gather(*changelog)
             for need in lookups:
                 start_lookup(need)
             if corrections:
                 await asyncio.gather(*corrections)
+
+    async def request_correction(row: Row) -> Any:
+        """Send "look at (link, user)" to the sink; returns the send's future (Kafka's ack)."""
+        request = CorrectionRequest(
+            link=row.link, user_username=row.user_username,
+            a_offering_user_uuid=row.a_offering_user_uuid, b_offering_user_uuid=row.b_offering_user_uuid,
+            desired=row.b_username, cause_event_id=row.b_event_id or row.a_event_id or "",
+            observed_at=max(row.b_observed_at, row.a_observed_at),
+        )
+        metrics.corrections.labels(row.link).inc()
+        return await corrections_topic.send(key=request.key.encode(), value=request_encoder.encode(request))
+
+    raised_again: dict[str, int] = {}  # row key -> the newest fact it was raised again for
+
+    @app.timer(RERAISE_INTERVAL)
+    async def reraise_drift() -> None:
+        """A row still in drift well after its newest fact is raised once more. When a group
+        forms, faust can commit correction requests it never handed to the sink; without
+        this, such users would wait for the next reconcile."""
+        settled_before = int(time.time() * 1_000_000) - int(RERAISE_SETTLE * 1_000_000)
+        state = usync.state
+        for link in config.links:
+            for row in drift(state, link):
+                newest = max(row.b_observed_at, row.a_observed_at)
+                key = row_key(row.link, row.user_username)
+                if newest > settled_before or raised_again.get(key) == newest:
+                    continue
+                raised_again[key] = newest
+                log.info("raising %s again: still in drift %.0f s after its newest fact", key, RERAISE_SETTLE)
+                await request_correction(row)
 
     lookups_in_flight: dict[tuple[str, str], asyncio.Task] = {}
 

@@ -4,28 +4,29 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import logging
+import os
 import sys
 
-from streams.config import ConfigError, load_config
+from streams.config import Config, ConfigError, load_config
 
 
-def _setup_logging(level: str) -> None:
-    logging.basicConfig(level=level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    # aiokafka logs every failed reconnect at ERROR with a traceback; our loops say it once, clearly.
-    logging.getLogger("aiokafka").setLevel(logging.CRITICAL)
+def _load(path: str) -> Config:
+    """Load a configuration and mask its secrets in every log record from now on."""
+    from streams.ops.logs import register_config
+
+    return register_config(load_config(path))
 
 
 def _cmd_bridge(args: argparse.Namespace) -> int:
     from bridges.app import Bridge
 
-    config = load_config(args.config)
+    config = _load(args.config)
     asyncio.run(Bridge(config, health_port=args.health_port).run())
     return 0
 
 
 def _cmd_config_check(args: argparse.Namespace) -> int:
-    config = load_config(args.file)
+    config = _load(args.file)
     print(f"{args.file}: OK ({len(config.sites)} sites, {len(config.links)} links)")
     return 0
 
@@ -33,15 +34,18 @@ def _cmd_config_check(args: argparse.Namespace) -> int:
 def _cmd_worker(args: argparse.Namespace) -> int:
     from streams.worker import run_worker
 
-    config = load_config(args.config)
+    config = _load(args.config)
+    from streams.ops.logs import logging_config
+
     return run_worker(config, store=args.store, web_port=args.web_port, data_dir=args.data_dir,
-                      loglevel=args.log_level, reconcile=not args.no_reconcile)
+                      loglevel=args.log_level, reconcile=not args.no_reconcile,
+                      logging_config=logging_config(args.log_level, args.log_format))
 
 
 def _cmd_reconcile(args: argparse.Namespace) -> int:
     from streams.reconciler import reconcile_once
 
-    config = load_config(args.config)
+    config = _load(args.config)
     done = asyncio.run(reconcile_once(config))
     for link, users in done.items():
         print(f"{link}: {users} users listed")
@@ -57,7 +61,7 @@ def _cmd_replay(args: argparse.Namespace) -> int:
     from streams.core import as_dict
     from streams.replay import compare, drift_table, replay
 
-    config = load_config(args.config)
+    config = _load(args.config)
     since = datetime.fromisoformat(args.since) if args.since else None
     console = Console(stderr=True)
     state, folded, seconds = asyncio.run(replay(config, since=since, console=console))
@@ -78,9 +82,89 @@ def _cmd_replay(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_import_site_agent(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from streams.ops.site_agent import import_site_agent
+
+    try:
+        text = Path(args.agent_config).read_bytes()
+    except OSError as exc:
+        raise ConfigError(f"cannot read {args.agent_config}: {exc.strerror}") from None
+    imported = import_site_agent(text, app_id=args.app_id, bootstrap=args.bootstrap_servers,
+                                 topic_prefix=args.topic_prefix, reconcile_interval=args.reconcile_interval)
+    if args.output:
+        Path(args.output).write_text(imported.toml)
+    else:
+        sys.stdout.write(imported.toml)
+    for note in imported.notes:
+        print(f"usync: {note}", file=sys.stderr)
+    return 0
+
+
+def _cmd_status(args: argparse.Namespace) -> int:
+    from rich.console import Console
+
+    from streams.ops.status import gather_status, status_table
+
+    config = _load(args.config)
+    workers = args.worker or [f"http://{_reachable(config.web_host)}:{config.web_port}"]
+    report = asyncio.run(gather_status(config, workers, scan=args.scan, timeout=args.timeout))
+    if args.json:
+        import msgspec
+
+        sys.stdout.write(msgspec.json.format(msgspec.json.encode(report)).decode() + "\n")
+    else:
+        console = Console(width=None if sys.stdout.isatty() else 200)  # piped: no wrapping at 80
+        console.print(status_table(report))
+        for url, state in report.workers.items():
+            if state != "ok":
+                console.print(f"[yellow]worker {url}: {state}[/yellow]")
+        for error in report.errors:
+            console.print(f"[yellow]{error}[/yellow]")
+    return 0 if not report.errors and all(v == "ok" for v in report.workers.values()) else 1
+
+
+def _reachable(host: str) -> str:
+    return "127.0.0.1" if host in ("0.0.0.0", "", "::") else host
+
+
+def _cmd_topics_schema(args: argparse.Namespace) -> int:
+    import msgspec
+
+    from streams.ops.topics import topic_schemas
+
+    config = _load(args.config) if args.config else None
+    schemas = topic_schemas(args.topic, config)
+    document = schemas[args.topic] if args.topic else schemas
+    sys.stdout.write(msgspec.json.format(msgspec.json.encode(document)).decode() + "\n")
+    return 0
+
+
+def _cmd_tail(args: argparse.Namespace) -> int:
+    from streams.ops.kafka_read import parse_when
+    from streams.ops.tail import TailFilter, tail
+
+    config = _load(args.config)
+    filt = TailFilter(links=set(args.link or ()), users=set(args.user or ()),
+                      since=parse_when(args.since) if args.since else None,
+                      until=parse_when(args.until) if args.until else None)
+    unknown = filt.links - {link.name for link in config.links}
+    if unknown:
+        raise ConfigError(f"unknown link(s): {', '.join(sorted(unknown))}")
+    try:
+        asyncio.run(tail(config, args.topic, filt, sys.stdout, follow=args.follow, limit=args.limit,
+                         with_meta=args.meta))
+    except KeyboardInterrupt:
+        pass
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="usync", description="Keep Waldur usernames in sync, event by event.")
     parser.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    parser.add_argument("--log-format", default=os.environ.get("USYNC_LOG_FORMAT", "text"), choices=["text", "json"],
+                        help="text, or one JSON object per line (default: $USYNC_LOG_FORMAT or text)")
     commands = parser.add_subparsers(dest="command", required=True)
 
     bridge = commands.add_parser("bridge", help="relay Waldur's RabbitMQ events into Kafka")
@@ -112,12 +196,51 @@ def build_parser() -> argparse.ArgumentParser:
     check = config_commands.add_parser("check", help="validate a configuration file")
     check.add_argument("file")
     check.set_defaults(run=_cmd_config_check)
+    imp = config_commands.add_parser("import-site-agent", help="turn a waldur-site-agent YAML into usync sites and links")
+    imp.add_argument("agent_config", metavar="AGENT.yaml")
+    imp.add_argument("-o", "--output", default=None, help="write the TOML here (default: stdout)")
+    imp.add_argument("--app-id", default="usync", help="the worker's app id (its consumer group)")
+    imp.add_argument("--bootstrap-servers", default="127.0.0.1:9092", help="Kafka bootstrap servers")
+    imp.add_argument("--topic-prefix", default="waldur", help="prefix of the events, DLQ and outcomes topics")
+    imp.add_argument("--reconcile-interval", type=float, default=3600.0,
+                     help="seconds between reconciliation passes (default: the agent's 60 minutes)")
+    imp.set_defaults(run=_cmd_import_site_agent)
+
+    status = commands.add_parser("status", help="per link: users, drift, last event/reconcile/outcome, consumer lag")
+    status.add_argument("--config", required=True)
+    status.add_argument("--worker", action="append", default=None, metavar="URL",
+                        help="a worker's web address (repeat for every worker; default: web_host:web_port)")
+    status.add_argument("--json", action="store_true", help="JSON instead of a table")
+    status.add_argument("--scan", type=int, default=2000, help="records per partition read from the topics' tails")
+    status.add_argument("--timeout", type=float, default=60.0, help="seconds allowed to each source")
+    status.set_defaults(run=_cmd_status)
+
+    topics = commands.add_parser("topics", help="topic tools")
+    topics_commands = topics.add_subparsers(dest="topics_command", required=True)
+    schema = topics_commands.add_parser("schema", help="the JSON Schema of every topic's records")
+    schema.add_argument("--topic", choices=["events", "outcomes", "dlq"], default=None, help="one topic only")
+    schema.add_argument("--config", default=None, help="annotate the schemas with the configured topic names")
+    schema.set_defaults(run=_cmd_topics_schema)
+
+    tail = commands.add_parser("tail", help="audit records as JSON lines (outcomes, events or dlq)")
+    tail.add_argument("--config", required=True)
+    tail.add_argument("--topic", choices=["outcomes", "events", "dlq"], default="outcomes")
+    tail.add_argument("--link", action="append", help="only this link (repeatable)")
+    tail.add_argument("--user", action="append", help="only this user: user_username, user_uuid or offering_user_uuid")
+    tail.add_argument("--since", default=None, help="ISO time or a duration back from now (15m, 2h, 7d)")
+    tail.add_argument("--until", default=None, help="ISO time or a duration back from now")
+    tail.add_argument("--follow", "-f", action="store_true", help="keep printing new records until interrupted")
+    tail.add_argument("--limit", type=int, default=None, help="stop after this many records")
+    tail.add_argument("--meta", action="store_true", help="wrap each record with topic, partition, offset, key")
+    tail.set_defaults(run=_cmd_tail)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
+    from streams.ops.logs import setup_logging
+
     args = build_parser().parse_args(argv)
-    _setup_logging(args.log_level)
+    setup_logging(args.log_level, args.log_format)
     try:
         return args.run(args)
     except ConfigError as exc:

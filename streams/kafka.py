@@ -41,6 +41,13 @@ def by_link_topic(config: Config) -> str:
     return f"{config.app_id}-by-link"
 
 
+def corrections_topic(config: Config) -> str:
+    """The sink's requests, keyed ``<link>:<user>``. Created before faust starts: a worker
+    that leads the first assignment before its metadata knows a topic it has just created
+    assigns that topic to nobody."""
+    return f"{config.app_id}-corrections"
+
+
 def ssl_context(config: Config) -> ssl.SSLContext:
     """TLS to Kafka: the configured CA (or the system's), a client certificate for mutual TLS."""
     kafka = config.kafka
@@ -58,7 +65,8 @@ def topic_specs(config: Config, *, worker: bool = False) -> list[NewTopic]:
         for name in (kafka.events_topic, kafka.dlq_topic, kafka.outcomes_topic)
     ]
     if worker:  # derived from the events topic, so the broker's default retention is enough
-        specs.append(NewTopic(by_link_topic(config), kafka.partitions, kafka.replication_factor))
+        for name in (by_link_topic(config), corrections_topic(config)):
+            specs.append(NewTopic(name, kafka.partitions, kafka.replication_factor))
     return specs
 
 

@@ -8,7 +8,7 @@ import logging
 import pytest
 
 from bridges.app import Bridge
-from waldursim.testing import sim_federation, sim_offline  # noqa: F401
+from tests.support.sim import sim_federation, sim_offline  # noqa: F401
 
 from tests.app.harness import Setup, make_setup
 

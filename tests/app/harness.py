@@ -18,6 +18,8 @@ from typing import Any
 import httpx
 
 from streams.config import Config, load_config
+from tests.support.processes import terminate
+from tests.support.services import KAFKA_BOOTSTRAP, RABBITMQ
 
 ROOT = Path(__file__).resolve().parents[2]
 USYNC = str(ROOT / ".local/venv/bin/usync")
@@ -74,7 +76,7 @@ class Setup:
         def site(s: Any, env: str) -> str:
             text = f'[sites.{s.name}]\napi_url = "{s.url}"\ntoken_env = "{env}"\n'
             if broker:
-                text += 'broker_url = "ws://127.0.0.1:15674/ws"\nregister = true\n'
+                text += f'broker_url = "{RABBITMQ.web_stomp_url}"\nregister = true\n'
             if rates:
                 text += f"[sites.{s.name}.rates]\n{rates}\n"
             return text
@@ -82,7 +84,7 @@ class Setup:
         text = (
             f'app_id = "usync-test-{self.suffix}"\nreconcile_interval = {reconcile_interval}\n'
             f'data_dir = "{self.tmp / "data"}"\n'
-            f'[kafka]\nevents_topic = "t-{self.suffix}.events"\ndlq_topic = "t-{self.suffix}.dlq"\n'
+            f'[kafka]\nbootstrap_servers = "{KAFKA_BOOTSTRAP}"\nevents_topic = "t-{self.suffix}.events"\ndlq_topic = "t-{self.suffix}.dlq"\n'
             f'outcomes_topic = "t-{self.suffix}.outcomes"\npartitions = {partitions}\n'
             + site(self.a, "USYNC_TOKEN_A") + site(self.b, "USYNC_TOKEN_B")
         )
@@ -174,13 +176,7 @@ class WorkerProcess:
         self.proc.wait()
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        terminate(self.proc, 15)
         self.log.close()
 
 

@@ -20,15 +20,17 @@ import pika
 import pytest
 
 from bridges.source import BrokerMessage, Source, open_source
+from tests.support.services import RABBITMQ
 
 HOST = "127.0.0.1"
+# The configured broker (tests/support/services.py: default ports unless overridden).
+PORTS = {"ws": RABBITMQ.web_stomp_port, "tcp": RABBITMQ.stomp_port, "amqp": RABBITMQ.amqp_port}
 URLS = {
-    "ws": f"ws://{HOST}:15674/ws",
-    "tcp": f"stomp://{HOST}:61613",
-    "amqp": f"amqp://{HOST}:5672",
+    "ws": f"ws://{HOST}:{PORTS['ws']}/ws",
+    "tcp": f"stomp://{HOST}:{PORTS['tcp']}",
+    "amqp": f"amqp://{HOST}:{PORTS['amqp']}",
 }
-PORTS = {"ws": 15674, "tcp": 61613, "amqp": 5672}
-MGMT = f"http://{HOST}:15672/api"
+MGMT = f"{RABBITMQ.management_url}/api"
 AUTH = ("guest", "guest")
 # What Waldur declares its subscription queues with (waldur-reference.md).
 WALDUR_QUEUE_ARGS = {
@@ -54,7 +56,7 @@ def vhost(rabbitmq: object) -> Iterator[str]:  # rabbitmq: started if down (test
 
 
 def _blocking(vhost: str) -> pika.BlockingConnection:
-    return pika.BlockingConnection(pika.ConnectionParameters(HOST, virtual_host=vhost, credentials=pika.PlainCredentials(*AUTH)))
+    return pika.BlockingConnection(pika.ConnectionParameters(HOST, PORTS["amqp"], virtual_host=vhost, credentials=pika.PlainCredentials(*AUTH)))
 
 
 @pytest.fixture

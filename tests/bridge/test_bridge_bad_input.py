@@ -14,7 +14,8 @@ from hypothesis import strategies as st
 from streams.schema import PayloadError, decode_payload
 from tests.bridge.harness import TopicReader, bridge_config, populate, wait_for
 from tests.bridge.test_bridge_relay import start_bridge, stop_bridge
-from waldursim.testing import sim_federation  # noqa: F401
+from tests.support.services import RABBITMQ
+from tests.support.sim import sim_federation  # noqa: F401
 
 pytestmark = pytest.mark.services
 
@@ -71,14 +72,14 @@ async def test_every_message_reaches_the_events_topic_or_the_dlq(sim_federation,
     sim_federation.add_site("b")
     await sim_federation.start()
     world = populate(sim_federation, offerings=1, users=1)
-    config = bridge_config(world, "stomp://127.0.0.1:61613", kafka_bootstrap, environ={})
+    config = bridge_config(world, RABBITMQ.stomp_url, kafka_bootstrap, environ={})
     bridge, task = await start_bridge(config)
     credential = bridge.relays[0].credential
     queue = credential.queues[0]
 
     drawn = generated_bodies()
     ids = [uuid.uuid4().hex for _ in drawn]
-    params = pika.ConnectionParameters("127.0.0.1", 5672, credential.vhost, pika.PlainCredentials("guest", "guest"))
+    params = pika.ConnectionParameters("127.0.0.1", RABBITMQ.amqp_port, credential.vhost, pika.PlainCredentials("guest", "guest"))
     with pika.BlockingConnection(params) as connection:
         channel = connection.channel()
         channel.confirm_delivery()

@@ -12,7 +12,8 @@ import pytest
 from tests.bridge.harness import TopicReader, bridge_config, populate, wait_for
 from tests.bridge.test_bridge_relay import published
 from bridges.app import Bridge
-from waldursim.testing import sim_federation  # noqa: F401
+from tests.support.services import RABBITMQ
+from tests.support.sim import sim_federation  # noqa: F401
 
 pytestmark = [pytest.mark.services, pytest.mark.disruptive]
 
@@ -25,7 +26,7 @@ async def world_and_bridge(federation, kafka_bootstrap):
     federation.add_site("b")
     await federation.start()
     world = populate(federation, offerings=2, users=50)
-    config = bridge_config(world, "ws://127.0.0.1:15674/ws", kafka_bootstrap, environ={})
+    config = bridge_config(world, RABBITMQ.web_stomp_url, kafka_bootstrap, environ={})
     bridge = Bridge(config, health_port=0)
     return world, config, bridge
 

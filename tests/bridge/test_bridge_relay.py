@@ -9,14 +9,15 @@ import pytest
 
 from bridges.app import Bridge
 from tests.bridge.harness import TopicReader, bridge_config, last_occurrences, per_queue, populate, wait_for
-from waldursim.testing import sim_federation  # noqa: F401
+from tests.support.services import RABBITMQ
+from tests.support.sim import sim_federation  # noqa: F401
 
 pytestmark = pytest.mark.services
 
 TRANSPORTS = {
-    "web-stomp": "ws://127.0.0.1:15674/ws",
-    "stomp": "stomp://127.0.0.1:61613",
-    "amqp": "amqp://127.0.0.1:5672",
+    "web-stomp": RABBITMQ.web_stomp_url,
+    "stomp": RABBITMQ.stomp_url,
+    "amqp": f"amqp://{RABBITMQ.host}:{RABBITMQ.amqp_port}",
 }
 
 

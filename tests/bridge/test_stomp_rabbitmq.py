@@ -19,6 +19,7 @@ from bridges.source import (
     open_source,
 )
 from bridges.stomp import StompSource
+from tests.support.services import RABBITMQ
 
 pytestmark = pytest.mark.services
 
@@ -179,7 +180,8 @@ async def test_missing_queue_refuses_the_subscription(kind, connect) -> None:
 
 
 async def test_unreachable_broker_fails_fast(kind, broker) -> None:
-    url = broker.url(kind).replace(":15674", ":1").replace(":61613", ":1")
+    port = {"ws": RABBITMQ.web_stomp_port, "tcp": RABBITMQ.stomp_port}[kind]
+    url = broker.url(kind).replace(f":{port}", ":1")
     source = open_source(url, "guest", "guest", "/", connect_timeout=5)
     with pytest.raises(ConnectionLost):
         await source.connect()

@@ -13,9 +13,11 @@ import pytest
 
 from waldursim import QUEUE_ARGUMENTS, SLURM, Federation, message_id, topic_for
 
+from tests.support.services import RABBITMQ
+
 from .stomp import Frame, StompClient
 
-WS_URL = "ws://127.0.0.1:15674/ws"
+WS_URL = RABBITMQ.web_stomp_url
 ISD = "isd:integration-test"
 PAYLOAD_KEYS = {
     "create": {"offering_user_uuid", "user_uuid", "username", "state", "runtime_state", "action", "attributes",
@@ -74,7 +76,7 @@ async def receive(stomp: StompClient, vhost: str, queue: str, actions: list[str]
 
 def publish_sentinel(vhost: str, queue: str) -> None:
     """A marker published behind whatever is in the queue: FIFO makes it a barrier."""
-    params = pika.ConnectionParameters("127.0.0.1", 5672, vhost, pika.PlainCredentials("guest", "guest"))
+    params = pika.ConnectionParameters("127.0.0.1", RABBITMQ.amqp_port, vhost, pika.PlainCredentials("guest", "guest"))
     with pika.BlockingConnection(params) as conn:
         ch = conn.channel()
         ch.confirm_delivery()
@@ -99,7 +101,7 @@ async def test_suite2_identity_manager_event_routing(sim_federation: Federation)
         r = await staff.patch(f"users/{user_b.uuid}/", json={"is_identity_manager": True, "managed_isds": [ISD]})
         assert r.status_code == 200 and r.json()["managed_isds"] == [ISD]
     async with httpx.AsyncClient() as plain:
-        assert (await plain.get("http://127.0.0.1:15674/ws")).status_code == 426
+        assert (await plain.get(WS_URL.replace("ws://", "http://"))).status_code == 426
 
     # test_02: user_a becomes OFFERING.MANAGER on B; both register and connect.
     site.add_offering_manager(user_a, offering_b)
@@ -173,12 +175,12 @@ async def test_queue_arguments_on_the_broker_equal_waldurs(sim_federation: Feder
     site.add_offering_manager(manager, offering)
     reg = await register(site, manager.token, offering.uuid, "agent")
     async with httpx.AsyncClient(auth=("guest", "guest")) as mgmt:
-        r = await mgmt.get(f"http://127.0.0.1:15672/api/queues/{manager.uuid}/{reg['queue']['queue_name']}")
+        r = await mgmt.get(f"{RABBITMQ.management_url}/api/queues/{manager.uuid}/{reg['queue']['queue_name']}")
         assert r.status_code == 200
         queue = r.json()
-        r = await mgmt.get(f"http://127.0.0.1:15672/api/users/{reg['sub']['uuid']}")
+        r = await mgmt.get(f"{RABBITMQ.management_url}/api/users/{reg['sub']['uuid']}")
         assert r.status_code == 200
-        r = await mgmt.get(f"http://127.0.0.1:15672/api/permissions/{manager.uuid}/{reg['sub']['uuid']}")
+        r = await mgmt.get(f"{RABBITMQ.management_url}/api/permissions/{manager.uuid}/{reg['sub']['uuid']}")
         perms = r.json()
     assert queue["arguments"] == QUEUE_ARGUMENTS == {
         "x-message-ttl": 3600000,
@@ -192,7 +194,7 @@ async def test_queue_arguments_on_the_broker_equal_waldurs(sim_federation: Feder
 
 
 def amqp_get_all(vhost: str, queue: str, login: str, password: str) -> list[tuple[pika.BasicProperties, bytes]]:
-    params = pika.ConnectionParameters("127.0.0.1", 5672, vhost, pika.PlainCredentials(login, password))
+    params = pika.ConnectionParameters("127.0.0.1", RABBITMQ.amqp_port, vhost, pika.PlainCredentials(login, password))
     out = []
     with pika.BlockingConnection(params) as conn:
         ch = conn.channel()

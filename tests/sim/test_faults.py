@@ -14,6 +14,7 @@ import httpx
 import msgspec
 import pika
 
+from tests.support.services import RABBITMQ
 from waldursim import Federation, Site
 
 TOLERANCE = 0.05
@@ -111,7 +112,7 @@ async def subscribed_site(federation: Federation, **faults: float) -> tuple[Site
 
 
 def read_queue(sub) -> list[tuple[str, dict]]:
-    params = pika.ConnectionParameters("127.0.0.1", 5672, sub.vhost, pika.PlainCredentials(sub.login, sub.passcode))
+    params = pika.ConnectionParameters("127.0.0.1", RABBITMQ.amqp_port, sub.vhost, pika.PlainCredentials(sub.login, sub.passcode))
     out = []
     with pika.BlockingConnection(params) as conn:
         ch = conn.channel()

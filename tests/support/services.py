@@ -1,8 +1,21 @@
 """The local brokers, as the tests see them: endpoints plus stop/start through the
-project's own scripts (services/*.sh), so a test exercises exactly what operators run."""
+project's own scripts (services/*.sh), so a test exercises exactly what operators run.
+
+Which brokers: the same environment variables as services/common.sh, defaults unchanged
+(Kafka 127.0.0.1:9092, RabbitMQ 5672/61613/15674/15672, node usync@localhost, data in
+.local/). ``USYNC_PORT_OFFSET`` is added to every default port; ``KAFKA_PORT``,
+``RABBITMQ_AMQP_PORT``, ``RABBITMQ_STOMP_PORT``, ``RABBITMQ_WEB_STOMP_PORT`` and
+``RABBITMQ_MGMT_PORT`` override one each; ``USYNC_DATA`` and ``RABBITMQ_NODENAME`` reach
+the scripts through the inherited environment. Tests that stop brokers should run
+against their own pair, e.g.::
+
+    export USYNC_DATA=$PWD/.local/e2e USYNC_PORT_OFFSET=100 RABBITMQ_NODENAME=usync-e2e@localhost
+    services/rabbitmq.sh start && services/kafka.sh start && .local/venv/bin/pytest tests/e2e
+"""
 
 from __future__ import annotations
 
+import os
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
@@ -42,13 +55,28 @@ class Broker:
         return _run(self.name, "status", timeout=30).returncode == 0
 
 
+def port(name: str, default: int) -> int:
+    """A broker port from the environment: ``$name``, else ``default + $USYNC_PORT_OFFSET``."""
+    value = os.environ.get(name)
+    if value:
+        return int(value)
+    return default + int(os.environ.get("USYNC_PORT_OFFSET") or 0)
+
+
+KAFKA_PORT = port("KAFKA_PORT", 9092)
+AMQP_PORT = port("RABBITMQ_AMQP_PORT", 5672)
+STOMP_PORT = port("RABBITMQ_STOMP_PORT", 61613)
+WEB_STOMP_PORT = port("RABBITMQ_WEB_STOMP_PORT", 15674)
+MGMT_PORT = port("RABBITMQ_MGMT_PORT", 15672)
+
+
 @dataclass(frozen=True)
 class RabbitMQEndpoints:
     host: str = "127.0.0.1"
-    amqp_port: int = 5672
-    stomp_port: int = 61613
-    web_stomp_url: str = "ws://127.0.0.1:15674/ws"
-    management_url: str = "http://127.0.0.1:15672"
+    amqp_port: int = AMQP_PORT
+    stomp_port: int = STOMP_PORT
+    web_stomp_port: int = WEB_STOMP_PORT
+    management_port: int = MGMT_PORT
     admin_user: str = "guest"
     admin_password: str = "guest"
 
@@ -60,8 +88,23 @@ class RabbitMQEndpoints:
     def stomp_url(self) -> str:
         return f"stomp://{self.host}:{self.stomp_port}"
 
+    @property
+    def web_stomp_url(self) -> str:
+        return f"ws://{self.host}:{self.web_stomp_port}/ws"
 
-KAFKA_BOOTSTRAP = "127.0.0.1:9092"
+    @property
+    def management_url(self) -> str:
+        return f"http://{self.host}:{self.management_port}"
+
+    def broker_admin(self):
+        """The simulator's view of this broker (waldursim.BrokerAdmin)."""
+        from waldursim.broker import BrokerAdmin
+
+        return BrokerAdmin(management_url=self.management_url, amqp_host=self.host, amqp_port=self.amqp_port,
+                           username=self.admin_user, password=self.admin_password)
+
+
+KAFKA_BOOTSTRAP = f"127.0.0.1:{KAFKA_PORT}"
 RABBITMQ = RabbitMQEndpoints()
 kafka_broker = Broker("kafka")
 rabbitmq_broker = Broker("rabbitmq")

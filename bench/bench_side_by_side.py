@@ -1,0 +1,327 @@
+"""usync vs the existing agent (waldur-site-agent 1.0.7 + waldur-site-agent-waldur), same scenario.
+
+    .local/venv/bin/python bench/bench_side_by_side.py                  # N = 1,000 and 10,000; 200 changes
+    .local/venv/bin/python bench/bench_side_by_side.py --quick          # N = 1,000; 50 changes
+    .local/venv/bin/python bench/bench_side_by_side.py --users 10000 --changes 200 --rate 200 --systems usync
+
+Scenario, per N and per system, on a fresh pair of simulated sites (waldursim, real RabbitMQ):
+one offering on A and on B with N users each, A already equal to B; then ``--changes``
+usernames are changed on B at ``--rate`` per second (each emits ``update`` + ``username_set``,
+as Waldur does for Slurm offerings). Measured until every A user equals B again:
+
+- time to converge per change: from the change on B to the PATCH on A that makes A equal
+  (store hooks in the simulator, exact), p50 and p99;
+- Waldur API calls on A and B (the simulator's call log) and PATCHes sent.
+
+usync: the real ``usync bridge`` + ``usync worker`` (subprocesses, generated config, own topics).
+The agent: bench/agent_driver.py in ``.local/agent-venv`` (created from
+bench/agent-requirements.txt on first run): the plugin's own STOMP event path, one full
+sync per B create/update event with a non-empty username (with the one-line arity shim
+1.0.7 needs, see the driver). After A converges the agent still works through the events
+queued meanwhile (each one a full sync); that cost is counted until its queue is drained
+or ``--agent-drain`` seconds pass (then projected from the measured cost per sync).
+
+The machine is a shared 2-core box: figures are noisy; everything (sites, broker, Kafka,
+the systems under test) shares those cores.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from rich.console import Console  # noqa: E402
+from rich.table import Table  # noqa: E402
+
+from demo.stack import (  # noqa: E402
+    Child,
+    Tracker,
+    UsyncStack,
+    api_calls,
+    patch_calls,
+    percentile,
+    populate,
+    settle,
+)
+from waldursim import BrokerAdmin, Federation  # noqa: E402
+
+AGENT_VENV = ROOT / ".local/agent-venv"
+AGENT_PY = AGENT_VENV / "bin/python"
+AGENT_REQUIREMENTS = ROOT / "bench/agent-requirements.txt"
+AGENT_STAMP = AGENT_VENV / ".requirements.sha256"
+
+console = Console(stderr=True)
+
+
+# -- the agent's venv -------------------------------------------------------------------------
+
+
+def ensure_agent_venv() -> None:
+    """Create .local/agent-venv from the pinned requirements (idempotent: a stamp holds their hash)."""
+    digest = hashlib.sha256(AGENT_REQUIREMENTS.read_bytes()).hexdigest()
+    if AGENT_PY.exists() and AGENT_STAMP.exists() and AGENT_STAMP.read_text().strip() == digest:
+        return
+    with console.status("installing waldur-site-agent into .local/agent-venv (about 20 s) …"):
+        if not AGENT_PY.exists():
+            subprocess.run(["python3", "-m", "venv", str(AGENT_VENV)], check=True)
+        subprocess.run([str(AGENT_PY), "-m", "pip", "install", "-q", "--upgrade", "pip"], check=True)
+        subprocess.run([str(AGENT_PY), "-m", "pip", "install", "-q", "-r", str(AGENT_REQUIREMENTS)], check=True)
+    AGENT_STAMP.write_text(digest + "\n")
+
+
+# -- one run ---------------------------------------------------------------------------------
+
+
+@dataclass
+class Result:
+    system: str
+    users: int
+    changes: int
+    rate: float
+    converged: bool
+    seconds: float  # first change -> every A user equal to B
+    p50: float
+    p99: float
+    calls: int  # A + B API calls until converged
+    patches: int
+    calls_total: int  # including the work after convergence (agent: queued syncs), measured or projected
+    projected: bool = False
+    note: str = ""
+
+
+async def _changes(b: Any, pairs: list[Any], count: int, rate: float) -> float:
+    """Change ``count`` B usernames at ``rate``/s (a load shape; the pacing is the point)."""
+    users = pairs[0].users
+    step = max(1, len(users) // count)
+    chosen = [users[i * step % len(users)] for i in range(count)]
+    t0 = time.monotonic()
+    for i, (_a_ou, b_ou) in enumerate(chosen):
+        b.set_username(b_ou, f"{b.store.users[b_ou.user].username}-v2")
+        delay = t0 + (i + 1) / rate - time.monotonic()
+        if delay > 0:
+            await asyncio.sleep(delay)
+    return t0
+
+
+async def run_one(system: str, users: int, changes: int, rate: float, deadline: float, agent_drain: float,
+                  tmp: Path) -> Result:
+    federation = Federation(BrokerAdmin(), seed=7, publish_rate=500.0)
+    b, a = federation.add_site("b"), federation.add_site("a")
+    pairs = populate(a, b, users=users, offerings=["hpc"], a_converged=True)
+    tracker = Tracker(a, b, pairs)
+    stack: UsyncStack | None = None
+    agent: Child | None = None
+    note = ""
+    try:
+        await federation.start()
+        if system == "usync":
+            stack = UsyncStack(a, b, pairs, tmp, label="bench", requests_per_second=2000, concurrency=64)
+            stack.start_bridge()
+            await stack.bridge_ready()
+            stack.start_worker()
+            await stack.worker_ready()
+            # start-up reconcile (lists both sites; nothing to PATCH) must be over before we measure
+            await _await_row_count(stack, users, timeout=120)
+            await settle(stack, a, b, quiet=1.5)
+        else:
+            agent = await _start_agent(a, b, pairs[0], tmp)
+        base_calls, base_patches = api_calls(a) + api_calls(b), patch_calls(a)
+        tracker.reset_latencies()
+        with console.status(f"{system}: N={users:,}, {changes} changes on B at {rate:.0f}/s …"):
+            t0 = await _changes(b, pairs, changes, rate)
+            ok = await tracker.wait_converged(max(1.0, deadline - (time.monotonic() - t0)))
+        seconds = (tracker.converged_at - t0) if ok else time.monotonic() - t0
+        calls = api_calls(a) + api_calls(b) - base_calls
+        patches = patch_calls(a) - base_patches
+        calls_total, projected = calls, False
+        if stack is not None:
+            await settle(stack, a, b, quiet=1.5)
+            calls_total = api_calls(a) + api_calls(b) - base_calls
+        elif agent is not None:
+            calls_total, projected, note = await _agent_drain(agent, a, b, base_calls, changes, agent_drain)
+        lat = tracker.latencies
+        if not ok:
+            note = (note + "; " if note else "") + f"{len(tracker.mismatched)} users not converged by the deadline"
+        return Result(system, users, changes, rate, ok, seconds, percentile(lat, 50), percentile(lat, 99),
+                      calls, patches, calls_total, projected, note)
+    finally:
+        if stack is not None:
+            await asyncio.to_thread(stack.stop)
+            await stack.delete_topics()
+        if agent is not None:
+            await asyncio.to_thread(agent.stop)
+        await federation.stop()
+
+
+async def _await_row_count(stack: UsyncStack, users: int, timeout: float) -> None:
+    import httpx
+
+    deadline = time.monotonic() + timeout
+    async with httpx.AsyncClient(timeout=30) as client:
+        while time.monotonic() < deadline:
+            stack.check_alive()
+            r = await client.get(f"http://127.0.0.1:{stack.worker_port}/usync/table/")
+            rows = r.json().get("rows", {}) if r.status_code == 200 else {}
+            if sum(1 for row in rows.values() if row.get("a_offering_user_uuid") and row.get("b_offering_user_uuid")) >= users:
+                return
+            await asyncio.sleep(0.5)  # polling the worker's table view: no push signal for "snapshot folded"
+    raise RuntimeError("usync did not load the start-up snapshot in time")
+
+
+# -- the agent ---------------------------------------------------------------------------------
+
+
+async def _start_agent(a: Any, b: Any, pair: Any, tmp: Path) -> Child:
+    cfg = {
+        "a_url": a.url, "a_token": a.staff_token, "a_offering": pair.a.uuid,
+        "b_url": b.url, "b_token": b.staff_token, "b_offering": pair.b.uuid,
+        "b_customer": b.store.offerings[pair.b.uuid].customer,
+        "ws_host": "127.0.0.1", "ws_port": 15674, "ws_path": "/ws",
+    }
+    path = tmp / "agent.json"
+    path.write_text(json.dumps(cfg))
+    # The driver's stdout and stderr go to one log: READY, one JSON line per handled event, the agent's log.
+    child = Child("agent", [str(AGENT_PY), str(ROOT / "bench/agent_driver.py"), str(path)],
+                  {**os.environ, "PYTHONUNBUFFERED": "1"}, tmp / "agent.log")
+    deadline = time.monotonic() + 90
+    while time.monotonic() < deadline:
+        if not child.alive():
+            raise RuntimeError(f"the agent exited with {child.proc.returncode}:\n{child.tail()}")
+        if "READY" in child.tail(100_000):
+            return child
+        await asyncio.sleep(0.2)  # polling the driver's log for READY
+    raise RuntimeError(f"the agent did not subscribe within 90 s:\n{child.tail()}")
+
+
+def _agent_events(child: Child) -> list[dict]:
+    events = []
+    for line in child.log_path.read_text(errors="replace").splitlines():
+        if line.startswith('{"event"'):
+            events.append(json.loads(line))
+    return events
+
+
+async def _agent_drain(child: Child, a: Any, b: Any, base_calls: int, changes: int,
+                       drain: float) -> tuple[int, bool, str]:
+    """The agent keeps running one full sync per queued update event; count them until done or ``drain`` s."""
+    expected = changes  # one update per change triggers a sync (username_set is skipped)
+    deadline = time.monotonic() + drain
+    while time.monotonic() < deadline:
+        handled = [e for e in _agent_events(child) if e.get("action") == "update"]
+        if len(handled) >= expected:
+            break
+        await asyncio.sleep(0.5)  # polling the driver's event lines
+    await b.publisher.drain()
+    handled = [e for e in _agent_events(child) if e.get("action") == "update"]
+    calls = api_calls(a) + api_calls(b) - base_calls
+    if len(handled) >= expected:
+        return calls, False, f"{len(handled)} event syncs, {sum(e['seconds'] for e in handled) / len(handled):.2f} s each"
+    if not handled:
+        return calls, True, "no event sync finished"
+    per_sync = calls / len(handled)
+    return int(per_sync * expected), True, (f"{len(handled)}/{expected} event syncs done in {drain:.0f} s, "
+                                            f"{sum(e['seconds'] for e in handled) / len(handled):.2f} s each; rest projected")
+
+
+# -- report -------------------------------------------------------------------------------------
+
+
+def report(results: list[Result], rate: float) -> Table:
+    table = Table(title="side by side: time from a change on B until A equals B, and the API cost")
+    for column in ("system", "users", "changes", "converged after", "p50", "p99", "API calls (to converge)",
+                   "API calls (all events)", "calls/change", "PATCHes", "note"):
+        table.add_column(column, justify="left" if column in ("system", "note") else "right")
+    for r in results:
+        table.add_row(r.system, f"{r.users:,}", f"{r.changes} @ {r.rate:.0f}/s",
+                      f"{r.seconds:.2f} s" + ("" if r.converged else " (NOT converged)"),
+                      f"{r.p50 * 1000:.0f} ms", f"{r.p99 * 1000:.0f} ms", f"{r.calls:,}",
+                      f"{r.calls_total:,}" + (" (projected)" if r.projected else ""),
+                      f"{r.calls_total / r.changes:.1f}", f"{r.patches:,}", r.note)
+    return table
+
+
+def goals(results: list[Result]) -> list[str]:
+    lines = []
+    by = {(r.system, r.users): r for r in results}
+    for n in sorted({r.users for r in results}):
+        u, g = by.get(("usync", n)), by.get(("agent", n))
+        if u:
+            lines.append(f"N={n:,}: usync p99 {u.p99:.2f} s (goal <= 0.5 s at 200 changes/s with 10k users: "
+                         f"{'met' if u.p99 <= 0.5 else 'NOT met'}{'' if u.rate >= 200 else ', measured below 200/s'}); "
+                         f"{u.calls_total / u.changes:.2f} calls per change (goal <= 3: "
+                         f"{'met' if u.calls_total / u.changes <= 3 else 'NOT met'})")
+        if u and g:
+            lines.append(f"N={n:,}: agent p50 {g.p50:.2f} s / p99 {g.p99:.2f} s vs usync p50 {u.p50:.2f} s / p99 {u.p99:.2f} s: "
+                         f"usync {g.p50 / u.p50:.1f}x (p50), {g.p99 / u.p99:.1f}x (p99) faster (goal >= 10x); "
+                         f"API calls {g.calls_total / max(1, u.calls_total):.0f}x fewer")
+    return lines
+
+
+async def main_async(args: argparse.Namespace) -> int:
+    systems = args.systems.split(",")
+    if "agent" in systems:
+        ensure_agent_venv()
+    users_list = [int(x) for x in args.users.split(",")]
+    results: list[Result] = []
+    for users in users_list:
+        for system in systems:
+            with tempfile.TemporaryDirectory(prefix=f"usync-bench-{system}-") as tmp:
+                console.print(f"[bold]{system}[/bold]: N={users:,}, {args.changes} changes at {args.rate:.0f}/s")
+                try:
+                    r = await run_one(system, users, args.changes, args.rate, args.deadline, args.agent_drain, Path(tmp))
+                except Exception as exc:
+                    console.print(f"[red]{system} N={users}: {exc}[/red]")
+                    kept = Path(tempfile.mkdtemp(prefix=f"usync-bench-logs-{system}-{users}-"))
+                    shutil.copytree(tmp, kept, dirs_exist_ok=True)
+                    console.print(f"  logs kept in {kept}")
+                    continue
+                results.append(r)
+                if args.keep_logs or not r.converged:
+                    kept = Path(tempfile.mkdtemp(prefix=f"usync-bench-logs-{system}-{users}-"))
+                    shutil.copytree(tmp, kept, dirs_exist_ok=True)
+                    console.print(f"  logs kept in {kept}")
+                console.print(f"  converged={r.converged} in {r.seconds:.2f} s, p50 {r.p50 * 1000:.0f} ms, "
+                              f"p99 {r.p99 * 1000:.0f} ms, {r.calls:,} calls ({r.calls_total:,} all), "
+                              f"{r.patches} PATCHes {r.note}")
+    out = Console(width=200)
+    out.print(report(results, args.rate))
+    for line in goals(results):
+        out.print(line)
+    out.print("[dim]Shared 2-core machine: the sites, RabbitMQ, Kafka and the system under test share it; "
+              "figures are noisy.[/dim]")
+    return 0 if results and all(r.converged for r in results) else 1
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--users", default="1000,10000", help="users per offering, comma-separated")
+    p.add_argument("--changes", type=int, default=200)
+    p.add_argument("--rate", type=float, default=200.0, help="changes on B per second")
+    p.add_argument("--systems", default="usync,agent")
+    p.add_argument("--deadline", type=float, default=600.0, help="seconds to wait for A to converge")
+    p.add_argument("--agent-drain", type=float, default=120.0,
+                   help="seconds to let the agent work through queued events after converging")
+    p.add_argument("--quick", action="store_true", help="N = 1,000, 50 changes")
+    p.add_argument("--keep-logs", action="store_true")
+    args = p.parse_args()
+    if args.quick:
+        args.users, args.changes = "1000", 50
+    return asyncio.run(main_async(args))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

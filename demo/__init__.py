@@ -1,0 +1,1 @@
+"""The `make demo` end-to-end demonstration (see demo/README.md)."""

@@ -1,0 +1,1 @@
+"""Operator tooling: structured logs, status, audit tail, topic schemas, config import."""

@@ -1,0 +1,231 @@
+"""``usync status``: per link, what the workers hold and how far behind they are.
+
+- users and drift: the workers' web views (``/usync/table/``, ``/usync/drift/``); each worker
+  holds the links of its partitions, so the answers of every worker given are merged;
+- last event, last reconcile, last outcome: the tails of the events and outcomes topics
+  (``scan`` records per partition; older facts show as unknown);
+- lag: the consumer group (the app id) on the events-topic partitions of the link's two
+  offerings plus the repartition topic's partition of the link.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, Final
+
+import httpx
+import msgspec
+from aiokafka import TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient
+from aiokafka.partitioner import murmur2
+from rich.table import Table
+
+from streams.config import Config, Link
+from streams.core.routing import compile_routes
+from streams.kafka import client_options
+from streams.ops.kafka_read import REQUEST_TIMEOUT_MS, aware, partitions_of, reader
+from streams.schema import Envelope, Outcome, SnapshotPage, Source, event_key
+
+HTTP_TIMEOUT: Final = 10.0
+_EVENT_SOURCES: Final = (Source.STOMP, Source.AMQP)
+
+
+class LinkStatus(msgspec.Struct, kw_only=True):
+    link: str
+    target: str
+    source: str
+    reconcile: bool
+    users: int | None = None
+    drift: int | None = None
+    last_event: datetime | None = None
+    last_reconcile: datetime | None = None
+    last_outcome: datetime | None = None
+    lag: int | None = None
+
+
+class StatusReport(msgspec.Struct, kw_only=True):
+    links: list[LinkStatus]
+    group: str
+    group_lag: int | None = None
+    workers: dict[str, str] = {}  # url -> "ok" or the error
+    errors: list[str] = []
+
+
+@dataclass
+class _Tails:
+    last_event: dict[str, datetime] = field(default_factory=dict)
+    last_reconcile: dict[str, datetime] = field(default_factory=dict)
+    last_outcome: dict[str, datetime] = field(default_factory=dict)
+
+
+def partition_of(key: str, partitions: int) -> int:
+    """Kafka's default partitioner (the bridge and faust use it)."""
+    return (murmur2(key.encode()) & 0x7FFFFFFF) % partitions
+
+
+def _later(seen: dict[str, datetime], name: str, moment: datetime) -> None:
+    moment = aware(moment)
+    if name not in seen or moment > seen[name]:
+        seen[name] = moment
+
+
+# -- the workers' views ----------------------------------------------------------------
+
+async def _worker_view(client: httpx.AsyncClient, url: str) -> tuple[dict[str, int], dict[str, int]]:
+    """(users per link, drift per link) of one worker."""
+    table = (await client.get(url.rstrip("/") + "/usync/table/")).raise_for_status().json()
+    users: dict[str, int] = {}
+    for key in table.get("rows", {}):
+        link = key.split(":", 1)[0]
+        users[link] = users.get(link, 0) + 1
+    drift_view = (await client.get(url.rstrip("/") + "/usync/drift/")).raise_for_status().json()
+    drift = {name: int(d.get("drift", 0)) for name, d in drift_view.get("links", {}).items()}
+    return users, drift
+
+
+async def worker_views(urls: list[str]) -> tuple[dict[str, tuple[int, int]], dict[str, str]]:
+    """Per link (users, drift) from the worker holding it (most rows wins: a standby may
+    hold a stale copy); and each worker's state."""
+    merged: dict[str, tuple[int, int]] = {}
+    states: dict[str, str] = {}
+    async with httpx.AsyncClient(timeout=HTTP_TIMEOUT) as client:
+        results = await asyncio.gather(*(_worker_view(client, u) for u in urls), return_exceptions=True)
+    for url, result in zip(urls, results):
+        if isinstance(result, BaseException):
+            states[url] = f"unreachable: {type(result).__name__}: {result}"
+            continue
+        states[url] = "ok"
+        users, drift = result
+        for link in set(users) | set(drift):
+            candidate = (users.get(link, 0), drift.get(link, 0))
+            if link not in merged or candidate[0] > merged[link][0]:
+                merged[link] = candidate
+    return merged, states
+
+
+# -- the topics' tails -----------------------------------------------------------------
+
+async def _read_tail(consumer: Any, topic: str, scan: int) -> list[bytes]:
+    partitions = await partitions_of(consumer, topic)
+    if not partitions:
+        return []
+    consumer.assign(partitions)
+    end = await consumer.end_offsets(partitions)
+    begin = await consumer.beginning_offsets(partitions)
+    remaining = {tp for tp in partitions if end[tp] > begin[tp]}
+    for tp in partitions:
+        consumer.seek(tp, max(begin[tp], end[tp] - scan))
+    values: list[bytes] = []
+    while remaining:
+        batches = await consumer.getmany(*remaining, timeout_ms=1000, max_records=5000)
+        for tp, messages in batches.items():
+            values.extend(m.value for m in messages if m.offset < end[tp])
+        for tp in list(remaining):
+            if await consumer.position(tp) >= end[tp]:
+                remaining.discard(tp)
+    return values
+
+
+async def topic_tails(config: Config, scan: int) -> _Tails:
+    tails = _Tails()
+    routes = compile_routes(config.links)
+    envelope = msgspec.json.Decoder(Envelope)
+    outcome = msgspec.json.Decoder(Outcome)
+    async with reader(config) as consumer:
+        for value in await _read_tail(consumer, config.kafka.events_topic, scan):
+            try:
+                e = envelope.decode(value)
+            except msgspec.DecodeError:
+                continue
+            for link, _side in routes.of_envelope(e):
+                if e.source in _EVENT_SOURCES:
+                    _later(tails.last_event, link.name, e.received_at)
+                elif isinstance(e.body, SnapshotPage) and e.body.last:
+                    _later(tails.last_reconcile, link.name, e.received_at)
+    async with reader(config) as consumer:
+        for value in await _read_tail(consumer, config.kafka.outcomes_topic, scan):
+            try:
+                o = outcome.decode(value)
+            except msgspec.DecodeError:
+                continue
+            _later(tails.last_outcome, o.link, o.at)
+    return tails
+
+
+# -- consumer lag ----------------------------------------------------------------------
+
+async def group_lag(config: Config) -> dict[TopicPartition, int]:
+    """Lag of the worker's consumer group per partition it has committed."""
+    admin = AIOKafkaAdminClient(**client_options(config), request_timeout_ms=REQUEST_TIMEOUT_MS)
+    await admin.start()
+    try:
+        committed = await admin.list_consumer_group_offsets(config.app_id)
+    finally:
+        await admin.close()
+    committed = {tp: meta.offset for tp, meta in committed.items() if meta.offset >= 0}
+    if not committed:
+        return {}
+    async with reader(config) as consumer:
+        end = await consumer.end_offsets(list(committed))
+    return {tp: max(0, end[tp] - offset) for tp, offset in committed.items()}
+
+
+def link_lag(config: Config, link: Link, lag: dict[TopicPartition, int]) -> int:
+    partitions = config.kafka.partitions
+    events = config.kafka.events_topic
+    keys = {event_key(link.target.site, link.target.offering), event_key(link.source.site, link.source.offering)}
+    tps = {TopicPartition(events, partition_of(k, partitions)) for k in keys}
+    tps.add(TopicPartition(f"{config.app_id}-by-link", partition_of(link.name, partitions)))
+    return sum(lag.get(tp, 0) for tp in tps)
+
+
+# -- the report ------------------------------------------------------------------------
+
+async def gather_status(config: Config, workers: list[str], scan: int = 2000, timeout: float = 60.0) -> StatusReport:
+    errors: list[str] = []
+
+    async def guarded(what: str, coro: Any, default: Any) -> Any:
+        try:
+            return await asyncio.wait_for(coro, timeout)
+        except Exception as exc:  # one source down must not hide the others
+            errors.append(f"{what}: {type(exc).__name__}: {exc}")
+            return default
+
+    (views, states), tails, lag = await asyncio.gather(
+        guarded("workers", worker_views(workers), ({}, {u: "not asked" for u in workers})),
+        guarded("topics", topic_tails(config, scan), _Tails()),
+        guarded("consumer lag", group_lag(config), None),
+    )
+    links = []
+    for link in config.links:
+        users, drift = views.get(link.name, (None, None))
+        links.append(LinkStatus(
+            link=link.name, target=f"{link.target.site}:{link.target.offering}",
+            source=f"{link.source.site}:{link.source.offering}", reconcile=link.reconcile,
+            users=users, drift=drift, last_event=tails.last_event.get(link.name),
+            last_reconcile=tails.last_reconcile.get(link.name), last_outcome=tails.last_outcome.get(link.name),
+            lag=None if lag is None else link_lag(config, link, lag),
+        ))
+    return StatusReport(links=links, group=config.app_id, group_lag=None if lag is None else sum(lag.values()),
+                        workers=states, errors=errors)
+
+
+def _when(moment: datetime | None) -> str:
+    return "—" if moment is None else moment.strftime("%Y-%m-%d %H:%M:%S")
+
+
+def _count(value: int | None) -> str:
+    return "?" if value is None else f"{value:,}"
+
+
+def status_table(report: StatusReport) -> Table:
+    table = Table(title=f"usync status (group {report.group}, lag {_count(report.group_lag)})")
+    for column in ("link", "target ← source", "users", "drift", "last event", "last reconcile", "last outcome", "lag"):
+        table.add_column(column, justify="right" if column in ("users", "drift", "lag") else "left")
+    for s in report.links:
+        drift = _count(s.drift) if not s.drift else f"[red]{s.drift:,}[/red]"
+        table.add_row(s.link, f"{s.target}\n← {s.source}", _count(s.users), drift, _when(s.last_event),
+                      _when(s.last_reconcile) if s.reconcile else "off", _when(s.last_outcome), _count(s.lag))
+    return table

@@ -1,0 +1,43 @@
+"""Two fresh workers started together must correct every user (no fault, little load).
+
+Found by the fault suite, two ways this has failed:
+
+- (seen on 804d85e..e4b52be) a worker that creates the internal ``<app_id>-corrections``
+  topic itself (faust declares it at start) led the group's first assignments before
+  its metadata had the topic: its log says "Ignoring missing topic: '<app_id>-corrections'",
+  no member was assigned a corrections partition, no rebalance followed, and the sink
+  never ran. The fault suite works around it (tests/e2e/harness.py pre-creates the
+  topic); this test does not.
+- (seen on 9eb14e3) correction requests committed by the worker group with no outcome
+  written (invariant 1), around the rebalances of two workers joining: the users of one
+  corrections partition stay uncorrected until the next reconcile.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from streams.schema import outcome_decoder
+from tests.app.harness import until
+from tests.e2e.harness import diagnose, dump_logs, group_lag, read_topic, unanswered_corrections
+
+pytestmark = pytest.mark.services
+
+
+async def test_two_fresh_workers_started_together_correct_a(pipeline):
+    p = pipeline
+    await p.start(precreate_corrections=False)
+    for ou in p.b_users:
+        p.b.set_username(ou, "fresh")
+    try:
+        await until(p.a_equals_b, 90, "A to equal B after one change per user", interval=0.5)
+    except AssertionError:
+        dump_logs(p)
+        app = p.config.app_id
+        ignored = [line for proc in p.processes for line in proc.tail(10**7).splitlines() if "Ignoring missing topic" in line]
+        unanswered = []
+        if await group_lag(app, f"{app}-corrections") == 0:  # everything committed: every request must be answered
+            outcomes = [outcome_decoder.decode(v) for v in await read_topic(p.config.kafka.outcomes_topic)]
+            unanswered = unanswered_corrections(await read_topic(f"{app}-corrections"), outcomes)
+        raise AssertionError(f"A was not corrected; committed correction requests without an outcome: "
+                             f"{len(unanswered)} {unanswered[:3]}; assignor said: {ignored[:2]}\n{await diagnose(p)}") from None
