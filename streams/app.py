@@ -14,12 +14,14 @@ and every record it produced has been acknowledged by Kafka (invariant 1).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import random
 import time
 from collections import defaultdict
-from datetime import datetime, timezone
+from collections.abc import Iterator
 from dataclasses import dataclass, field
+from datetime import datetime, timezone
 from typing import Any
 
 import faust
@@ -36,10 +38,12 @@ from streams.kafka import client_options
 from streams.kafka import corrections_topic as corrections_topic_name
 from streams.metrics import Metrics
 from streams.reconciler import jittered, reconcile_pass
+from streams.retry import Backoff
 from streams.router import Router, unpack
 from streams.sink import CorrectionRequest, Sink, lookup_envelope, request_decoder, request_encoder
 from streams.tables import (
-    ChangelogWriter, LinkTable, buffered_state, define_tables, link_partition, table_state, write_changes,
+    ChangelogWriter, LinkTable, buffered_state, define_tables, link_partition, table_state, take_changes,
+    write_changes,
 )
 from streams.waldur import Clients, GaveUp
 
@@ -152,28 +156,33 @@ def create_app(config: Config, *, store: str = "rocksdb", web_port: int | None =
         writer = ChangelogWriter(client_options(config))
         await writer.start()
         async for batch in stream.take_events(FOLD_BATCH, within=0.02):
-            changelog = []
-            groups: dict[str, list[EventT]] = defaultdict(list)
-            for event in batch:
-                groups[event.key.decode()].append(event)
-            lookups: list[LookupNeeded] = []
-            corrections = []
-            for link_name, events in groups.items():
-                items = [(link_name, envelope) for e in events for envelope in unpack(e.value)]
-                with link_partition(events[0]):
-                    result: FoldResult = fold_by_link(state, routes, items)
-                    rows = needing_correction(state, routes, result.dirty)
-                    # each key once per batch, into this link's partition
-                    changelog += write_changes(writer, state, usync.tables, events[0].message.partition)
-                metrics.events_folded.labels(link_name).inc(len(items))
-                lookups.extend(result.lookups)
-                for row in rows:
-                    corrections.append(await request_correction(row))
-            await asyncio.gather(*changelog)
-            for need in lookups:
-                start_lookup(need)
-            if corrections:
+            with held_back_unless_done(batch):
+                groups: dict[str, list[EventT]] = defaultdict(list)
+                for event in batch:
+                    groups[event.key.decode()].append(event)
+                lookups: list[LookupNeeded] = []
+                corrections = []
+                folded = []  # (an event of the link's partition, its changes), written below
+                for link_name, events in groups.items():
+                    items = [(link_name, envelope) for e in events for envelope in unpack(e.value)]
+                    with link_partition(events[0]):
+                        result: FoldResult = fold_by_link(state, routes, items)
+                        rows = needing_correction(state, routes, result.dirty)
+                    folded.append((events[0], take_changes(state)))  # each key once per batch
+                    metrics.events_folded.labels(link_name).inc(len(items))
+                    lookups.extend(result.lookups)
+                    for row in rows:
+                        corrections.append(await request_correction(row))
+                # Requests first, then the state that implies them: a worker killed in
+                # between folds the batch again from a table without it, and asks again.
                 await asyncio.gather(*corrections)
+                changelog = []
+                for event, taken in folded:
+                    with link_partition(event):
+                        changelog += write_changes(writer, taken, usync.tables, event.message.partition)
+                await asyncio.gather(*changelog)
+                for need in lookups:
+                    start_lookup(need)
 
     async def request_correction(row: Row) -> Any:
         """Send "look at (link, user)" to the sink; returns the send's future (Kafka's ack)."""
@@ -241,7 +250,17 @@ def create_app(config: Config, *, store: str = "rocksdb", web_port: int | None =
     async def correct(stream: faust.StreamT) -> None:
         async for batch in stream.take_events(SINK_BATCH, within=0.01):
             # Outcomes are acked inside handle_batch, before this batch's offsets can be committed.
-            await sink.handle_batch(request_decoder.decode(e.value) for e in batch)
+            requests = [request_decoder.decode(e.value) for e in batch]
+            backoff = Backoff()
+            with held_back_unless_done(batch):
+                while True:
+                    try:
+                        await sink.handle_batch(requests)
+                        break
+                    except Exception as exc:  # Kafka gone while writing outcomes...: the batch again, never skipped
+                        delay = backoff.next_delay()
+                        log.warning("sink batch failed (%s: %s); again in %.1f s", type(exc).__name__, exc, delay)
+                        await asyncio.sleep(delay)
 
     # -- 4: the reconciler (one worker: the leader) -------------------------------------
     if reconcile:
@@ -287,6 +306,20 @@ def create_app(config: Config, *, store: str = "rocksdb", web_port: int | None =
         })
 
     return usync
+
+
+@contextlib.contextmanager
+def held_back_unless_done(batch: list[EventT]) -> Iterator[None]:
+    """faust's ``take_events`` acks a batch when its generator closes, even when the body
+    never finished it (cancelled by a stop or a rebalance). Marking the messages acked
+    here, without telling the consumer, keeps their offsets out of every commit: they
+    are read again after the restart or by the partition's next owner."""
+    try:
+        yield
+    except BaseException:
+        for event in batch:
+            event.message.acked = True
+        raise
 
 
 def _drift_report(usync: Usync, max_age: float = DRIFT_MAX_AGE) -> dict[str, Any]:

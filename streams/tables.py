@@ -273,12 +273,16 @@ class ChangelogWriter:
         return last
 
 
-def write_changes(writer: ChangelogWriter, state: TableState, tables: tuple[faust.Table, ...],
-                        partition: int) -> list[Awaitable[None]]:
-    """Apply the buffered state's changes to the tables' stores; return their changelog sends."""
+def take_changes(state: TableState) -> list[dict[bytes, bytes | None]]:
+    """The buffered state's changes, one dict per table (rows, index, pending); the buffer starts over."""
+    return [mapping.take_changes() for mapping in (state.rows, state.index, state.pending)]  # type: ignore[attr-defined]
+
+
+def write_changes(writer: ChangelogWriter, taken: list[dict[bytes, bytes | None]], tables: tuple[faust.Table, ...],
+                  partition: int) -> list[Awaitable[None]]:
+    """Apply taken changes to the tables' stores (inside :func:`link_partition`); return their changelog sends."""
     sends: list[Awaitable[None]] = []
-    for mapping, table in zip((state.rows, state.index, state.pending), tables):
-        changes = mapping.take_changes()  # type: ignore[attr-defined]
+    for changes, table in zip(taken, tables):
         if changes:
             writer.apply(table, changes)
             sends.append(writer.send(table, partition, changes))
