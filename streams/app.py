@@ -6,9 +6,11 @@
          └──────────────────────────── sink ◀── <app>-corrections (key = link:user)
                                           └──▶ outcomes topic
 
-Every agent batches with ``stream.take_events``: faust acks a batch's events only when
-the loop comes back for the next batch, i.e. after the body below has folded them
-and every record it produced has been acknowledged by Kafka (invariant 1).
+The route stage runs on aiokafka (streams.router); the fold and the sink are faust
+agents batching with ``stream.take_events``. faust acks a batch's events when the loop
+comes back for the next batch, i.e. after the body below has handled them and every
+record it produced has been acknowledged by Kafka (invariant 1); a batch the body did
+not finish is held back from the commit (:func:`held_back_unless_done`).
 """
 
 from __future__ import annotations
