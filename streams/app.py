@@ -33,7 +33,8 @@ from faust.types import EventT
 
 from streams.config import Config
 from streams.core import (
-    FoldResult, LookupNeeded, Row, as_dict, compile_routes, drift, fold_by_link, needing_correction, row_key,
+    FoldResult, LookupNeeded, Row, TableState, as_dict, compile_routes, drift, fold_by_link, needing_correction,
+    row_key,
 )
 from streams.kafka import by_link_topic as by_link_topic_name
 from streams.kafka import client_options
@@ -157,34 +158,40 @@ def create_app(config: Config, *, store: str = "rocksdb", web_port: int | None =
         state = buffered_state(*usync.tables)
         writer = ChangelogWriter(client_options(config))
         await writer.start()
-        async for batch in stream.take_events(FOLD_BATCH, within=0.02):
-            with held_back_unless_done(batch):
-                groups: dict[str, list[EventT]] = defaultdict(list)
-                for event in batch:
-                    groups[event.key.decode()].append(event)
-                lookups: list[LookupNeeded] = []
-                corrections = []
-                folded = []  # (an event of the link's partition, its changes), written below
-                for link_name, events in groups.items():
-                    items = [(link_name, envelope) for e in events for envelope in unpack(e.value)]
-                    with link_partition(events[0]):
-                        result: FoldResult = fold_by_link(state, routes, items)
-                        rows = needing_correction(state, routes, result.dirty)
-                    folded.append((events[0], take_changes(state)))  # each key once per batch
-                    metrics.events_folded.labels(link_name).inc(len(items))
-                    lookups.extend(result.lookups)
-                    for row in rows:
-                        corrections.append(await request_correction(row))
-                # Requests first, then the state that implies them: a worker killed in
-                # between folds the batch again from a table without it, and asks again.
-                await asyncio.gather(*corrections)
-                changelog = []
-                for event, taken in folded:
-                    with link_partition(event):
-                        changelog += write_changes(writer, taken, usync.tables, event.message.partition)
-                await asyncio.gather(*changelog)
-                for need in lookups:
-                    start_lookup(need)
+        try:
+            async for batch in stream.take_events(FOLD_BATCH, within=0.02):
+                with held_back_unless_done(batch):
+                    await fold_batch(batch, state, writer)
+        finally:
+            await writer.stop()  # the worker is stopping: let its producer close cleanly
+
+    async def fold_batch(batch: list[EventT], state: TableState, writer: ChangelogWriter) -> None:
+        groups: dict[str, list[EventT]] = defaultdict(list)
+        for event in batch:
+            groups[event.key.decode()].append(event)
+        lookups: list[LookupNeeded] = []
+        corrections = []
+        folded = []  # (an event of the link's partition, its changes), written below
+        for link_name, events in groups.items():
+            items = [(link_name, envelope) for e in events for envelope in unpack(e.value)]
+            with link_partition(events[0]):
+                result: FoldResult = fold_by_link(state, routes, items)
+                rows = needing_correction(state, routes, result.dirty)
+            folded.append((events[0], take_changes(state)))  # each key once per batch
+            metrics.events_folded.labels(link_name).inc(len(items))
+            lookups.extend(result.lookups)
+            for row in rows:
+                corrections.append(await request_correction(row))
+        # Requests first, then the state that implies them: a worker killed in
+        # between folds the batch again from a table without it, and asks again.
+        await asyncio.gather(*corrections)
+        changelog = []
+        for event, taken in folded:
+            with link_partition(event):
+                changelog += write_changes(writer, taken, usync.tables, event.message.partition)
+        await asyncio.gather(*changelog)
+        for need in lookups:
+            start_lookup(need)
 
     async def request_correction(row: Row) -> Any:
         """Send "look at (link, user)" to the sink; returns the send's future (Kafka's ack)."""

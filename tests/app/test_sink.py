@@ -4,39 +4,21 @@ from __future__ import annotations
 
 import time
 
-from streams.config import parse_config
 from streams.metrics import Metrics
 from streams.schema import OutcomeAction
 from streams.sink import CorrectionRequest, Sink
 from streams.waldur import Clients
+from tests.app.harness import LinkSpec, make_setup
 from waldursim import Federation
 
 
-async def test_a_request_about_facts_older_than_a_verification_costs_no_call():
+async def test_a_request_about_facts_older_than_a_verification_costs_no_call(tmp_path):
     async with Federation(broker_enabled=False, seed=1, publish_rate=0) as sim:
-        a, b = sim.add_site("a"), sim.add_site("b")
+        s = make_setup(sim, tmp_path)
         await sim.start()
-        offerings, projects = {}, {}
-        for site in (a, b):
-            sp, customer = site.create_customer("sp"), site.create_customer("c", owners=[])
-            offerings[site.name] = site.create_offering(sp, "hpc")
-            projects[site.name] = site.create_project(customer, "p")
-            site.create_resource(offerings[site.name], projects[site.name], backend_id="x")
-        [a_ou] = a.add_project_member(a.create_user("nina"), projects["a"])
-        [b_ou] = b.add_project_member(b.create_user("nina"), projects["b"])
-        b.set_username(b_ou, "nina_b")
-        config = parse_config(f"""
-[sites.a]
-api_url = "{a.url}"
-token_env = "A"
-[sites.b]
-api_url = "{b.url}"
-token_env = "B"
-[[links]]
-name = "hpc"
-target = {{ site = "a", offering = "{offerings['a'].uuid}" }}
-source = {{ site = "b", offering = "{offerings['b'].uuid}" }}
-""", {"A": a.staff_token, "B": b.staff_token})
+        a_ou, b_ou = s.add_user("nina")
+        s.b.set_username(b_ou, "nina_b")
+        config = s.config(s.write_config([LinkSpec("hpc", s.offering_a, s.offering_b)], broker=False))
         records: list[bytes] = []
 
         async def emit(key: bytes, value: bytes) -> None:
@@ -51,14 +33,14 @@ source = {{ site = "b", offering = "{offerings['b'].uuid}" }}
 
             before = int(time.time() * 1_000_000)
             first = await sink.handle(request(before))
-            calls = len(a.calls.log) + len(b.calls.log)
+            calls = len(s.a.calls.log) + len(s.b.calls.log)
             echo = await sink.handle(request(before + 1))  # e.g. B's second event for the same change
             assert (first.action, echo.action) == (OutcomeAction.CORRECTED, OutcomeAction.SKIPPED)
-            assert len(a.calls.log) + len(b.calls.log) == calls  # no call for the covered request
+            assert len(s.a.calls.log) + len(s.b.calls.log) == calls  # no call for the covered request
 
-            b.set_username(b_ou, "nina_new")  # a change after the verification is verified again
+            s.b.set_username(b_ou, "nina_new")  # a change after the verification is verified again
             later = await sink.handle(request(int(time.time() * 1_000_000)))
             assert later.action is OutcomeAction.CORRECTED
-            assert a.offering_user(a_ou).username == "nina_new"
+            assert s.a.offering_user(a_ou).username == "nina_new"
         finally:
             await clients.close()
