@@ -33,7 +33,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from streams.config import parse_config  # noqa: E402
-from streams.kafka import ensure_topics  # noqa: E402
+from streams.kafka import RecordSender, client_options, ensure_topics  # noqa: E402
 from streams.metrics import Metrics  # noqa: E402
 from streams.replay import replay  # noqa: E402
 from streams.schema import (  # noqa: E402
@@ -199,23 +199,23 @@ async def sink_bench(n: int) -> float:
         config = parse_config(config_text(suffix, a_url, b_url, a_off, b_off, rates),
                               {"BENCH_TOKEN_A": a_token, "BENCH_TOKEN_B": b_token})
         await ensure_topics(config)
-        producer = AIOKafkaProducer(bootstrap_servers=BOOT, acks="all", linger_ms=5)
-        await producer.start()
+        records = RecordSender(client_options(config))  # the worker's sink emits through one of these
+        await records.start()
         metrics = Metrics()
         clients = Clients(config, metrics)
 
         async def emit_event(key: bytes, value: bytes) -> None:
-            await (await producer.send(config.kafka.events_topic, value, key=key))
+            await records.send(config.kafka.events_topic, key, value)
 
         async def emit_outcome(key: bytes, value: bytes) -> None:
-            await (await producer.send(config.kafka.outcomes_topic, value, key=key))
+            await records.send(config.kafka.outcomes_topic, key, value)
 
         sink = Sink({link.name: link for link in config.links}, clients, metrics, emit_event, emit_outcome)
         began = time.perf_counter()
         for start in range(0, n, 500):  # the agent's batch size
             await sink.handle_batch(requests[start:start + 500])
         elapsed = time.perf_counter() - began
-        await producer.stop()
+        await records.stop()
         await clients.close()
         parent.send("done")
         patched = await asyncio.get_running_loop().run_in_executor(None, parent.recv)

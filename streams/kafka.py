@@ -3,14 +3,17 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import ssl
 from typing import Any
 
+from aiokafka import AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import TopicAlreadyExistsError
 
 from streams.config import Config
+from streams.retry import Backoff
 
 log = logging.getLogger("usync.kafka")
 
@@ -34,6 +37,53 @@ def client_options(config: Config) -> dict[str, Any]:
         if kafka.sasl_password_env:
             options["sasl_plain_password"] = config.secret(kafka.sasl_password_env).reveal()
     return options
+
+
+async def start_producer(options: dict[str, Any], what: str, **settings: Any) -> AIOKafkaProducer:
+    """An idempotent acks=all producer, started however long Kafka takes to answer."""
+    backoff = Backoff()
+    while True:
+        producer = AIOKafkaProducer(**options, acks="all", enable_idempotence=True, **settings)
+        try:
+            await producer.start()
+            return producer
+        except Exception as exc:  # Kafka down at start: wait for it like every other loop
+            await producer.stop()
+            delay = backoff.next_delay()
+            log.warning("%s producer: %s; retrying in %.1f s", what, exc, delay)
+            await asyncio.sleep(delay)
+
+
+class RecordSender:
+    """Sends single records and returns once Kafka acknowledged each: the sink's facts
+    and outcomes. Batches up to a megabyte per partition, so that many concurrent
+    senders share produce requests instead of waiting for small batches to drain."""
+
+    BATCH_BYTES = 1024 * 1024
+
+    def __init__(self, options: dict[str, Any], linger_ms: int = 5) -> None:
+        self._options = options
+        self._linger_ms = linger_ms
+        self._producer: AIOKafkaProducer | None = None
+        self._started = asyncio.Event()
+
+    async def start(self) -> None:
+        self._producer = await start_producer(self._options, "record", linger_ms=self._linger_ms,
+                                              max_batch_size=self.BATCH_BYTES, max_request_size=4 * self.BATCH_BYTES)
+        self._started.set()
+
+    async def stop(self) -> None:
+        self._started.clear()
+        if self._producer is not None:
+            await self._producer.stop()
+            self._producer = None
+
+    async def send(self, topic: str, key: bytes, value: bytes) -> None:
+        """Send; return once acknowledged. Waits for :meth:`start` (Kafka may still be down)."""
+        if self._producer is None:
+            await self._started.wait()
+        assert self._producer is not None
+        await (await self._producer.send(topic, value, key=key))
 
 
 def by_link_topic(config: Config) -> str:

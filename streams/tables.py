@@ -28,6 +28,7 @@ from faust.streams import _current_event  # the ContextVar faust sets per event
 from faust.types import TP
 
 from streams.core import Pending, Row, TableState
+from streams.kafka import start_producer
 from streams.retry import Backoff
 
 log = logging.getLogger("usync.tables")
@@ -210,19 +211,8 @@ class ChangelogWriter:
         self._producer: AIOKafkaProducer | None = None
 
     async def start(self) -> None:
-        backoff = Backoff()
-        while self._producer is None:
-            producer = AIOKafkaProducer(**self._options, acks="all", enable_idempotence=True,
-                                        max_batch_size=BATCH_BYTES, max_request_size=4 * BATCH_BYTES)
-            try:
-                await producer.start()
-            except Exception as exc:  # Kafka down at start: wait for it like every other loop
-                await producer.stop()
-                delay = backoff.next_delay()
-                log.warning("changelog producer: %s; retrying in %.1f s", exc, delay)
-                await asyncio.sleep(delay)
-            else:
-                self._producer = producer
+        self._producer = await start_producer(self._options, "changelog", max_batch_size=BATCH_BYTES,
+                                              max_request_size=4 * BATCH_BYTES)
 
     async def stop(self) -> None:
         if self._producer is not None:

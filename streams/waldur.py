@@ -16,16 +16,20 @@ The token is only ever in the Authorization header: never in logs, errors or out
 from __future__ import annotations
 
 import asyncio
-import itertools
 import logging
+import random
 import ssl
 import time
+import urllib.parse
+import urllib.request
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
+import aiohttp
 import httpx
 import msgspec
+from httpx_aiohttp import AiohttpTransport
 
 from streams.config import Config, Rates, Secret
 from streams.core import HttpClass, classify_http, parse_retry_after
@@ -36,7 +40,6 @@ from streams.schema import OfferingUserRecord
 log = logging.getLogger("usync.waldur")
 
 PAGE_SIZE = 300
-CONNECTIONS_PER_POOL = 4
 OFFERING_USERS = "marketplace-offering-users/"
 _records = msgspec.json.Decoder(list[OfferingUserRecord])
 _record = msgspec.json.Decoder(OfferingUserRecord)
@@ -101,32 +104,40 @@ class SiteClient:
         self.slots = asyncio.Semaphore(rates.concurrency)
         self.paused_until = 0.0
         self._pause = Backoff()
-        # httpcore scans every connection of a pool (with a syscall each) to place every
-        # request, so one big pool costs O(concurrency) per call; small pools side by side
-        # keep that constant. Requests go round the pools.
-        pools = -(-rates.concurrency // CONNECTIONS_PER_POOL)
-        tls = ssl.create_default_context()  # one for all pools: building one costs milliseconds
-        self._pools = [
-            httpx.AsyncClient(
-                base_url=api_url if api_url.endswith("/") else api_url + "/",
-                headers={"Authorization": f"Token {token.reveal()}", "Accept": "application/json"},
-                timeout=httpx.Timeout(rates.timeout),
-                verify=tls,
-                limits=httpx.Limits(max_connections=CONNECTIONS_PER_POOL, max_keepalive_connections=CONNECTIONS_PER_POOL),
-            )
-            for _ in range(pools)
-        ]
-        self._next_pool = itertools.cycle(self._pools).__next__
+        self._rng = random.Random()
+        self._base = httpx.URL(api_url if api_url.endswith("/") else api_url + "/")
+        self._base_text = str(self._base)
+        self._headers = httpx.Headers({"Authorization": f"Token {token.reveal()}", "Accept": "application/json"})
+        self._extensions = {"timeout": httpx.Timeout(rates.timeout).as_dict()}
+        # httpx's types on aiohttp's connection pool: httpcore placed every request by
+        # scanning its whole pool (a syscall per connection) and spent ~0.5 ms of CPU per
+        # call; this path costs ~0.13 ms, which is what lets one sink reach 1,000 PATCH/s.
+        # Requests go to the transport directly: no cookies, no redirects, our own auth.
+        tls = ssl.create_default_context()
+        limits = httpx.Limits(max_connections=rates.concurrency, max_keepalive_connections=rates.concurrency)
+        self._transport = AiohttpTransport(verify=tls, limits=limits, proxy=_env_proxy(self._base_text),
+                                           client=lambda: _session(tls, limits))
 
     async def close(self) -> None:
-        for pool in self._pools:
-            await pool.aclose()
+        await self._transport.aclose()
+
+    async def _send(self, method: str, path: str, params: Any, json: Any) -> tuple[int, bytes, httpx.Headers]:
+        """One HTTP exchange, read to the end. ``path`` is relative to the API root, or a
+        whole URL (a ``Link: rel=next`` page)."""
+        url = httpx.URL(path) if "://" in path else httpx.URL(self._base_text + path)
+        request = httpx.Request(method, url, params=params, json=json, headers=self._headers, extensions=self._extensions)
+        response = await self._transport.handle_async_request(request)
+        try:
+            body = await response.aread()
+        finally:
+            await response.aclose()
+        return response.status_code, body, response.headers
 
     # -- the one request loop -----------------------------------------------------------
 
     async def request(self, method: str, path: str, *, params: Any = None, json: Any = None) -> Answer:
         """Send until a final answer; raise :class:`GaveUp` after ``max_attempts`` transient failures."""
-        backoff = Backoff(base=self.backoff_base, cap=30.0)
+        backoff = Backoff(base=self.backoff_base, cap=30.0, rng=self._rng)
         status: int | None = None
         reason = ""
         for attempt in range(1, self.max_attempts + 1):
@@ -135,19 +146,18 @@ class SiteClient:
             async with self.slots:
                 await self.bucket.acquire()
                 try:
-                    response = await self._next_pool().request(method, path, params=params, json=json)
-                except httpx.TimeoutException:
+                    status, body, headers = await self._send(method, path, params, json)
+                except (httpx.TimeoutException, asyncio.TimeoutError):
                     status, reason = None, "timeout"
-                except httpx.TransportError as exc:
+                except (httpx.TransportError, aiohttp.ClientError, OSError) as exc:
                     status, reason = None, f"connection error: {type(exc).__name__}"
                 else:
-                    status = response.status_code
-                    retry_after = parse_retry_after(response.headers.get("Retry-After"))
+                    retry_after = parse_retry_after(headers.get("Retry-After"))
             self.metrics.http_calls.labels(self.name, method, str(status or "timeout")).inc()
             verdict = classify_http(status)
             if verdict is HttpClass.SUCCESS or verdict is HttpClass.REJECT:
                 self._resume()
-                return Answer(status, response.content, response.headers, attempt)  # type: ignore[arg-type]
+                return Answer(status, body, headers, attempt)  # type: ignore[arg-type]
             if verdict is HttpClass.PAUSE_SITE:
                 self._pause_site(status)  # type: ignore[arg-type]
                 reason = f"HTTP {status}"
@@ -213,6 +223,22 @@ class SiteClient:
             if next_url is None:
                 return
             path, params, page = next_url, None, page + 1
+
+
+def _session(tls: ssl.SSLContext, limits: httpx.Limits) -> aiohttp.ClientSession:
+    """The connection pool, made on first use (inside the event loop)."""
+    connector = aiohttp.TCPConnector(limit=limits.max_connections or 0, keepalive_timeout=limits.keepalive_expiry, ssl=tls)
+    return aiohttp.ClientSession(connector=connector)
+
+
+def _env_proxy(url: str) -> httpx.Proxy | None:
+    """The proxy HTTPS_PROXY / HTTP_PROXY / NO_PROXY name for ``url``, read once at start
+    (aiohttp's ``trust_env`` would re-read them, and ~/.netrc, in a thread on every call)."""
+    parts = urllib.parse.urlsplit(url)
+    if parts.hostname is None or urllib.request.proxy_bypass(parts.hostname):
+        return None
+    proxy = urllib.request.getproxies().get(parts.scheme)
+    return httpx.Proxy(proxy) if proxy else None
 
 
 def _next_link(header: str) -> str | None:
