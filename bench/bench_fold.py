@@ -41,6 +41,7 @@ from streams.schema import (  # noqa: E402
 )
 from streams.sink import CorrectionRequest, Sink  # noqa: E402
 from streams.waldur import Clients  # noqa: E402
+from streams.worker import tune_gc  # noqa: E402
 
 BOOT = "127.0.0.1:9092"
 
@@ -233,6 +234,7 @@ async def main() -> None:
     parser.add_argument("--users", type=int, default=10_000)
     parser.add_argument("--patches", type=int, default=2_000)
     args = parser.parse_args()
+    tune_gc()  # as `usync worker` and `usync replay` do: the replay and sink figures run in this process
     suffix = uuid.uuid4().hex[:8]
     a_off, b_off = uuid.uuid4().hex, uuid.uuid4().hex
     env = {**os.environ, "BENCH_TOKEN_A": "x", "BENCH_TOKEN_B": "x"}

@@ -60,8 +60,10 @@ def _cmd_replay(args: argparse.Namespace) -> int:
 
     from streams.core import as_dict
     from streams.replay import compare, drift_table, replay
+    from streams.worker import tune_gc
 
     config = _load(args.config)
+    tune_gc()
     since = datetime.fromisoformat(args.since) if args.since else None
     console = Console(stderr=True)
     state, folded, seconds = asyncio.run(replay(config, since=since, console=console))

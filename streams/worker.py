@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 
 import faust
@@ -13,6 +14,8 @@ from streams.kafka import ensure_topics
 from streams.retry import Backoff
 
 log = logging.getLogger("usync.worker")
+
+GC_THRESHOLD = 50_000  # allocations between young-generation collections (Python's default: 700)
 
 
 async def wait_for_topics(config: Config) -> None:
@@ -28,6 +31,16 @@ async def wait_for_topics(config: Config) -> None:
             await asyncio.sleep(delay)
 
 
+def tune_gc() -> None:
+    """Fewer, cheaper cyclic collections. The fold allocates a few objects per event and
+    frees them all (nothing it builds forms cycles), yet with the default threshold the
+    collector ran every 700 allocations and rescanned every long-lived faust and
+    aiokafka object each time it reached the oldest generation: about a fifth of a busy
+    worker's CPU. Freezing what start-up built takes those out of every scan."""
+    gc.freeze()
+    gc.set_threshold(GC_THRESHOLD, 20, 100)
+
+
 def run_worker(config: Config, *, store: str, web_port: int | None, data_dir: str | None,
                loglevel: str = "info", reconcile: bool = True, logging_config: dict | None = None) -> int:
     asyncio.run(wait_for_topics(config))
@@ -38,5 +51,6 @@ def run_worker(config: Config, *, store: str, web_port: int | None, data_dir: st
     # faust's terminal spinner (on at --log-level warning) sets the root logger to DEBUG, and
     # every record sent then builds a debug LogRecord: a quarter of a busy worker's time.
     worker.spinner = None
+    tune_gc()
     worker.execute_from_commandline()  # runs until SIGTERM/SIGINT, then exits the process
     return 0
