@@ -6,11 +6,13 @@
          └──────────────────────────── sink ◀── <app>-corrections (key = link:user)
                                           └──▶ outcomes topic
 
-The route stage runs on aiokafka (streams.router); the fold and the sink are faust
-agents batching with ``stream.take_events``. faust acks a batch's events when the loop
-comes back for the next batch, i.e. after the body below has handled them and every
-record it produced has been acknowledged by Kafka (invariant 1); a batch the body did
-not finish is held back from the commit (:func:`held_back_unless_done`).
+The route and sink stages run on aiokafka consumer groups of their own
+(streams.router, streams.sink_loop), committing a batch's offsets only after every
+record it produced is acknowledged by Kafka (invariant 1). The fold is a faust agent
+(its tables are faust's) batching with ``stream.take_events``: faust acks a batch's
+events when the loop comes back for the next batch, i.e. after the body below has
+handled them and written their state; a batch the body did not finish is held back
+from the commit (:func:`held_back_unless_done`).
 """
 
 from __future__ import annotations
@@ -41,9 +43,9 @@ from streams.kafka import RecordSender, client_options
 from streams.kafka import corrections_topic as corrections_topic_name
 from streams.metrics import Metrics
 from streams.reconciler import jittered, reconcile_pass
-from streams.retry import Backoff
 from streams.router import Router, unpack
-from streams.sink import CorrectionRequest, Sink, lookup_envelope, request_decoder, request_encoder
+from streams.sink import CorrectionRequest, Sink, lookup_envelope, request_encoder
+from streams.sink_loop import SinkLoop
 from streams.tables import (
     ChangelogWriter, LinkTable, buffered_state, define_tables, link_partition, table_state, take_changes,
     write_changes,
@@ -53,7 +55,6 @@ from streams.waldur import Clients, GaveUp
 log = logging.getLogger("usync.app")
 
 FOLD_BATCH = 64  # by-link records, each an array of up to router.MAX_RECORD_ENVELOPES
-SINK_BATCH = 500
 RERAISE_INTERVAL = 30.0  # seconds between scans for rows left in drift
 RERAISE_SETTLE = 30.0  # a row's newest fact must be this old before it is raised again
 PENDING_RETRY_INTERVAL = 10.0  # seconds between re-issues of parked events' lookups
@@ -85,6 +86,7 @@ class Usync:
     tables: tuple[Any, Any, Any]
     router: Router | None = None
     records: RecordSender | None = None
+    sink_loop: SinkLoop | None = None
     drift_cache: tuple[float, dict[str, Any]] | None = None
     rng: random.Random = field(default_factory=random.Random)
     next_reconcile: float = 0.0  # monotonic; 0 = at start
@@ -263,22 +265,13 @@ def create_app(config: Config, *, store: str = "rocksdb", web_port: int | None =
         metrics.lookups.labels(need.site, str(status)).inc()
         await emit_event(*lookup_envelope(need.site, need.offering_uuid, need.offering_user_uuid, status, record, asked))
 
-    # -- 3: the sink --------------------------------------------------------------------
-    @app.agent(corrections_topic)
-    async def correct(stream: faust.StreamT) -> None:
-        async for batch in stream.take_events(SINK_BATCH, within=0.01):
-            # Outcomes are acked inside handle_batch, before this batch's offsets can be committed.
-            requests = [request_decoder.decode(e.value) for e in batch]
-            backoff = Backoff()
-            with held_back_unless_done(batch):
-                while True:
-                    try:
-                        await sink.handle_batch(requests)
-                        break
-                    except Exception as exc:  # Kafka gone while writing outcomes...: the batch again, never skipped
-                        delay = backoff.next_delay()
-                        log.warning("sink batch failed (%s: %s); again in %.1f s", type(exc).__name__, exc, delay)
-                        await asyncio.sleep(delay)
+    # -- 3: the sink (aiokafka, offsets of its own: see streams.sink_loop) ----------------
+    sink_loop = SinkLoop(config, sink, corrections_topic.get_topic_name())
+    usync.sink_loop = sink_loop
+
+    @app.task
+    async def correct() -> None:
+        await sink_loop.run()
 
     # -- 4: the reconciler (one worker: the leader) -------------------------------------
     if reconcile:
@@ -320,6 +313,7 @@ def create_app(config: Config, *, store: str = "rocksdb", web_port: int | None =
         return web.json({
             "status": "ok",
             "router_connected": router.connected,
+            "sink_connected": sink_loop.connected,
             "paused_sites": [n for n, c in clients.by_site.items() if c.paused_until > time.monotonic()],
         })
 

@@ -86,6 +86,32 @@ class RecordSender:
         await (await self._producer.send(topic, value, key=key))
 
 
+class Stage:
+    """A worker stage on an aiokafka consumer group of its own (route, sink): runs forever,
+    starting over from the committed offsets with the shared backoff, never giving up.
+    Subclasses implement :meth:`serve` and set ``connected`` while their consumer is up."""
+
+    name = "stage"
+    connected = False
+
+    async def run(self) -> None:
+        backoff = Backoff()
+        while True:
+            try:
+                await self.serve(backoff)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # Kafka gone, a send timed out...: start over from the committed offsets
+                self.connected = False
+                delay = backoff.next_delay()
+                log.warning("%s: %s: %s; reconnecting in %.1f s", self.name, type(exc).__name__, exc, delay)
+                await asyncio.sleep(delay)
+
+    async def serve(self, backoff: Backoff) -> None:
+        """Consume until something fails; ``backoff.reset()`` after each batch that went through."""
+        raise NotImplementedError
+
+
 def by_link_topic(config: Config) -> str:
     """The worker's repartition topic: envelopes keyed by link name (see streams.router)."""
     return f"{config.app_id}-by-link"

@@ -25,7 +25,7 @@ from aiokafka.errors import CommitFailedError, IllegalStateError
 
 from streams.config import Config
 from streams.core import Routes
-from streams.kafka import client_options
+from streams.kafka import Stage, client_options
 from streams.metrics import Metrics
 from streams.retry import Backoff
 from streams.schema import Envelope
@@ -81,8 +81,8 @@ def pack(values: list[bytes], max_bytes: int = MAX_RECORD_BYTES, max_count: int 
         yield b"[" + b",".join(chunk) + b"]"
 
 
-class Router:
-    """Runs forever inside the worker: reconnects with the shared backoff, never gives up."""
+class Router(Stage):
+    name = "router"
 
     def __init__(self, config: Config, routes: Routes, metrics: Metrics, by_link_topic: str) -> None:
         self.config = config
@@ -92,20 +92,7 @@ class Router:
         self.group_id = f"{config.app_id}-route"
         self.connected = False
 
-    async def run(self) -> None:
-        backoff = Backoff()
-        while True:
-            try:
-                await self._serve(backoff)
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:  # Kafka gone, send timed out...: start over from the committed offsets
-                self.connected = False
-                delay = backoff.next_delay()
-                log.warning("router: %s: %s; reconnecting in %.1f s", type(exc).__name__, exc, delay)
-                await asyncio.sleep(delay)
-
-    async def _serve(self, backoff: Backoff) -> None:
+    async def serve(self, backoff: Backoff) -> None:
         options = client_options(self.config)
         consumer = AIOKafkaConsumer(
             self.config.kafka.events_topic, **options, group_id=self.group_id, enable_auto_commit=False,
