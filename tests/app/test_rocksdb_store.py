@@ -41,6 +41,9 @@ async def test_rocksdb_table_survives_a_restart_and_equals_replay(setup, bridge)
     async def recovered() -> bool:
         return await restarted.table() == before
     await until(recovered, 60, "the restarted worker to recover the same table")
+    # its reconcile at start writes snapshot facts; the change below must come after them,
+    # or the replay below could start before they are in the topic
+    await until(lambda: "reconciled link hpc" in restarted.log_text(), 30, "the restarted worker's reconcile")
 
     _, b_ou = pairs["k0"]
     s.b.set_username(b_ou, "k0_again")
