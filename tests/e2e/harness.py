@@ -323,11 +323,10 @@ async def group_lag(group: str, topic: str) -> int:
     await consumer.start()
     try:
         committed = await admin.list_consumer_group_offsets(group)
-        partitions = consumer.partitions_for_topic(topic) or set()
-        if not partitions:
-            await consumer.topics()
-            partitions = consumer.partitions_for_topic(topic) or set()
-        tps = [TopicPartition(topic, p) for p in partitions]
+        # (a consumer without a subscription knows no topic's partitions: ask the admin)
+        [described] = await admin.describe_topics([topic])
+        tps = [TopicPartition(topic, p["partition"]) for p in described["partitions"]]
+        assert tps, f"topic {topic} has no partitions"
         ends = await consumer.end_offsets(tps)
         lag = 0
         for tp in tps:
@@ -385,7 +384,7 @@ async def final_checks(p: Pipeline, converge_timeout: float = 240) -> dict[str, 
 
     # Every correction request was consumed (and so answered first: invariant 1) ...
     corrections_topic = f"{config.app_id}-corrections"
-    await until(lambda: _no_lag(config.app_id, corrections_topic), 120, "every correction request to be committed",
+    await until(lambda: _no_lag(f"{config.app_id}-sink", corrections_topic), 120, "every correction request to be committed",
                 interval=1.0)
     # ... and has an outcome.
     requests = await read_topic(corrections_topic)
@@ -421,7 +420,7 @@ async def diagnose(p: Pipeline) -> str:
     finally:
         await ids.reader.close()
     for group, topic in ((f"{app}-route", config.kafka.events_topic), (app, f"{app}-by-link"),
-                         (app, f"{app}-corrections")):
+                         (f"{app}-sink", f"{app}-corrections")):
         try:
             lines.append(f"lag of {group} on {topic}: {await group_lag(group, topic)}")
         except Exception as exc:  # a diagnosis must not hide the failure
