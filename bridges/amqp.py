@@ -6,11 +6,19 @@ consumer and its ack reaches pika without a thread hop (no ``call_soon_threadsaf
 self-pipe write per message, no ``add_callback_threadsafe`` per ack, no GIL ping-pong
 between two busy threads). Acks are thread-safe by construction: pika is only ever
 touched from the loop thread, because ``ack``/``nack`` are coroutines of that loop.
+
+Acks are coalesced like the STOMP transport's writes: ``ack`` records the delivery tag
+and, once per loop iteration, the longest run of acked tags at the front of the
+channel's unacked deliveries goes out as one ``basic.ack(multiple=True)`` (pika sends
+every frame with its own ``send`` syscall, and RabbitMQ settles a run in one step).
+Tags acked out of order, behind a delivery not acked yet, go out individually: a
+multiple ack never covers a message that was not acked.
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
 import logging
 import ssl
 from collections.abc import AsyncIterator
@@ -121,6 +129,15 @@ class AmqpSource:
         self._failure: SourceError | None = None
         self._closing = False
         self._closed: asyncio.Future[None] | None = None
+        # Ack coalescing: delivery tags in delivery order not yet settled on the wire,
+        # tags acked since the last flush, and tags settled individually (out of order
+        # acks, nacks) that are still somewhere in ``_unsettled``. A delivery never acked
+        # nor nacked keeps every later tag in ``_unsettled``: the bridge settles each one
+        # or drops the connection (prefetch bounds how many are open at a time).
+        self._unsettled: collections.deque[int] = collections.deque()
+        self._to_ack: set[int] = set()
+        self._settled: set[int] = set()
+        self._ack_scheduled = False
 
     def __repr__(self) -> str:
         state = "failed" if self._failure else "open" if self._channel else "closed"
@@ -185,11 +202,26 @@ class AmqpSource:
         return iterate(self._inbox)
 
     async def ack(self, msg: BrokerMessage) -> None:
-        self._live_for(msg).basic_ack(int(msg.ack_id))
+        """Acknowledge ``msg``; sent at the end of the current loop iteration (before
+        any later ``nack`` or ``close``)."""
+        self._live_for(msg)
+        self._to_ack.add(int(msg.ack_id))
+        self._schedule_acks()
+
+    async def ack_many(self, msgs: list[BrokerMessage]) -> None:
+        """Acknowledge each of ``msgs``, as ``ack`` does."""
+        for msg in msgs:
+            self._live_for(msg)
+        self._to_ack.update([int(msg.ack_id) for msg in msgs])
+        self._schedule_acks()
 
     async def nack(self, msg: BrokerMessage) -> None:
         """Reject ``msg`` back to its queue."""
-        self._live_for(msg).basic_nack(int(msg.ack_id), requeue=True)
+        channel = self._live_for(msg)
+        self._flush_acks(self._epoch)
+        tag = int(msg.ack_id)
+        channel.basic_nack(tag, requeue=True)
+        self._settled.add(tag)
 
     async def close(self) -> None:
         """Close channel and connection (pending acks are sent first; unacked messages
@@ -197,6 +229,7 @@ class AmqpSource:
         conn = self._conn
         if conn is None:
             return
+        self._flush_acks(self._epoch)
         self._closing = True
         try:
             if not (conn.is_closed or conn.is_closing):
@@ -223,6 +256,7 @@ class AmqpSource:
     def _on_message(self, channel: Channel, method: Basic.Deliver, props: BasicProperties, body: bytes) -> None:
         tag = method.consumer_tag
         queue = self._queues.get(tag, "")
+        self._unsettled.append(method.delivery_tag)
         self._inbox.put(
             BrokerMessage(
                 queue,
@@ -262,10 +296,52 @@ class AmqpSource:
         if not self._closing:
             self._fail(_close_error(reason, "connection lost"))
 
+    # -- acks -----------------------------------------------------------------------
+
+    def _schedule_acks(self) -> None:
+        if not self._ack_scheduled:
+            self._ack_scheduled = True
+            asyncio.get_running_loop().call_soon(self._flush_acks, self._epoch)
+
+    def _flush_acks(self, epoch: int) -> None:
+        """Send the acks gathered since the last flush (see the module docstring)."""
+        if epoch != self._epoch:
+            return  # scheduled by an earlier connection: its acks died with it
+        self._ack_scheduled = False
+        to_ack = self._to_ack
+        if not to_ack:
+            return
+        channel = self._channel
+        if channel is None or self._failure is not None:
+            to_ack.clear()  # the channel is gone: the broker redelivers these
+            return
+        unsettled, settled = self._unsettled, self._settled
+        last = None
+        while unsettled:
+            tag = unsettled[0]
+            if tag in to_ack:
+                to_ack.discard(tag)
+                last = tag
+            elif tag in settled:
+                settled.discard(tag)
+            else:
+                break
+            unsettled.popleft()
+        if last is not None:
+            channel.basic_ack(last, multiple=True)
+        for tag in sorted(to_ack):
+            channel.basic_ack(tag)
+        settled.update(to_ack)
+        to_ack.clear()
+
     # -- state ----------------------------------------------------------------------
 
     def _reset(self) -> None:
         self._epoch += 1
+        self._unsettled.clear()
+        self._to_ack.clear()
+        self._settled.clear()
+        self._ack_scheduled = False
         self._inbox.reset()
         self._queues.clear()
         self._failure = None

@@ -14,7 +14,6 @@ which is what the last-writer-wins fold relies on.
 from __future__ import annotations
 
 import asyncio
-import collections
 import logging
 import random
 import time
@@ -36,7 +35,8 @@ log = logging.getLogger("usync.bridge")
 
 # Credentials rejected is rarely fixed by the next attempt: retry, but more slowly.
 AUTH_BACKOFF_BASE = 15.0
-# A batch goes to Kafka when it holds this many records, or this long after its first.
+# Records go to Kafka when this many are gathered, or this long after the first of them
+# (or, while Kafka still has the partition's previous batch, once it acknowledged it).
 FLUSH_RECORDS = 500
 LINGER_SECONDS = 0.002
 
@@ -153,19 +153,24 @@ class _Pump:
     def __init__(self, relay: SubscriptionRelay, source: Source) -> None:
         self.relay = relay
         self.source = source
-        self.delivered: collections.deque[BrokerMessage] = collections.deque()
+        self.delivered: list[BrokerMessage] = []  # confirmed by Kafka, not yet acked
         self.wake_acker = asyncio.Event()
         self.failure: BaseException | None = None
         self.failed = asyncio.Event()
         self.generation = relay.outlet.generation
         # Labelled children resolved once: .labels() per message is measurable at 10k+/s.
+        self.received = relay.metrics.received.labels(relay.site)
         self.relayed = relay.metrics.relayed.labels(relay.site)
         self.dead_lettered = relay.metrics.dead_lettered.labels(relay.site)
         self.in_flight = 0
+        # Read but not yet counted in the received and in-flight metrics: counted per batch
+        # sent (a metric update takes a lock; per message it is measurable).
+        self.uncounted = 0
         self.drained = asyncio.Event()
         self.drained.set()
         self.batches = relay.outlet.batches()
         self.unsent = asyncio.Event()
+        self.unblocked = False  # a partition's batch was acknowledged: send its next one now
         self.closed = False
 
     async def run(self) -> None:
@@ -184,7 +189,7 @@ class _Pump:
             else:
                 reader.cancel()
             # Graceful end (SIGTERM): send what is gathered, let Kafka confirm it, ack it, then close.
-            await self.batches.flush(self._on_delivery)
+            await self._flush()
             await asyncio.wait_for(self.drained.wait(), timeout=30)
             self._raise_failure()
             await self._ack_pending()
@@ -192,43 +197,62 @@ class _Pump:
             for task in (reader, stopping, failed, acker, flusher):
                 task.cancel()
             self.closed = True
+            self._count()
             self.relay.metrics.in_flight.dec(self.in_flight)
 
     async def _read_loop(self) -> None:
         relay = self.relay
-        metrics, site, transport, batches = relay.metrics, relay.site, relay.transport, self.batches
-        received, redelivered, in_flight = metrics.received.labels(site), metrics.redelivered.labels(site), metrics.in_flight
-        on_delivery = self._on_delivery
+        site, transport, batches = relay.site, relay.transport, self.batches
+        redelivered = relay.metrics.redelivered.labels(site)
+        add_nowait, unsent, drained = batches.add_nowait, self.unsent, self.drained
+        now, utc = datetime.now, timezone.utc
         async for message in self.source.messages():
-            self._raise_failure()
-            received.inc()
+            if self.failure is not None:
+                raise self.failure
             if message.redelivered:
                 redelivered.inc()
-            record = to_record(site, transport, message, datetime.now(timezone.utc))
-            await batches.add(record, (message, record.topic_kind, time.perf_counter()), on_delivery)
+            record = to_record(site, transport, message, now(utc))
+            if not self.in_flight:
+                drained.clear()
             self.in_flight += 1
-            self.drained.clear()
-            in_flight.inc()
+            self.uncounted += 1
+            if not add_nowait(record, message):
+                self._count()  # ``add`` may send a batch: count its records first
+                await batches.add(record, message, self._on_delivery)
             if batches.count >= FLUSH_RECORDS:
-                await batches.flush(on_delivery)
+                await self._flush()
             else:
-                self.unsent.set()
+                unsent.set()
         self._raise_failure()
 
     async def _flush_loop(self) -> None:
-        """Send what the reader gathered once it has lingered: batches, not records, go to Kafka."""
+        """Send what the reader gathered once it has lingered: batches, not records, go to
+        Kafka. A partition whose previous batch Kafka has not acknowledged yet keeps
+        gathering; its acknowledgement sends the next batch without a linger."""
         while True:
             await self.unsent.wait()
-            await asyncio.sleep(LINGER_SECONDS)
+            if not self.unblocked:
+                await asyncio.sleep(LINGER_SECONDS)
+            self.unblocked = False
             self.unsent.clear()
-            await self.batches.flush(self._on_delivery)
+            await self._flush(everything=False)
 
-    def _on_delivery(self, future: asyncio.Future, items: list[tuple[BrokerMessage, str, float]]) -> None:
+    async def _flush(self, everything: bool = True) -> None:
+        self._count()
+        await self.batches.flush(self._on_delivery, everything=everything)
+
+    def _count(self) -> None:
+        if self.uncounted:
+            self.received.inc(self.uncounted)
+            self.relay.metrics.in_flight.inc(self.uncounted)
+            self.uncounted = 0
+
+    def _on_delivery(self, future: asyncio.Future, messages: list[BrokerMessage], kind: str, opened_at: float) -> None:
         if self.closed:  # the connection is gone (its in-flight count already settled); the broker redelivers
             return
         metrics = self.relay.metrics
-        self.in_flight -= len(items)
-        metrics.in_flight.dec(len(items))
+        self.in_flight -= len(messages)
+        metrics.in_flight.dec(len(messages))
         if self.in_flight == 0:
             self.drained.set()
         if future.cancelled() or future.exception() is not None:
@@ -240,13 +264,13 @@ class _Pump:
             return
         if self.failure is not None:
             return  # redelivered after teardown; acking now could reorder the queue's last copies
-        metrics.send_seconds.observe(time.perf_counter() - items[0][2])
-        dead = sum(1 for _, kind, _ in items if kind == "dlq")
-        if dead:
-            self.dead_lettered.inc(dead)
-        self.relayed.inc(len(items) - dead)
-        self.delivered.extend(message for message, _, _ in items)
+        metrics.send_seconds.observe(time.perf_counter() - opened_at)
+        (self.dead_lettered if kind == "dlq" else self.relayed).inc(len(messages))
+        self.delivered.extend(messages)
         self.wake_acker.set()
+        if self.batches.open:
+            self.unblocked = True
+            self.unsent.set()
 
     async def _ack_loop(self) -> None:
         while True:
@@ -257,9 +281,9 @@ class _Pump:
             await self._ack_pending()
 
     async def _ack_pending(self) -> None:
-        delivered, ack = self.delivered, self.source.ack
-        while delivered and self.failure is None:
-            await ack(delivered.popleft())
+        while self.delivered and self.failure is None:
+            delivered, self.delivered = self.delivered, []
+            await self.source.ack_many(delivered)
 
     def _raise_failure(self) -> None:
         if self.failure is not None:

@@ -179,7 +179,15 @@ class StompSource:
         return iterate(self._inbox)
 
     async def ack(self, msg: BrokerMessage) -> None:
-        self._live_for(msg).write(b"ACK\nid:%s\n\n\x00" % escape(msg.ack_id).encode())
+        self._live_for(msg).write(_ack_frame(msg.ack_id))
+
+    async def ack_many(self, msgs: list[BrokerMessage]) -> None:
+        """One ACK frame per message (client-individual), written together."""
+        if msgs:
+            transport = self._live()
+            for msg in msgs:
+                self._live_for(msg)
+            transport.write(b"".join([_ack_frame(msg.ack_id) for msg in msgs]))
 
     async def nack(self, msg: BrokerMessage) -> None:
         """Reject ``msg``; RabbitMQ requeues it."""
@@ -405,6 +413,10 @@ class StompSource:
             if expect_every and not self._reading_paused and now - self._last_rx > _RX_GRACE * expect_every:
                 self._fail(ConnectionLost(f"no data from the broker for {now - self._last_rx:.1f} s (heart-beat missed)"))
                 self._abort()
+
+
+def _ack_frame(ack_id: str) -> bytes:
+    return b"ACK\nid:%s\n\n\x00" % escape(ack_id).encode()
 
 
 def _negotiate(ours_ms: int, theirs: str) -> tuple[int, int]:

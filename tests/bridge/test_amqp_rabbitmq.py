@@ -72,6 +72,30 @@ async def test_unacked_messages_are_redelivered_after_close(queue, broker, conne
     assert await broker.depth(queue) == 0
 
 
+async def test_coalesced_acks_settle_exactly_the_acked_messages(queue, broker, connect) -> None:
+    """Acks go out as one multiple ack for the acked run at the front and single acks
+    behind a gap: whatever the order, only acked messages are settled."""
+    await broker.publish(queue, 12)
+    first = await connect("amqp")
+    await first.subscribe(queue, prefetch=12)
+    held = await broker.take(first, 12)
+    for i in (2, 0, 1, 5, 7):  # a run at the front (0-2) and two behind the gap at 3
+        await first.ack(held[i])
+    await first.nack(held[6])  # settled out of order (requeued, then delivered again)
+    await first.ack_many([held[9], held[8]])
+    await asyncio.sleep(0.1)
+    await first.ack(held[3])  # closes the gap: the front run now reaches 3, 5 waits behind 4
+    await first.close()
+
+    second = await connect("amqp")
+    await second.subscribe(queue, prefetch=50)
+    again = await broker.take(second, 4)
+    assert sorted(m.body for m in again) == sorted(broker.body(i) for i in (4, 6, 10, 11))
+    await second.ack_many(again)
+    await second.close()
+    assert await broker.depth(queue) == 0
+
+
 async def test_lost_connection_raises_promptly_and_reconnects(queue, broker, connect, proxy_factory) -> None:
     await broker.publish(queue, 10)
     proxy = await proxy_factory("amqp")

@@ -2,12 +2,16 @@
 
 from datetime import datetime, timezone
 
+import typing
+
 import msgspec
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from bridges.records import queue_offering, to_record
+from bridges.records import _UUID_FIELDS, OfferingUserEventUnchecked, fast_decode_payload, queue_offering, to_record
 from bridges.source import BrokerMessage
-from streams.schema import DeadLetter, OfferingUserEvent, Source, envelope_decoder
+from streams.schema import DeadLetter, OfferingUserEvent, PayloadError, Source, decode_payload, envelope_decoder, envelope_encoder
 
 SUB = "5d1c0e6f7a8b4c9daa0b1c2d3e4f5a6b"
 OFFERING = "9e8d7c6b5a4f43218765fedcba987654"
@@ -104,3 +108,81 @@ def test_the_cached_partitioner_agrees_with_kafkas_default():
     for i in range(200):
         key = f"b:{i:032x}".encode()
         assert partition_for(key, partitions) == DefaultPartitioner()(key, list(partitions), list(partitions))
+
+
+def test_kafka_headers_keep_their_names_and_order():
+    record = to_record("b", Source.AMQP, message(msgspec.json.encode(GOOD)), NOW)
+    assert record.headers == [
+        ("usync.event-id", b"m1"), ("usync.site", b"b"), ("usync.queue", QUEUE.encode()),
+        ("usync.schema-version", b"1"), ("usync.source", b"amqp"),
+        ("broker.x-message-id", b"m1"), ("broker.content-type", b"application/json"), ("broker.persistent", b"true"),
+    ]
+    dead = to_record("b", Source.AMQP, message(b"[]"), NOW)
+    assert [name for name, _ in dead.headers] == [
+        "usync.event-id", "usync.site", "usync.queue", "usync.schema-version",
+        "broker.x-message-id", "broker.content-type", "broker.persistent", "usync.reason",
+    ]
+    assert dead.key == f"b:{OFFERING}".encode()
+
+
+def test_the_unchecked_twin_mirrors_the_event_but_for_the_uuid_patterns():
+    ours, theirs = msgspec.structs.fields(OfferingUserEventUnchecked), msgspec.structs.fields(OfferingUserEvent)
+    assert [(f.name, f.encode_name, f.default, f.default_factory) for f in ours] == [
+        (f.name, f.encode_name, f.default, f.default_factory) for f in theirs
+    ]
+    ours_config, theirs_config = OfferingUserEventUnchecked.__struct_config__, OfferingUserEvent.__struct_config__
+    for name in (name for name in dir(theirs_config) if not name.startswith("_")):
+        assert getattr(ours_config, name) == getattr(theirs_config, name), name
+    hints = typing.get_type_hints(OfferingUserEvent, include_extras=True)
+    constrained = {name for name, hint in hints.items() if "pattern=" in repr(hint)}
+    assert constrained == set(_UUID_FIELDS)
+
+
+_HEX32 = st.text("0123456789abcdefABCDEF", min_size=32, max_size=32)
+_UUIDISH = st.one_of(
+    _HEX32,
+    _HEX32.map(lambda h: f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"),  # dashed: valid too
+    _HEX32.map(lambda h: h + "\n"),  # the pattern's $ accepts a final newline
+    st.tuples(_HEX32, st.integers(0, 31), st.sampled_from(" g-_+x\u0660\u00e9\n")).map(lambda t: t[0][: t[1]] + t[2] + t[0][t[1] + 1 :]),
+    st.text(min_size=32, max_size=32),
+    st.text("0123456789abcdef", min_size=30, max_size=34),
+    st.none(), st.integers(), st.lists(st.integers(), max_size=2),
+)
+_VALUE = st.one_of(st.none(), st.booleans(), st.integers(), st.text(max_size=8), st.lists(st.text(max_size=4), max_size=3),
+                   st.dictionaries(st.text(max_size=4), st.integers(), max_size=2))
+_OPTIONAL = {
+    "offering_uuid": _UUIDISH, "username": _VALUE, "state": _VALUE, "runtime_state": _VALUE,
+    "changed_fields": _VALUE, "attributes": _VALUE, "object_type": _VALUE,
+    "kind": st.sampled_from(["event", "snapshot", 1]), "extra": _VALUE,
+}
+_GOOD_PAYLOAD = st.fixed_dictionaries(
+    {"action": st.sampled_from(["create", "update", "username_set", "something_new"]),
+     "offering_user_uuid": _HEX32, "user_uuid": _HEX32},
+    optional={"offering_uuid": _HEX32, "username": st.text(max_size=8), "state": st.sampled_from(["OK", 3]),
+              "object_type": st.sampled_from(["offering_user", "other"]), "changed_fields": st.lists(st.text(max_size=4), max_size=2)},
+)
+_PAYLOAD = st.one_of(
+    _GOOD_PAYLOAD,
+    # one field of a good event made odd: the cases where only one check can tell
+    st.tuples(_GOOD_PAYLOAD, st.sampled_from(["offering_user_uuid", "user_uuid", "offering_uuid"]), _UUIDISH).map(
+        lambda t: {**t[0], t[1]: t[2]}
+    ),
+    st.tuples(_GOOD_PAYLOAD, st.sampled_from(sorted(_OPTIONAL) + ["action"]), _VALUE).map(lambda t: {**t[0], t[1]: t[2]}),
+    st.fixed_dictionaries({}, optional={"action": _VALUE, "offering_user_uuid": _UUIDISH, "user_uuid": _UUIDISH, **_OPTIONAL}),
+)
+
+
+@settings(max_examples=600, deadline=None)
+@given(st.one_of(_PAYLOAD.map(msgspec.json.encode), st.binary(max_size=64)))
+def test_the_fast_decoder_agrees_with_decode_payload(raw):
+    """Same event (same JSON once encoded) or the same reason, whatever the bytes."""
+    try:
+        expected = decode_payload(raw)
+    except PayloadError as exc:
+        with pytest.raises(PayloadError) as info:
+            fast_decode_payload(raw)
+        assert str(info.value) == str(exc)
+        return
+    got = fast_decode_payload(raw)
+    assert envelope_encoder.encode(got) == envelope_encoder.encode(expected)
+    assert (got.offering_uuid, got.object_type) == (expected.offering_uuid, expected.object_type)
