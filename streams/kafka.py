@@ -79,11 +79,29 @@ class RecordSender:
             self._producer = None
 
     async def send(self, topic: str, key: bytes, value: bytes) -> None:
-        """Send; return once acknowledged. Waits for :meth:`start` (Kafka may still be down)."""
-        if self._producer is None:
+        """Send; return once acknowledged. Waits for :meth:`start` (Kafka may still be down).
+        A failed send raises, and the producer is replaced: after an outage an idempotent
+        producer can be left answering OutOfOrderSequenceNumber to every send."""
+        while self._producer is None:
             await self._started.wait()
-        assert self._producer is not None
-        await (await self._producer.send(topic, value, key=key))
+        producer = self._producer
+        try:
+            await (await producer.send(topic, value, key=key))
+        except Exception:
+            await self._replace(producer)
+            raise
+
+    async def _replace(self, failed: AIOKafkaProducer) -> None:
+        if self._producer is not failed:
+            return  # a concurrent send already replaced it
+        self._started.clear()
+        self._producer = None
+        log.warning("record producer: a send failed; starting a new producer")
+        try:
+            await failed.stop()
+        except Exception as exc:  # its broker connection may be gone already
+            log.debug("record producer: closing the failed one: %s", exc)
+        await self.start()
 
 
 class Stage:

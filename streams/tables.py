@@ -209,6 +209,7 @@ class ChangelogWriter:
     def __init__(self, options: dict[str, Any]) -> None:
         self._options = options
         self._producer: AIOKafkaProducer | None = None
+        self._replacing = asyncio.Lock()
 
     async def start(self) -> None:
         self._producer = await start_producer(self._options, "changelog", max_batch_size=BATCH_BYTES,
@@ -218,6 +219,20 @@ class ChangelogWriter:
         if self._producer is not None:
             await self._producer.stop()
             self._producer = None
+
+    async def _replace_producer(self, failed: AIOKafkaProducer | None) -> None:
+        """After an outage an idempotent producer can be left answering
+        OutOfOrderSequenceNumber to every send: start over with a new one (once, however
+        many sends saw it fail)."""
+        async with self._replacing:
+            if self._producer is not failed:
+                return
+            try:
+                await failed.stop()  # type: ignore[union-attr]
+            except Exception as exc:  # its broker connection may be gone already
+                log.debug("changelog producer: closing the failed one: %s", exc)
+            self._producer = await start_producer(self._options, "changelog", max_batch_size=BATCH_BYTES,
+                                                  max_request_size=4 * BATCH_BYTES)
 
     def apply(self, table: faust.Table, changes: dict[bytes, bytes | None]) -> None:
         """Write the store (inside :func:`link_partition`: the RocksDB store picks its partition db from it)."""
@@ -234,18 +249,20 @@ class ChangelogWriter:
         topic = table.changelog_topic.get_topic_name()
         backoff = Backoff()
         while True:
+            producer = self._producer
             try:
-                last = await self._send_batches(topic, partition, changes)
+                last = await self._send_batches(producer, topic, partition, changes)
                 break
             except KafkaError as exc:  # re-sending the same values is harmless: the changelog is compacted
                 delay = backoff.next_delay()
-                log.warning("changelog %s[%d]: %s; re-sending in %.1f s", topic, partition, exc, delay)
+                log.warning("changelog %s[%d]: %s; re-sending in %.1f s on a new producer", topic, partition, exc, delay)
                 await asyncio.sleep(delay)
+                await self._replace_producer(producer)
         if last is not None:
             table.data.set_persisted_offset(TP(topic, partition), last)
 
-    async def _send_batches(self, topic: str, partition: int, changes: dict[bytes, bytes | None]) -> int | None:
-        producer = self._producer
+    async def _send_batches(self, producer: AIOKafkaProducer | None, topic: str, partition: int,
+                            changes: dict[bytes, bytes | None]) -> int | None:
         assert producer is not None
         acks: list[tuple[asyncio.Future, int]] = []
         batch, count = producer.create_batch(), 0
