@@ -54,6 +54,14 @@ async def start_producer(options: dict[str, Any], what: str, **settings: Any) ->
             await asyncio.sleep(delay)
 
 
+async def close_quietly(client: Any, what: str) -> None:
+    """Stop an aiokafka client whose broker may be gone already: nothing left to close cleanly."""
+    try:
+        await client.stop()
+    except Exception as exc:
+        log.debug("%s: closing: %s", what, exc)
+
+
 class RecordSender:
     """Sends single records and returns once Kafka acknowledged each: the sink's facts
     and outcomes. Batches up to a megabyte per partition, so that many concurrent
@@ -97,10 +105,7 @@ class RecordSender:
         self._started.clear()
         self._producer = None
         log.warning("record producer: a send failed; starting a new producer")
-        try:
-            await failed.stop()
-        except Exception as exc:  # its broker connection may be gone already
-            log.debug("record producer: closing the failed one: %s", exc)
+        await close_quietly(failed, "record producer")
         await self.start()
 
 

@@ -25,7 +25,7 @@ from aiokafka.errors import CommitFailedError, IllegalStateError
 
 from streams.config import Config
 from streams.core import Routes
-from streams.kafka import Stage, client_options
+from streams.kafka import Stage, client_options, close_quietly
 from streams.metrics import Metrics
 from streams.retry import Backoff
 from streams.schema import Envelope
@@ -113,8 +113,8 @@ class Router(Stage):
                     backoff.reset()
         finally:
             self.connected = False
-            await _quietly(producer.stop())
-            await _quietly(consumer.stop())
+            await close_quietly(producer, "router")
+            await close_quietly(consumer, "router")
 
     async def _route(self, consumer: AIOKafkaConsumer, producer: AIOKafkaProducer, fetched: dict[Any, list[Any]]) -> None:
         by_link, unrouted = route_values(self.routes, (m.value for messages in fetched.values() for m in messages))
@@ -132,9 +132,3 @@ class Router(Stage):
         except (CommitFailedError, IllegalStateError) as exc:  # a rebalance took the partitions: the new owner re-routes
             log.info("router: commit after rebalance refused (%s); the batch will be routed again", exc)
 
-
-async def _quietly(closing: Any) -> None:
-    try:
-        await closing
-    except Exception as exc:  # closing a client whose broker is gone
-        log.debug("router: close: %s", exc)

@@ -20,10 +20,10 @@ import logging
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener
-from aiokafka.errors import CommitFailedError, IllegalStateError, KafkaError
+from aiokafka.errors import CommitFailedError, IllegalStateError
 
 from streams.config import Config
-from streams.kafka import Stage, client_options
+from streams.kafka import Stage, client_options, close_quietly
 from streams.retry import Backoff
 from streams.sink import Sink, request_decoder
 
@@ -80,10 +80,7 @@ class SinkLoop(Stage):
                     backoff.reset()
         finally:
             self.connected = False
-            try:
-                await consumer.stop()
-            except Exception as exc:  # already broken: nothing left to close cleanly
-                log.debug("sink: closing the consumer: %s", exc)
+            await close_quietly(consumer, "sink")
 
     async def _handle(self, fetched: dict[Any, list[Any]]) -> None:
         """Every outcome of the batch acknowledged, however long Kafka or a site takes."""
@@ -104,5 +101,3 @@ async def _commit(consumer: AIOKafkaConsumer, fetched: dict[Any, list[Any]]) -> 
         await consumer.commit({tp: messages[-1].offset + 1 for tp, messages in fetched.items()})
     except (CommitFailedError, IllegalStateError) as exc:  # a rebalance took the partitions: the new owner repeats
         log.info("sink: commit after rebalance refused (%s); the batch will be handled again", exc)
-    except KafkaError:
-        raise  # reconnect, and read the batch again from the committed offsets

@@ -28,7 +28,7 @@ from faust.streams import _current_event  # the ContextVar faust sets per event
 from faust.types import TP
 
 from streams.core import Pending, Row, TableState
-from streams.kafka import start_producer
+from streams.kafka import close_quietly, start_producer
 from streams.retry import Backoff
 
 log = logging.getLogger("usync.tables")
@@ -227,10 +227,7 @@ class ChangelogWriter:
         async with self._replacing:
             if self._producer is not failed:
                 return
-            try:
-                await failed.stop()  # type: ignore[union-attr]
-            except Exception as exc:  # its broker connection may be gone already
-                log.debug("changelog producer: closing the failed one: %s", exc)
+            await close_quietly(failed, "changelog producer")
             self._producer = await start_producer(self._options, "changelog", max_batch_size=BATCH_BYTES,
                                                   max_request_size=4 * BATCH_BYTES)
 
