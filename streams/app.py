@@ -43,6 +43,7 @@ from streams.kafka import RecordSender, client_options
 from streams.kafka import corrections_topic as corrections_topic_name
 from streams.metrics import Metrics
 from streams.reconciler import jittered, reconcile_pass
+from streams.recovery import PatientTableManager
 from streams.router import Router, unpack
 from streams.sink import CorrectionRequest, Sink, lookup_envelope, request_encoder
 from streams.sink_loop import SinkLoop
@@ -116,6 +117,9 @@ def create_app(config: Config, *, store: str = "rocksdb", web_port: int | None =
         # A killed worker's partitions move to the survivors within ~10 s, not faust's 60.
         broker_session_timeout=10.0,
         broker_heartbeat_interval=1.0,
+        broker_request_timeout=kafka.request_timeout,
+        stream_recovery_delay=kafka.recovery_delay,
+        TableManager=PatientTableManager,  # table recovery waits out a Kafka outage
         broker_commit_every=1000,
         broker_commit_interval=1.0,
         producer_acks=-1,
@@ -314,6 +318,7 @@ def create_app(config: Config, *, store: str = "rocksdb", web_port: int | None =
             "status": "ok",
             "router_connected": router.connected,
             "sink_connected": sink_loop.connected,
+            "tables": _tables_state(app),
             "paused_sites": [n for n, c in clients.by_site.items() if c.paused_until > time.monotonic()],
         })
 
@@ -332,6 +337,15 @@ def held_back_unless_done(batch: list[EventT]) -> Iterator[None]:
         for event in batch:
             event.message.acked = True
         raise
+
+
+def _tables_state(app: faust.App) -> str:
+    """``ready``, ``recovering`` (restoring from the changelogs after a rebalance) or
+    ``waiting-for-kafka`` (that restore cannot reach Kafka and keeps asking)."""
+    recovery = app.tables.recovery
+    if getattr(recovery, "waiting_for_kafka", False):
+        return "waiting-for-kafka"
+    return "recovering" if app.in_recovery else "ready"
 
 
 def _drift_report(usync: Usync, max_age: float = DRIFT_MAX_AGE) -> dict[str, Any]:

@@ -23,6 +23,7 @@ DEFAULT_STATES: Final = ("OK", "Creating", "Requested")
 
 Positive = Annotated[float, msgspec.Meta(gt=0)]
 PositiveInt = Annotated[int, msgspec.Meta(gt=0)]
+NonNegative = Annotated[float, msgspec.Meta(ge=0)]
 Name = Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", max_length=64)]
 
 
@@ -116,6 +117,12 @@ class Kafka(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     ssl_certfile: str | None = None  # client certificate (mutual TLS)
     ssl_keyfile: str | None = None
     ssl_check_hostname: bool = True
+    # Seconds one Kafka request of the worker may take (faust's broker_request_timeout;
+    # at least the 10 s session timeout). Table recovery retries past it, never gives up.
+    request_timeout: Annotated[float, msgspec.Meta(ge=10)] = 90.0
+    # Seconds a worker waits after a rebalance before restoring its tables, so that
+    # workers joining together cause one restore, not one each.
+    recovery_delay: NonNegative = 0.0
 
 
 class RabbitMQ(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):

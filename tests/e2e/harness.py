@@ -201,9 +201,9 @@ class Pipeline:
 
     def fold_group_settled(self) -> bool:
         """Every worker restored its tables for the same, newest faust generation. A worker
-        answers /health before that; a Kafka outage during that restore is not survived
-        (faust's recovery times out and the worker exits: an open issue, see README), so
-        the fault scenarios start from a settled group."""
+        answers /health before that. The fault scenarios hit a steady pipeline, so they
+        start from a settled group; an outage during the restore has its own test
+        (tests/app/test_recovery_outage.py)."""
         generations = set()
         for process in self.running("worker"):
             text = process.tail(10**7)

@@ -70,6 +70,10 @@ def test_tokens_come_from_the_environment_and_never_show_themselves():
         (('reconcile_interval = 60', 'reconcile_interval = -1'), r"\$\.reconcile_interval"),
         (('register = true', 'register = true\ncolour = "blue"'), "colour"),
         (('name = "a-from-b"', 'name = "a from b"'), r"\$\.links\[0\]\.name"),
+        (('bootstrap_servers = "127.0.0.1:9092"', 'bootstrap_servers = "x"\nrequest_timeout = 5'),
+         r"\$\.kafka\.request_timeout"),  # below the 10 s session timeout
+        (('bootstrap_servers = "127.0.0.1:9092"', 'bootstrap_servers = "x"\nrecovery_delay = -1'),
+         r"\$\.kafka\.recovery_delay"),
     ],
 )
 def test_type_errors_name_the_field(change, field):
