@@ -33,6 +33,7 @@ import faust.web
 import msgspec
 from faust.types import EventT
 
+from streams import transport
 from streams.config import Config
 from streams.core import (
     FoldResult, LookupNeeded, Row, TableState, as_dict, compile_routes, drift, fold_by_link, needing_correction,
@@ -100,7 +101,7 @@ class Usync:
 def create_app(config: Config, *, store: str = "rocksdb", web_port: int | None = None,
                data_dir: str | None = None, reconcile: bool = True) -> Usync:
     kafka = config.kafka
-    app = faust.App(
+    app = transport.App(  # faust.App with a short fetch wait (see streams.transport)
         config.app_id,
         broker=[f"kafka://{server.strip()}" for server in kafka.bootstrap_servers.split(",")],
         broker_credentials=broker_credentials(config),
