@@ -12,7 +12,8 @@ record it produced is acknowledged by Kafka (invariant 1). The fold is a faust a
 (its tables are faust's) batching with ``stream.take_events``: faust acks a batch's
 events when the loop comes back for the next batch, i.e. after the body below has
 handled them and written their state; a batch the body did not finish is held back
-from the commit (:func:`held_back_unless_done`).
+from the commit (:func:`held_back_unless_done`) and read again after the rebalance or
+restart that interrupted it. A fold that raises stops the worker for that restart.
 """
 
 from __future__ import annotations
@@ -30,7 +31,9 @@ from typing import Any
 
 import faust
 import faust.web
+import mode
 import msgspec
+from aiokafka.errors import KafkaError
 from faust.types import EventT
 
 from streams import transport
@@ -45,6 +48,7 @@ from streams.kafka import corrections_topic as corrections_topic_name
 from streams.metrics import Metrics
 from streams.reconciler import jittered, reconcile_pass
 from streams.recovery import PatientTableManager
+from streams.retry import Backoff
 from streams.router import Router, unpack
 from streams.sink import CorrectionRequest, Sink, lookup_envelope, request_encoder
 from streams.sink_loop import SinkLoop
@@ -169,7 +173,10 @@ def create_app(config: Config, *, store: str = "rocksdb", web_port: int | None =
             await records.stop()
 
     # -- 2: fold one link's facts into its partition of the table -----------------------
-    @app.agent(by_link_topic)
+    # A fold that raises takes the worker down rather than only the agent: faust would
+    # restart the agent on its buffered stream, past the batch held back, and could then
+    # commit past that batch. A restarted worker reads again from the last commit.
+    @app.agent(by_link_topic, supervisor_strategy=mode.CrashingSupervisor)
     async def fold(stream: faust.StreamT) -> None:
         state = buffered_state(*usync.tables)
         writer = ChangelogWriter(client_options(config))
@@ -196,8 +203,7 @@ def create_app(config: Config, *, store: str = "rocksdb", web_port: int | None =
             folded.append((events[0], take_changes(state)))  # each key once per batch
             metrics.events_folded.labels(link_name).inc(len(items))
             lookups.extend(result.lookups)
-            for row in rows:
-                corrections.append(await request_correction(row))
+            corrections.extend(request_correction(row) for row in rows)
         # Requests first, then the state that implies them: a worker killed in
         # between folds the batch again from a table without it, and asks again.
         await asyncio.gather(*corrections)
@@ -209,16 +215,26 @@ def create_app(config: Config, *, store: str = "rocksdb", web_port: int | None =
         for need in lookups:
             start_lookup(need)
 
-    async def request_correction(row: Row) -> Any:
-        """Send "look at (link, user)" to the sink; returns the send's future (Kafka's ack)."""
+    async def request_correction(row: Row) -> None:
+        """Send "look at (link, user)" to the sink and wait for Kafka's ack, through any
+        outage (a request sent twice is harmless: the sink verifies before it PATCHes)."""
         request = CorrectionRequest(
             link=row.link, user_username=row.user_username,
             a_offering_user_uuid=row.a_offering_user_uuid, b_offering_user_uuid=row.b_offering_user_uuid,
             desired=row.b_username, cause_event_id=row.b_event_id or row.a_event_id or "",
             observed_at=max(row.b_observed_at, row.a_observed_at),
         )
+        key, value = request.key.encode(), request_encoder.encode(request)
         metrics.corrections.labels(row.link).inc()
-        return await corrections_topic.send(key=request.key.encode(), value=request_encoder.encode(request))
+        backoff = Backoff()
+        while True:
+            try:
+                await (await corrections_topic.send(key=key, value=value))
+                return
+            except KafkaError as exc:
+                delay = backoff.next_delay()
+                log.warning("correction request for %s not sent (%s); again in %.1f s", request.key, exc, delay)
+                await asyncio.sleep(delay)
 
     raised_again: dict[str, int] = {}  # row key -> the newest fact it was raised again for
 
