@@ -5,7 +5,7 @@ VENV := .local/venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test install services services-stop status unit clean
+.PHONY: demo test install services services-stop services-reset status unit clean
 
 $(STAMP): pyproject.toml requirements.lock
 	@test -x $(PY) || python3 -m venv $(VENV)
@@ -24,6 +24,11 @@ services: install
 services-stop:
 	@services/kafka.sh stop
 	@services/rabbitmq.sh stop
+
+# Kafka without any topic: the tests leave theirs behind, and many thousands of
+# partitions slow the broker down (run before measuring the benchmarks).
+services-reset: install
+	@services/kafka.sh reset
 
 status:
 	@services/rabbitmq.sh status || true

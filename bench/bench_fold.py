@@ -23,6 +23,7 @@ import sys
 import tempfile
 import time
 import uuid
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -185,7 +186,14 @@ def _run_sites(n: int, conn) -> None:
     asyncio.run(_sites(n, conn))
 
 
-async def sink_bench(n: int) -> float:
+@dataclass
+class SinkFigures:
+    rate: float  # PATCH/s
+    sink_cpu: float  # CPU seconds per PATCH, this process (the sink and its record producer)
+    sites_cpu: float  # CPU seconds per PATCH, the simulator's process (both sites)
+
+
+async def sink_bench(n: int) -> SinkFigures:
     parent, child = multiprocessing.Pipe()
     sites = multiprocessing.get_context("fork").Process(target=_run_sites, args=(n, child), daemon=True)
     sites.start()
@@ -212,16 +220,17 @@ async def sink_bench(n: int) -> float:
             await records.send(config.kafka.outcomes_topic, key, value)
 
         sink = Sink({link.name: link for link in config.links}, clients, metrics, emit_event, emit_outcome)
-        began = time.perf_counter()
+        began, cpu_began, sites_began = time.perf_counter(), time.process_time(), cpu_seconds(sites.pid)
         for start in range(0, n, 500):  # the agent's batch size
             await sink.handle_batch(requests[start:start + 500])
         elapsed = time.perf_counter() - began
+        sink_cpu, sites_cpu = time.process_time() - cpu_began, cpu_seconds(sites.pid) - sites_began
         await records.stop()
         await clients.close()
         parent.send("done")
         patched = await asyncio.get_running_loop().run_in_executor(None, parent.recv)
         assert patched == n, patched
-        return patched / elapsed
+        return SinkFigures(patched / elapsed, sink_cpu / patched, sites_cpu / patched)
     finally:
         sites.join(10)
         if sites.is_alive():
@@ -253,8 +262,13 @@ async def main() -> None:
               f"{per_cpu:,.0f} events per CPU-second of the worker")
         _state, folded, seconds = await replay(config)
         print(f"replay:       {folded / seconds:>10,.0f} events/s")
-    print(f"sink:         {await sink_bench(args.patches):>10,.0f} PATCH/s (GET B + GET A + PATCH + 2 records each; "
+    sink = await sink_bench(args.patches)
+    print(f"sink:         {sink.rate:>10,.0f} PATCH/s (GET B + GET A + PATCH + 2 records each; "
           f"simulator in its own process)")
+    # On two cores the simulator shares the machine: the sink's own CPU per PATCH says
+    # what one core of the worker could drive against sites elsewhere.
+    print(f"sink CPU:     {sink.sink_cpu * 1e6:>10,.0f} µs per PATCH in the sink "
+          f"(one core: {1 / sink.sink_cpu:,.0f} PATCH/s); the simulated sites {sink.sites_cpu * 1e6:,.0f} µs")
 
 
 if __name__ == "__main__":

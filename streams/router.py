@@ -29,6 +29,7 @@ from streams.kafka import Stage, client_options, close_quietly
 from streams.metrics import Metrics
 from streams.retry import Backoff
 from streams.schema import Envelope
+from streams.transport import FETCH_MAX_WAIT_MS
 
 log = logging.getLogger("usync.router")
 
@@ -98,6 +99,7 @@ class Router(Stage):
             self.config.kafka.events_topic, **options, group_id=self.group_id, enable_auto_commit=False,
             auto_offset_reset="earliest", session_timeout_ms=10_000, heartbeat_interval_ms=1_000,
             max_partition_fetch_bytes=8 << 20, fetch_max_bytes=64 << 20,
+            fetch_max_wait_ms=FETCH_MAX_WAIT_MS,  # a catching-up route never idles on a long poll
         )
         producer = AIOKafkaProducer(**options, acks="all", enable_idempotence=True, linger_ms=5,
                                     max_batch_size=1 << 20, max_request_size=4 << 20)
