@@ -15,6 +15,12 @@ have leaders, before any timing: a running bridge writes to topics that exist. R
 bridge rounds alternate (``--rounds``, 3 by default) and the medians are compared, so a
 burst of load from elsewhere on the machine does not land on one side only.
 
+On a small machine the brokers share the cores with the consumer, so the rates say as
+much about RabbitMQ and Kafka as about the bridge. Each round therefore also records the
+CPU time per message of the consuming process, of RabbitMQ and of Kafka (from their
+pid files under ``.local/``, when the brokers are the local ones): the consumer's own
+CPU per message is the figure the machine's other load does not bend.
+
     .local/venv/bin/python bench/bench_bridge.py [--messages 20000] [--rounds 3]
 """
 
@@ -26,6 +32,8 @@ import os
 import statistics
 import time
 import uuid
+from dataclasses import dataclass
+from pathlib import Path
 
 import msgspec
 import pika
@@ -42,6 +50,46 @@ from streams.config import Config, parse_config
 
 TRANSPORTS = {"web-stomp": "ws://127.0.0.1:15674/ws", "stomp": "stomp://127.0.0.1:61613", "amqp": "amqp://127.0.0.1:5672"}
 OFFERING = uuid.uuid4().hex
+ROOT = Path(__file__).resolve().parents[1]
+PID_FILES = {"rabbitmq": ROOT / ".local/rabbitmq/rabbitmq.pid", "kafka": ROOT / ".local/kafka/kafka.pid"}
+
+
+def process_cpu(pid: int) -> float | None:
+    """user + system CPU seconds of a process; None if it is not there to read."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def broker_pids() -> dict[str, int]:
+    pids = {}
+    for name, path in PID_FILES.items():
+        try:
+            pids[name] = int(path.read_text().split()[0])
+        except (OSError, ValueError, IndexError):
+            pass  # brokers run elsewhere: their CPU is not ours to read
+    return pids
+
+
+@dataclass
+class Round:
+    rate: float  # messages per second
+    cpu: dict[str, float | None]  # CPU µs per message: "self", "rabbitmq", "kafka"
+
+
+async def timed(run, count: int) -> Round:
+    """Run one round; the rate it returns, and the CPU each party spent on it per message."""
+    pids = broker_pids()
+    before = {"self": time.process_time(), **{name: process_cpu(pid) for name, pid in pids.items()}}
+    rate = await run
+    after = {"self": time.process_time(), **{name: process_cpu(pid) for name, pid in pids.items()}}
+    cpu: dict[str, float | None] = {}
+    for name in ("self", "rabbitmq", "kafka"):
+        b, a = before.get(name), after.get(name)
+        cpu[name] = None if a is None or b is None else (a - b) / count * 1e6
+    return Round(rate, cpu)
 
 
 def fill(queue: str, count: int) -> None:
@@ -146,12 +194,12 @@ async def bridge_relay(config: Config, count: int) -> float:
     return count / (finished - started[0])
 
 
-async def measure(url: str, messages: int, prefetch: int, rounds: int) -> tuple[list[float], list[float]]:
+async def measure(url: str, messages: int, prefetch: int, rounds: int) -> tuple[list[Round], list[Round]]:
     """Alternating raw and bridge rounds on one queue and one set of warm Kafka topics."""
     queue = f"bench-{uuid.uuid4().hex[:8]}"
     config = bridge_config(url, queue, prefetch)
-    raws: list[float] = []
-    relays: list[float] = []
+    raws: list[Round] = []
+    relays: list[Round] = []
     try:
         await prepare_topics(config)
         fill(queue, 200)  # warm-up, untimed: first connections, first records on the topics
@@ -160,9 +208,9 @@ async def measure(url: str, messages: int, prefetch: int, rounds: int) -> tuple[
         await bridge_relay(config, 200)
         for _ in range(rounds):
             fill(queue, messages)
-            raws.append(await raw_consume(url, queue, messages, prefetch))
+            raws.append(await timed(raw_consume(url, queue, messages, prefetch), messages))
             fill(queue, messages)
-            relays.append(await bridge_relay(config, messages))
+            relays.append(await timed(bridge_relay(config, messages), messages))
     finally:
         delete(queue)
     return raws, relays
@@ -179,13 +227,27 @@ async def main() -> None:
     table = Table(title=title)
     for column in ("transport", "raw consume msg/s", "bridge → Kafka msg/s", "ratio", "ratio per round"):
         table.add_column(column, justify="right")
+    cpu_table = Table(title="CPU µs per message (median of the rounds)")
+    for column in ("transport", "raw: consumer", "RabbitMQ", "Kafka", "bridge: bridge", "RabbitMQ", "Kafka"):
+        cpu_table.add_column(column, justify="right")
     for name, url in TRANSPORTS.items():
         with console.status(f"{name}: {args.rounds} rounds"):
             raws, relays = await measure(url, args.messages, args.prefetch, args.rounds)
-        raw, relay = statistics.median(raws), statistics.median(relays)
-        per_round = " ".join(f"{b / r:.2f}" for r, b in zip(raws, relays, strict=True))
+        raw, relay = statistics.median(r.rate for r in raws), statistics.median(r.rate for r in relays)
+        per_round = " ".join(f"{b.rate / r.rate:.2f}" for r, b in zip(raws, relays, strict=True))
         table.add_row(name, f"{raw:,.0f}", f"{relay:,.0f}", f"{relay / raw:.2f}", per_round)
+        cpu_table.add_row(name, *cpu_cells(raws), *cpu_cells(relays))
     console.print(table)
+    console.print(cpu_table)
+
+
+def cpu_cells(rounds: list[Round]) -> list[str]:
+    """Median CPU µs per message of the consumer, RabbitMQ and Kafka over the rounds."""
+    cells = []
+    for name in ("self", "rabbitmq", "kafka"):
+        values = [v for r in rounds if (v := r.cpu[name]) is not None]
+        cells.append(f"{statistics.median(values):.1f}" if values else "-")
+    return cells
 
 
 if __name__ == "__main__":
