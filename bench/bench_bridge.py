@@ -222,13 +222,14 @@ async def main() -> None:
     parser.add_argument("--prefetch", type=int, default=1000)
     parser.add_argument("--rounds", type=int, default=3, help="alternating raw/bridge rounds per transport; medians compared")
     args = parser.parse_args()
-    console = Console()
+    console = Console(width=max(Console().width, 132))  # the CPU table needs the room
     title = f"bridge vs raw consume, {args.messages:,} messages, prefetch {args.prefetch}, median of {args.rounds} rounds"
     table = Table(title=title)
     for column in ("transport", "raw consume msg/s", "bridge → Kafka msg/s", "ratio", "ratio per round"):
         table.add_column(column, justify="right")
     cpu_table = Table(title="CPU µs per message (median of the rounds)")
-    for column in ("transport", "raw: consumer", "RabbitMQ", "Kafka", "bridge: bridge", "RabbitMQ", "Kafka"):
+    for column in ("transport", "raw: consumer", "RabbitMQ", "Kafka", "bridge: bridge", "RabbitMQ", "Kafka",
+                   "ratio by CPU", "ceiling"):
         cpu_table.add_column(column, justify="right")
     for name, url in TRANSPORTS.items():
         with console.status(f"{name}: {args.rounds} rounds"):
@@ -236,19 +237,36 @@ async def main() -> None:
         raw, relay = statistics.median(r.rate for r in raws), statistics.median(r.rate for r in relays)
         per_round = " ".join(f"{b.rate / r.rate:.2f}" for r, b in zip(raws, relays, strict=True))
         table.add_row(name, f"{raw:,.0f}", f"{relay:,.0f}", f"{relay / raw:.2f}", per_round)
-        cpu_table.add_row(name, *cpu_cells(raws), *cpu_cells(relays))
+        raw_cpu, relay_cpu = median_cpu(raws), median_cpu(relays)
+        cpu_table.add_row(name, *cells(raw_cpu), *cells(relay_cpu), *cpu_ratios(raw_cpu, relay_cpu))
     console.print(table)
     console.print(cpu_table)
 
 
-def cpu_cells(rounds: list[Round]) -> list[str]:
+def median_cpu(rounds: list[Round]) -> dict[str, float | None]:
     """Median CPU µs per message of the consumer, RabbitMQ and Kafka over the rounds."""
-    cells = []
+    medians: dict[str, float | None] = {}
     for name in ("self", "rabbitmq", "kafka"):
         values = [v for r in rounds if (v := r.cpu[name]) is not None]
-        cells.append(f"{statistics.median(values):.1f}" if values else "-")
-    return cells
+        medians[name] = statistics.median(values) if values else None
+    return medians
 
+
+def cells(cpu: dict[str, float | None]) -> list[str]:
+    return [f"{cpu[name]:.1f}" if cpu[name] is not None else "-" for name in ("self", "rabbitmq", "kafka")]
+
+
+def cpu_ratios(raw: dict[str, float | None], relay: dict[str, float | None]) -> list[str]:
+    """When every core is busy (both sides here), the rates stand as the machine's CPU per
+    message: "ratio by CPU" is raw total / bridge total; "ceiling" is that ratio if the
+    bridge itself cost no more than the raw consumer, i.e. what the brokers' share of
+    the cores leaves attainable."""
+    if None in raw.values() or None in relay.values():
+        return ["-", "-"]
+    raw_total = sum(raw.values())  # type: ignore[arg-type]
+    relay_total = sum(relay.values())  # type: ignore[arg-type]
+    free_bridge_total = relay_total - relay["self"] + raw["self"]  # type: ignore[operator]
+    return [f"{raw_total / relay_total:.2f}", f"{raw_total / free_bridge_total:.2f}"]
 
 if __name__ == "__main__":
     asyncio.run(main())
