@@ -2,17 +2,53 @@
 
 from __future__ import annotations
 
+import asyncio
+import logging
+import os
+
 import pytest
+from aiokafka.admin import AIOKafkaAdminClient
 
 from tests.support.services import KAFKA_BOOTSTRAP, RABBITMQ, RabbitMQEndpoints, kafka_broker, rabbitmq_broker
 
 
 @pytest.fixture(scope="session")
-def kafka_bootstrap() -> str:
-    """Bootstrap address of the local Kafka, started if it is not running."""
+def kafka_bootstrap(request):
+    """Bootstrap address of the local Kafka, started if it is not running.
+
+    The topics the session creates are deleted at its end if every test passed (a failed
+    run keeps them to be read; ``USYNC_KEEP_TOPICS=1`` keeps them always): tens of
+    thousands of partitions, after many runs, slow the broker down for everything."""
     if not kafka_broker.is_running():
         kafka_broker.start()
-    return KAFKA_BOOTSTRAP
+    before = asyncio.run(_topics())
+    yield KAFKA_BOOTSTRAP
+    if request.session.testsfailed or os.environ.get("USYNC_KEEP_TOPICS") or not kafka_broker.is_running():
+        return
+    try:
+        created = asyncio.run(_topics()) - before
+        asyncio.run(_delete_topics(sorted(created)))
+    except Exception as exc:  # housekeeping: never a reason for the run to fail
+        logging.getLogger("tests").warning("could not delete the session's topics: %r", exc)
+
+
+async def _topics() -> set[str]:
+    admin = AIOKafkaAdminClient(bootstrap_servers=KAFKA_BOOTSTRAP, request_timeout_ms=30_000)
+    await admin.start()
+    try:
+        return {t for t in await admin.list_topics() if not t.startswith("__")}
+    finally:
+        await admin.close()
+
+
+async def _delete_topics(names: list[str]) -> None:
+    admin = AIOKafkaAdminClient(bootstrap_servers=KAFKA_BOOTSTRAP, request_timeout_ms=60_000)
+    await admin.start()
+    try:
+        for start in range(0, len(names), 200):
+            await admin.delete_topics(names[start:start + 200])
+    finally:
+        await admin.close()
 
 
 @pytest.fixture(scope="session")
