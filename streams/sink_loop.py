@@ -26,6 +26,7 @@ from streams.config import Config
 from streams.kafka import Stage, client_options, close_quietly
 from streams.retry import Backoff
 from streams.sink import Sink, request_decoder
+from streams.transport import FETCH_MAX_WAIT_MS
 
 log = logging.getLogger("usync.sink")
 
@@ -65,6 +66,7 @@ class SinkLoop(Stage):
         consumer = AIOKafkaConsumer(
             **client_options(self.config), group_id=self.group_id, enable_auto_commit=False,
             auto_offset_reset="earliest", session_timeout_ms=10_000, heartbeat_interval_ms=1_000,
+            fetch_max_wait_ms=FETCH_MAX_WAIT_MS,  # see streams.transport: no idling on a long poll
         )
         consumer.subscribe([self.topic], listener=_FinishBeforeRevoke(self._busy))
         try:
