@@ -18,7 +18,7 @@ pytestmark = [pytest.mark.services, pytest.mark.disruptive]
 
 # A short request timeout makes the outage outlast it many times over; the recovery
 # delay holds the second worker's restore back long enough for Kafka to be stopped first.
-KAFKA_EXTRA = "request_timeout = 10.0\nrecovery_delay = 8.0\n"
+KAFKA_EXTRA = "request_timeout = 10.0\nrecovery_delay = 12.0\n"
 
 
 async def tables_state(worker) -> str | None:
