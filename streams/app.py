@@ -33,7 +33,6 @@ import faust
 import faust.web
 import mode
 import msgspec
-from aiokafka.errors import KafkaError
 from faust.types import EventT
 
 from streams import transport
@@ -43,12 +42,11 @@ from streams.core import (
     row_key,
 )
 from streams.kafka import by_link_topic as by_link_topic_name
-from streams.kafka import RecordSender, client_options
+from streams.kafka import RecordSender, client_options, until_kafka_answers
 from streams.kafka import corrections_topic as corrections_topic_name
 from streams.metrics import Metrics
 from streams.reconciler import jittered, reconcile_pass
-from streams.recovery import PatientTableManager
-from streams.retry import Backoff
+from streams.recovery import PatientRecovery, PatientTableManager
 from streams.router import Router, unpack
 from streams.sink import CorrectionRequest, Sink, lookup_envelope, request_encoder
 from streams.sink_loop import SinkLoop
@@ -226,15 +224,10 @@ def create_app(config: Config, *, store: str = "rocksdb", web_port: int | None =
         )
         key, value = request.key.encode(), request_encoder.encode(request)
         metrics.corrections.labels(row.link).inc()
-        backoff = Backoff()
-        while True:
-            try:
-                await (await corrections_topic.send(key=key, value=value))
-                return
-            except KafkaError as exc:
-                delay = backoff.next_delay()
-                log.warning("correction request for %s not sent (%s); again in %.1f s", request.key, exc, delay)
-                await asyncio.sleep(delay)
+
+        async def send() -> None:
+            await (await corrections_topic.send(key=key, value=value))
+        await until_kafka_answers(send, f"correction request for {request.key}")
 
     raised_again: dict[str, int] = {}  # row key -> the newest fact it was raised again for
 
@@ -359,8 +352,8 @@ def held_back_unless_done(batch: list[EventT]) -> Iterator[None]:
 def _tables_state(app: faust.App) -> str:
     """``ready``, ``recovering`` (restoring from the changelogs after a rebalance) or
     ``waiting-for-kafka`` (that restore cannot reach Kafka and keeps asking)."""
-    recovery = app.tables.recovery
-    if getattr(recovery, "waiting_for_kafka", False):
+    recovery: PatientRecovery = app.tables.recovery  # type: ignore[assignment]
+    if recovery.waiting_for_kafka:
         return "waiting-for-kafka"
     return "recovering" if app.in_recovery else "ready"
 

@@ -6,16 +6,35 @@ from __future__ import annotations
 import asyncio
 import logging
 import ssl
-from typing import Any
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
 
 from aiokafka import AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-from aiokafka.errors import TopicAlreadyExistsError
+from aiokafka.errors import KafkaError, TopicAlreadyExistsError
 
 from streams.config import Config
 from streams.retry import Backoff
 
 log = logging.getLogger("usync.kafka")
+
+T = TypeVar("T")
+
+
+async def until_kafka_answers(attempt: Callable[[], Awaitable[T]], what: str, *,
+                              cap: float = Backoff.cap, on_retry: Callable[[], None] | None = None) -> T:
+    """``attempt()`` again, with backoff and jitter, until Kafka lets it succeed; never gives up.
+    ``what`` names the attempt in the log; ``on_retry`` runs after each failure."""
+    backoff = Backoff(cap=cap)
+    while True:
+        try:
+            return await attempt()
+        except (KafkaError, asyncio.TimeoutError) as exc:
+            delay = backoff.next_delay()
+            log.warning("%s failed (%s: %s); again in %.1f s", what, type(exc).__name__, exc, delay)
+            if on_retry is not None:
+                on_retry()
+            await asyncio.sleep(delay)
 
 # The events, DLQ and outcomes topics are the audit log and the replay source:
 # nothing is ever deleted by age or size unless the operator says so.

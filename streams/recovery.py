@@ -12,16 +12,14 @@ long as it takes, and a step no longer has a deadline of its own.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from aiokafka.errors import KafkaError
 from faust.tables import TableManager
 from faust.tables.recovery import Recovery
 
-from streams.retry import Backoff
+from streams.kafka import until_kafka_answers
 
 log = logging.getLogger("usync.recovery")
 
@@ -49,21 +47,14 @@ class PatientRecovery(Recovery):
                                         f"{title} changelogs' earliest offsets")
 
     async def _until_kafka_answers(self, query: Callable[[], Awaitable[None]], what: str) -> None:
-        backoff = Backoff(cap=RETRY_CAP_SECONDS)
-        while True:
-            try:
-                await query()
-            except (KafkaError, asyncio.TimeoutError) as exc:
-                delay = backoff.next_delay()
-                self.waiting_for_kafka = True
-                log.warning("Table recovery could not read the %s (%s: %s); asking again in %.1f s",
-                            what, type(exc).__name__, exc, delay)
-                await asyncio.sleep(delay)
-            else:
-                if self.waiting_for_kafka:
-                    log.info("Table recovery read the %s: Kafka answers again", what)
-                self.waiting_for_kafka = False
-                return
+        await until_kafka_answers(query, f"Table recovery reading the {what}", cap=RETRY_CAP_SECONDS,
+                                  on_retry=self._waiting)
+        if self.waiting_for_kafka:
+            log.info("Table recovery read the %s: Kafka answers again", what)
+            self.waiting_for_kafka = False
+
+    def _waiting(self) -> None:
+        self.waiting_for_kafka = True
 
 
 class PatientTableManager(TableManager):

@@ -47,7 +47,7 @@ async def test_kafka_outage_during_table_recovery(setup, bridge, brokers):
     try:
         waiting = await until(lambda: _any_waiting(first, second), 90, "a worker to wait for Kafka in its restore")
         # the outage now outlasts the request timeout: faust alone would have exited here
-        await until(lambda: waiting.log_text().count("Table recovery could not read") >= 2, 60,
+        await until(lambda: waiting.log_text().count("Table recovery reading the") >= 2, 60,
                     "a second attempt of the restore")
     finally:
         await asyncio.to_thread(brokers["kafka"].start)
