@@ -81,22 +81,24 @@ async def close_quietly(client: Any, what: str) -> None:
         log.debug("%s: closing: %s", what, exc)
 
 
-class RecordSender:
-    """Sends single records and returns once Kafka acknowledged each: the sink's facts
-    and outcomes. Batches up to a megabyte per partition, so that many concurrent
-    senders share produce requests instead of waiting for small batches to drain."""
+class ReplaceableProducer:
+    """An idempotent acks=all producer that a failed send replaces with a new one.
 
-    BATCH_BYTES = 1024 * 1024
+    After an outage an idempotent producer can be left answering
+    OutOfOrderSequenceNumber to every send; a new producer (new producer id) is always
+    safe. However many concurrent sends saw the old one fail, it is replaced once.
+    """
 
-    def __init__(self, options: dict[str, Any], linger_ms: int = 5) -> None:
+    def __init__(self, options: dict[str, Any], what: str, **settings: Any) -> None:
         self._options = options
-        self._linger_ms = linger_ms
+        self._what = what
+        self._settings = settings
         self._producer: AIOKafkaProducer | None = None
         self._started = asyncio.Event()
+        self._replacing = asyncio.Lock()
 
     async def start(self) -> None:
-        self._producer = await start_producer(self._options, "record", linger_ms=self._linger_ms,
-                                              max_batch_size=self.BATCH_BYTES, max_request_size=4 * self.BATCH_BYTES)
+        self._producer = await start_producer(self._options, self._what, **self._settings)
         self._started.set()
 
     async def stop(self) -> None:
@@ -105,27 +107,43 @@ class RecordSender:
             await self._producer.stop()
             self._producer = None
 
-    async def send(self, topic: str, key: bytes, value: bytes) -> None:
-        """Send; return once acknowledged. Waits for :meth:`start` (Kafka may still be down).
-        A failed send raises, and the producer is replaced: after an outage an idempotent
-        producer can be left answering OutOfOrderSequenceNumber to every send."""
+    async def current(self) -> AIOKafkaProducer:
+        """The producer to send on; waits for :meth:`start` (Kafka may still be down)."""
         while self._producer is None:
             await self._started.wait()
-        producer = self._producer
+        return self._producer
+
+    async def replace(self, failed: AIOKafkaProducer) -> None:
+        """Start a new producer in place of ``failed``, unless a concurrent send already did."""
+        async with self._replacing:
+            if self._producer is not failed:
+                return
+            self._started.clear()
+            self._producer = None
+            log.warning("%s producer: a send failed; starting a new producer", self._what)
+            await close_quietly(failed, f"{self._what} producer")
+            await self.start()
+
+
+class RecordSender(ReplaceableProducer):
+    """Sends single records and returns once Kafka acknowledged each: the sink's facts
+    and outcomes. Batches up to a megabyte per partition, so that many concurrent
+    senders share produce requests instead of waiting for small batches to drain."""
+
+    BATCH_BYTES = 1024 * 1024
+
+    def __init__(self, options: dict[str, Any], linger_ms: int = 5) -> None:
+        super().__init__(options, "record", linger_ms=linger_ms, max_batch_size=self.BATCH_BYTES,
+                         max_request_size=4 * self.BATCH_BYTES)
+
+    async def send(self, topic: str, key: bytes, value: bytes) -> None:
+        """Send; return once acknowledged. A failed send raises, and the producer is replaced."""
+        producer = await self.current()
         try:
             await (await producer.send(topic, value, key=key))
         except Exception:
-            await self._replace(producer)
+            await self.replace(producer)
             raise
-
-    async def _replace(self, failed: AIOKafkaProducer) -> None:
-        if self._producer is not failed:
-            return  # a concurrent send already replaced it
-        self._started.clear()
-        self._producer = None
-        log.warning("record producer: a send failed; starting a new producer")
-        await close_quietly(failed, "record producer")
-        await self.start()
 
 
 class Stage:

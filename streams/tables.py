@@ -28,7 +28,7 @@ from faust.streams import _current_event  # the ContextVar faust sets per event
 from faust.types import TP
 
 from streams.core import Pending, Row, TableState
-from streams.kafka import close_quietly, start_producer
+from streams.kafka import ReplaceableProducer
 from streams.retry import Backoff
 
 log = logging.getLogger("usync.tables")
@@ -207,29 +207,14 @@ class ChangelogWriter:
     """
 
     def __init__(self, options: dict[str, Any]) -> None:
-        self._options = options
-        self._producer: AIOKafkaProducer | None = None
-        self._replacing = asyncio.Lock()
+        self._producer = ReplaceableProducer(options, "changelog", max_batch_size=BATCH_BYTES,
+                                             max_request_size=4 * BATCH_BYTES)
 
     async def start(self) -> None:
-        self._producer = await start_producer(self._options, "changelog", max_batch_size=BATCH_BYTES,
-                                              max_request_size=4 * BATCH_BYTES)
+        await self._producer.start()
 
     async def stop(self) -> None:
-        if self._producer is not None:
-            await self._producer.stop()
-            self._producer = None
-
-    async def _replace_producer(self, failed: AIOKafkaProducer | None) -> None:
-        """After an outage an idempotent producer can be left answering
-        OutOfOrderSequenceNumber to every send: start over with a new one (once, however
-        many sends saw it fail)."""
-        async with self._replacing:
-            if self._producer is not failed:
-                return
-            await close_quietly(failed, "changelog producer")
-            self._producer = await start_producer(self._options, "changelog", max_batch_size=BATCH_BYTES,
-                                                  max_request_size=4 * BATCH_BYTES)
+        await self._producer.stop()
 
     def apply(self, table: faust.Table, changes: dict[bytes, bytes | None]) -> None:
         """Write the store (inside :func:`link_partition`: the RocksDB store picks its partition db from it)."""
@@ -242,11 +227,10 @@ class ChangelogWriter:
 
     async def send(self, table: faust.Table, partition: int, changes: dict[bytes, bytes | None]) -> None:
         """Write ``changes`` to the changelog partition; retry until Kafka acknowledged them all."""
-        assert self._producer is not None, "start() first"
         topic = table.changelog_topic.get_topic_name()
         backoff = Backoff()
         while True:
-            producer = self._producer
+            producer = await self._producer.current()
             try:
                 last = await self._send_batches(producer, topic, partition, changes)
                 break
@@ -254,13 +238,12 @@ class ChangelogWriter:
                 delay = backoff.next_delay()
                 log.warning("changelog %s[%d]: %s; re-sending in %.1f s on a new producer", topic, partition, exc, delay)
                 await asyncio.sleep(delay)
-                await self._replace_producer(producer)
+                await self._producer.replace(producer)
         if last is not None:
             table.data.set_persisted_offset(TP(topic, partition), last)
 
-    async def _send_batches(self, producer: AIOKafkaProducer | None, topic: str, partition: int,
+    async def _send_batches(self, producer: AIOKafkaProducer, topic: str, partition: int,
                             changes: dict[bytes, bytes | None]) -> int | None:
-        assert producer is not None
         acks: list[tuple[asyncio.Future, int]] = []
         batch, count = producer.create_batch(), 0
         for key, value in changes.items():

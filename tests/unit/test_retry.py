@@ -1,10 +1,15 @@
-"""The shared retry policy: 1 s doubling to 120 s, jittered, Retry-After honoured."""
+"""The shared retry policy: 1 s doubling to 120 s, jittered, Retry-After honoured; and the
+loop that retries Kafka requests with it."""
 
+import asyncio
 import random
 
+import pytest
+from aiokafka.errors import KafkaConnectionError
 from hypothesis import given
 from hypothesis import strategies as st
 
+from streams.kafka import until_kafka_answers
 from streams.retry import Backoff, backoff_delay
 
 
@@ -39,3 +44,29 @@ def test_reset_starts_over():
         backoff.next_delay()
     backoff.reset()
     assert backoff.next_delay() <= 1.0
+
+
+async def test_until_kafka_answers_retries_kafka_failures_and_returns_the_answer():
+    failures = [KafkaConnectionError("broker gone"), asyncio.TimeoutError()]
+    retries: list[int] = []
+
+    async def attempt() -> str:
+        if failures:
+            raise failures.pop(0)
+        return "acknowledged"
+
+    answer = await until_kafka_answers(attempt, "test send", cap=0.01, on_retry=lambda: retries.append(1))
+    assert answer == "acknowledged"
+    assert len(retries) == 2
+
+
+async def test_until_kafka_answers_lets_other_errors_through():
+    calls: list[int] = []
+
+    async def attempt() -> None:
+        calls.append(1)
+        raise ValueError("a bug, not an outage")
+
+    with pytest.raises(ValueError):
+        await until_kafka_answers(attempt, "test send", cap=0.01)
+    assert calls == [1]

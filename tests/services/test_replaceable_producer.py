@@ -1,0 +1,35 @@
+"""A producer that failed is replaced once, however many sends saw it fail (real Kafka)."""
+
+import asyncio
+import uuid
+
+import pytest
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+
+from streams.kafka import RecordSender
+
+pytestmark = pytest.mark.services
+
+
+async def test_concurrent_failures_replace_the_producer_once_and_sends_go_on(kafka_bootstrap):
+    topic = f"usync-test-replace-{uuid.uuid4().hex[:8]}"
+    admin = AIOKafkaAdminClient(bootstrap_servers=kafka_bootstrap)
+    await admin.start()
+    try:
+        await admin.create_topics([NewTopic(topic, 1, 1)])
+    finally:
+        await admin.close()
+    sender = RecordSender({"bootstrap_servers": kafka_bootstrap})
+    await sender.start()
+    try:
+        failed = await sender.current()
+        await sender.send(topic, b"k", b"before")
+        # Three sends that saw the same producer fail each ask for a replacement.
+        await asyncio.gather(*(sender.replace(failed) for _ in range(3)))
+        replacement = await sender.current()
+        assert replacement is not failed
+        await sender.replace(failed)  # a late report about the old producer changes nothing
+        assert await sender.current() is replacement
+        await sender.send(topic, b"k", b"after")  # acknowledged by Kafka on the new producer
+    finally:
+        await sender.stop()
