@@ -18,8 +18,9 @@ burst of load from elsewhere on the machine does not land on one side only.
 On a small machine the brokers share the cores with the consumer, so the rates say as
 much about RabbitMQ and Kafka as about the bridge. Each round therefore also records the
 CPU time per message of the consuming process, of RabbitMQ and of Kafka (from their
-pid files under ``.local/``, when the brokers are the local ones): the consumer's own
-CPU per message is the figure the machine's other load does not bend.
+pid files under ``.local/``, when the brokers are the local ones), read at the same
+instants as the clock, so connecting, starting the producer and closing are left out:
+the consumer's own CPU per message is the figure the machine's other load does not bend.
 
     .local/venv/bin/python bench/bench_bridge.py [--messages 20000] [--rounds 3]
 """
@@ -79,17 +80,32 @@ class Round:
     cpu: dict[str, float | None]  # CPU µs per message: "self", "rabbitmq", "kafka"
 
 
-async def timed(run, count: int) -> Round:
-    """Run one round; the rate it returns, and the CPU each party spent on it per message."""
-    pids = broker_pids()
-    before = {"self": time.process_time(), **{name: process_cpu(pid) for name, pid in pids.items()}}
-    rate = await run
-    after = {"self": time.process_time(), **{name: process_cpu(pid) for name, pid in pids.items()}}
-    cpu: dict[str, float | None] = {}
-    for name in ("self", "rabbitmq", "kafka"):
-        b, a = before.get(name), after.get(name)
-        cpu[name] = None if a is None or b is None else (a - b) / count * 1e6
-    return Round(rate, cpu)
+def cpu_now(pids: dict[str, int]) -> dict[str, float | None]:
+    """CPU seconds so far of this process and of each broker."""
+    return {"self": time.process_time(), **{name: process_cpu(pid) for name, pid in pids.items()}}
+
+
+class Window:
+    """The timed part of a round: wall clock and everyone's CPU, read at its start and end."""
+
+    def __init__(self) -> None:
+        self.pids = broker_pids()
+        self.started = self.ended = 0.0
+        self.cpu_started: dict[str, float | None] = {}
+        self.cpu_ended: dict[str, float | None] = {}
+
+    def start(self) -> None:
+        self.started, self.cpu_started = time.perf_counter(), cpu_now(self.pids)
+
+    def end(self) -> None:
+        self.ended, self.cpu_ended = time.perf_counter(), cpu_now(self.pids)
+
+    def round(self, count: int) -> Round:
+        cpu: dict[str, float | None] = {}
+        for name in ("self", "rabbitmq", "kafka"):
+            b, a = self.cpu_started.get(name), self.cpu_ended.get(name)
+            cpu[name] = None if a is None or b is None else (a - b) / count * 1e6
+        return Round(count / (self.ended - self.started), cpu)
 
 
 def fill(queue: str, count: int) -> None:
@@ -113,19 +129,20 @@ def delete(queue: str) -> None:
         connection.channel().queue_delete(queue)
 
 
-async def raw_consume(url: str, queue: str, count: int, prefetch: int) -> float:
+async def raw_consume(url: str, queue: str, count: int, prefetch: int) -> Round:
     source = open_source(url, "guest", "guest", "/")
     await source.connect()
     await source.subscribe(queue, prefetch)
-    started, seen = time.perf_counter(), 0
+    window, seen = Window(), 0
+    window.start()
     async for message in source.messages():
         await source.ack(message)
         seen += 1
         if seen == count:
             break
-    elapsed = time.perf_counter() - started
+    window.end()
     await source.close()
-    return count / elapsed
+    return window.round(count)
 
 
 def bridge_config(url: str, queue: str, prefetch: int) -> Config:
@@ -167,31 +184,31 @@ async def prepare_topics(config: Config) -> None:
         await outlet.stop()
 
 
-async def bridge_relay(config: Config, count: int) -> float:
+async def bridge_relay(config: Config, count: int) -> Round:
     bridge = Bridge(config, health_port=0)
-    loop = asyncio.get_running_loop()
-    started: list[float] = []
-    done = loop.create_future()
+    window = Window()
+    done = asyncio.get_running_loop().create_future()
     health_set, relayed = bridge.health.set, bridge.metrics.relayed.labels("b")
     relayed_inc = relayed.inc
 
     def on_health(name: str, state: str, detail: str = "") -> None:
         health_set(name, state, detail)
-        if not started and bridge.health.ready:
-            started.append(time.perf_counter())
+        if not window.started and bridge.health.ready:
+            window.start()
 
     def on_relayed(amount: float = 1) -> None:
         relayed_inc(amount)
         if relayed._value.get() >= count and not done.done():
-            done.set_result(time.perf_counter())
+            window.end()
+            done.set_result(None)
 
     bridge.health.set = on_health  # type: ignore[method-assign]
     relayed.inc = on_relayed  # type: ignore[method-assign]
     task = asyncio.create_task(bridge.run(install_signal_handlers=False))
-    finished = await done
+    await done
     bridge.stop()
     await task
-    return count / (finished - started[0])
+    return window.round(count)
 
 
 async def measure(url: str, messages: int, prefetch: int, rounds: int) -> tuple[list[Round], list[Round]]:
@@ -208,9 +225,9 @@ async def measure(url: str, messages: int, prefetch: int, rounds: int) -> tuple[
         await bridge_relay(config, 200)
         for _ in range(rounds):
             fill(queue, messages)
-            raws.append(await timed(raw_consume(url, queue, messages, prefetch), messages))
+            raws.append(await raw_consume(url, queue, messages, prefetch))
             fill(queue, messages)
-            relays.append(await timed(bridge_relay(config, messages), messages))
+            relays.append(await bridge_relay(config, messages))
     finally:
         delete(queue)
     return raws, relays
