@@ -22,7 +22,7 @@ pid files under ``.local/``, when the brokers are the local ones), read at the s
 instants as the clock, so connecting, starting the producer and closing are left out:
 the consumer's own CPU per message is the figure the machine's other load does not bend.
 
-    .local/venv/bin/python bench/bench_bridge.py [--messages 20000] [--rounds 3]
+    .local/venv/bin/python bench/bench_bridge.py [--messages 20000] [--rounds 3] [--transport amqp]
 """
 
 from __future__ import annotations
@@ -238,6 +238,8 @@ async def main() -> None:
     parser.add_argument("--messages", type=int, default=20_000)
     parser.add_argument("--prefetch", type=int, default=1000)
     parser.add_argument("--rounds", type=int, default=3, help="alternating raw/bridge rounds per transport; medians compared")
+    parser.add_argument("--transport", choices=list(TRANSPORTS), action="append",
+                        help="measure only this transport (repeatable); all three by default")
     args = parser.parse_args()
     console = Console(width=max(Console().width, 132))  # the CPU table needs the room
     title = f"bridge vs raw consume, {args.messages:,} messages, prefetch {args.prefetch}, median of {args.rounds} rounds"
@@ -248,7 +250,8 @@ async def main() -> None:
     for column in ("transport", "raw: consumer", "RabbitMQ", "Kafka", "bridge: bridge", "RabbitMQ", "Kafka",
                    "ratio by CPU", "ceiling"):
         cpu_table.add_column(column, justify="right")
-    for name, url in TRANSPORTS.items():
+    for name in args.transport or list(TRANSPORTS):
+        url = TRANSPORTS[name]
         with console.status(f"{name}: {args.rounds} rounds"):
             raws, relays = await measure(url, args.messages, args.prefetch, args.rounds)
         raw, relay = statistics.median(r.rate for r in raws), statistics.median(r.rate for r in relays)
