@@ -232,15 +232,6 @@ class Batches(Generic[T]):
             if everything or where not in outstanding:
                 await self._send(where, on_delivered)
 
-    def linger_left(self, linger: float) -> float:
-        """Seconds until the oldest open batch that can be sent now (its partition has no
-        batch with the producer) has lingered ``linger`` since its first record; 0 if none."""
-        outstanding = self._outstanding
-        opened = [batch.opened for where, batch in self.open.items() if where not in outstanding]
-        if not opened:
-            return 0.0
-        return max(0.0, linger - (time.perf_counter() - min(opened)))
-
     async def _send(self, where: tuple[str, int], on_delivered: Delivered) -> None:
         # The reader and the flusher both send: the other may have taken this batch already.
         batch = self.open.pop(where, None)

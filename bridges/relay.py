@@ -36,13 +36,9 @@ log = logging.getLogger("usync.bridge")
 # Credentials rejected is rarely fixed by the next attempt: retry, but more slowly.
 AUTH_BACKOFF_BASE = 15.0
 # Records go to Kafka when this many are gathered, or this long after the first of them
-# (while Kafka still has the partition's previous batch, once it acknowledged that one).
-# Kafka spends 150-300 µs of CPU per produce request whatever its size, so a batch of
-# 10-30 records costs the broker 5-30 µs per record and one of 100+ about 2 µs; the
-# linger is what makes a moderate stream fill batches instead of sending one per round
-# trip (Kafka 4's producers linger 5 ms by default for the same reason).
+# (or, while Kafka still has the partition's previous batch, once it acknowledged it).
 FLUSH_RECORDS = 500
-LINGER_SECONDS = 0.005
+LINGER_SECONDS = 0.002
 
 
 @dataclass
@@ -174,6 +170,7 @@ class _Pump:
         self.drained.set()
         self.batches = relay.outlet.batches()
         self.unsent = asyncio.Event()
+        self.unblocked = False  # a partition's batch was acknowledged: send its next one now
         self.closed = False
 
     async def run(self) -> None:
@@ -231,12 +228,13 @@ class _Pump:
     async def _flush_loop(self) -> None:
         """Send what the reader gathered once it has lingered: batches, not records, go to
         Kafka. A partition whose previous batch Kafka has not acknowledged yet keeps
-        gathering; once acknowledged, its next batch goes out as soon as that batch has
-        lingered (at once if the round trip took longer than the linger)."""
+        gathering; its acknowledgement sends the next batch without a linger."""
         while True:
             await self.unsent.wait()
+            if not self.unblocked:
+                await asyncio.sleep(LINGER_SECONDS)
+            self.unblocked = False
             self.unsent.clear()
-            await asyncio.sleep(self.batches.linger_left(LINGER_SECONDS))
             await self._flush(everything=False)
 
     async def _flush(self, everything: bool = True) -> None:
@@ -271,6 +269,7 @@ class _Pump:
         self.delivered.extend(messages)
         self.wake_acker.set()
         if self.batches.open:
+            self.unblocked = True
             self.unsent.set()
 
     async def _ack_loop(self) -> None:
