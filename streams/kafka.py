@@ -36,6 +36,7 @@ async def until_kafka_answers(attempt: Callable[[], Awaitable[T]], what: str, *,
                 on_retry()
             await asyncio.sleep(delay)
 
+
 # The events, DLQ and outcomes topics are the audit log and the replay source:
 # nothing is ever deleted by age or size unless the operator says so.
 UNLIMITED = {"retention.ms": "-1", "retention.bytes": "-1"}
@@ -95,7 +96,6 @@ class ReplaceableProducer:
         self._settings = settings
         self._producer: AIOKafkaProducer | None = None
         self._started = asyncio.Event()
-        self._replacing = asyncio.Lock()
 
     async def start(self) -> None:
         self._producer = await start_producer(self._options, self._what, **self._settings)
@@ -114,15 +114,15 @@ class ReplaceableProducer:
         return self._producer
 
     async def replace(self, failed: AIOKafkaProducer) -> None:
-        """Start a new producer in place of ``failed``, unless a concurrent send already did."""
-        async with self._replacing:
-            if self._producer is not failed:
-                return
-            self._started.clear()
-            self._producer = None
-            log.warning("%s producer: a send failed; starting a new producer", self._what)
-            await close_quietly(failed, f"{self._what} producer")
-            await self.start()
+        """Start a new producer in place of ``failed``, unless a concurrent send already did
+        (the first caller takes ``failed`` out before it awaits anything: no lock needed)."""
+        if self._producer is not failed:
+            return
+        self._started.clear()
+        self._producer = None
+        log.warning("%s producer: a send failed; starting a new producer", self._what)
+        await close_quietly(failed, f"{self._what} producer")
+        await self.start()
 
 
 class RecordSender(ReplaceableProducer):

@@ -193,6 +193,17 @@ def usernames(site: Any, offering: Any) -> dict[str, str]:
     return {site.store.users[ou.user].username: ou.username or "" for ou in site.offering_users(offering)}
 
 
+async def bridge_and_worker(s: Setup, bridge: Callable[[Config], Awaitable[Any]], path: Path,
+                            *worker_args: str) -> tuple[Any, WorkerProcess]:
+    """The in-process bridge (the ``bridge`` fixture) and a first worker for the config at
+    ``path``, once the worker answers and the bridge is subscribed on both sites."""
+    b = await bridge(s.config(path))
+    worker = s.start_worker(path, *worker_args)
+    await worker.ready()
+    await until(lambda: bridge_ready(b, 2), 30, "the bridge's subscriptions")
+    return b, worker
+
+
 def bridge_ready(bridge: Any, relays: int) -> bool:
     """Every site's relay is subscribed (events published from now on reach Kafka)."""
     return len(bridge.health.components) >= relays and bridge.health.ready

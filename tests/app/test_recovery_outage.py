@@ -12,7 +12,7 @@ import asyncio
 
 import pytest
 
-from tests.app.harness import LinkSpec, bridge_ready, until, usernames
+from tests.app.harness import LinkSpec, bridge_and_worker, until, usernames
 
 pytestmark = [pytest.mark.services, pytest.mark.disruptive]
 
@@ -31,10 +31,7 @@ async def test_kafka_outage_during_table_recovery(setup, bridge, brokers):
     n = 12
     pairs = {f"r{i:02d}": s.add_user(f"r{i:02d}") for i in range(n)}
     path = s.write_config([LinkSpec("hpc", s.offering_a, s.offering_b)], kafka_extra=KAFKA_EXTRA)
-    b = await bridge(s.config(path))
-    first = s.start_worker(path)
-    await first.ready()
-    await until(lambda: bridge_ready(b, 2), 30, "the bridge's subscriptions")
+    _, first = await bridge_and_worker(s, bridge, path)
     for name, (_, b_ou) in pairs.items():
         s.b.set_username(b_ou, f"{name}_b")
     want = {name: f"{name}_b" for name in pairs}

@@ -6,17 +6,14 @@ import asyncio
 import json
 import subprocess
 
-from tests.app.harness import USYNC, LinkSpec, bridge_ready, until, usernames
+from tests.app.harness import USYNC, LinkSpec, bridge_and_worker, until, usernames
 
 
 async def test_replay_reproduces_the_live_table(setup, bridge):
     s = setup
     pairs = {f"r{i}": s.add_user(f"r{i}") for i in range(5)}
     path = s.write_config([LinkSpec("hpc", s.offering_a, s.offering_b)])
-    b = await bridge(s.config(path))
-    worker = s.start_worker(path)
-    await worker.ready()
-    await until(lambda: bridge_ready(b, 2), 30, "the bridge's subscriptions")
+    _, worker = await bridge_and_worker(s, bridge, path)
     for name, (_, b_ou) in pairs.items():
         s.b.set_username(b_ou, f"{name}_b")  # events: update + username_set on B, lookups, PATCHes, A's events
     want = {name: f"{name}_b" for name in pairs}

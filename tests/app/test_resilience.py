@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import msgspec
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 
 from streams.kafka import by_link_topic
 from streams.schema import OutcomeAction, outcome_decoder
 from tests.support.services import KAFKA_BOOTSTRAP
-from tests.app.harness import LinkSpec, bridge_ready, patches, until, usernames
+from tests.app.harness import LinkSpec, bridge_and_worker, patches, until, usernames
 
 RATES = "requests_per_second = 50.0\nburst = 20\nconcurrency = 8\ntimeout = 2.0"
 
@@ -35,10 +34,7 @@ async def test_kill_9_restart_and_a_second_worker(setup, bridge):
     n = 30
     pairs = {f"k{i:02d}": s.add_user(f"k{i:02d}") for i in range(n)}
     path = s.write_config([LinkSpec("hpc", s.offering_a, s.offering_b)], rates=RATES)
-    b = await bridge(s.config(path))
-    first = s.start_worker(path)
-    await first.ready()
-    await until(lambda: bridge_ready(b, 2), 30, "the bridge's subscriptions")
+    _, first = await bridge_and_worker(s, bridge, path)
     s.a.faults.update(latency=0.05)  # slow A down so the kill lands mid-stream
 
     for name, (_, b_ou) in pairs.items():
@@ -130,10 +126,7 @@ async def test_a_lookup_lost_with_its_worker_is_issued_again(setup, bridge):
     worker killed while the lookup fails must not lose it: the next worker asks again."""
     s = setup
     path = s.write_config([LinkSpec("hpc", s.offering_a, s.offering_b)], rates=RATES)
-    b = await bridge(s.config(path))
-    first = s.start_worker(path, "--no-reconcile")  # no snapshot may fill the index behind the lookup's back
-    await first.ready()
-    await until(lambda: bridge_ready(b, 2), 30, "the bridge's subscriptions")
+    _, first = await bridge_and_worker(s, bridge, path, "--no-reconcile")  # no snapshot may fill the index behind the lookup's back
 
     s.b.faults.update(error_rate=1.0, error_statuses=[503], methods=["GET"])  # B cannot be looked up
     a_ou, b_ou = s.add_user("lena")

@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import subprocess
 
-from tests.app.harness import USYNC, LinkSpec, bridge_ready, until, usernames
+from tests.app.harness import USYNC, LinkSpec, bridge_and_worker, until, usernames
 
 FIELDS = ("b_offering_user_uuid", "b_username", "b_state", "a_offering_user_uuid", "a_username", "a_state")
 
@@ -20,10 +20,7 @@ async def test_rocksdb_table_survives_a_restart_and_equals_replay(setup, bridge)
     pairs = {f"k{i}": s.add_user(f"k{i}") for i in range(5)}
     path = s.write_config([LinkSpec("hpc", s.offering_a, s.offering_b)])
     store = ("--store", "rocksdb", "--data-dir", str(s.tmp / "rocksdb"))
-    b = await bridge(s.config(path))
-    worker = s.start_worker(path, *store)
-    await worker.ready()
-    await until(lambda: bridge_ready(b, 2), 30, "the bridge's subscriptions")
+    _, worker = await bridge_and_worker(s, bridge, path, *store)
     for name, (_, b_ou) in pairs.items():
         s.b.set_username(b_ou, f"{name}_b")
     await until(lambda: usernames(s.a, s.offering_a) == {n: f"{n}_b" for n in pairs}, 60, "A to converge")
