@@ -44,10 +44,10 @@ from rich.table import Table
 
 from bridges.app import Bridge
 from bridges.health import Health
-from bridges.kafka import KafkaOutlet
+from bridges.outlet import KafkaOutlet
 from bridges.metrics import BridgeMetrics
-from bridges.source import open_source
-from streams.config import Config, parse_config
+from bridges.transports.registry import open_connection
+from streams.contract.config import Config, parse_config
 
 TRANSPORTS = {"web-stomp": "ws://127.0.0.1:15674/ws", "stomp": "stomp://127.0.0.1:61613", "amqp": "amqp://127.0.0.1:5672"}
 OFFERING = uuid.uuid4().hex
@@ -130,7 +130,7 @@ def delete(queue: str) -> None:
 
 
 async def raw_consume(url: str, queue: str, count: int, prefetch: int) -> Round:
-    source = open_source(url, "guest", "guest", "/")
+    source = open_connection(url, "guest", "guest", "/")
     await source.connect()
     await source.subscribe(queue, prefetch)
     window, seen = Window(), 0

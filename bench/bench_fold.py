@@ -34,15 +34,24 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from streams.config import parse_config  # noqa: E402
-from streams.kafka import RecordSender, client_options, ensure_topics  # noqa: E402
+from streams.contract.config import parse_config
+from streams.adapters.kafka.producers import RecordSender
+from streams.adapters.kafka.client import client_options
+from streams.adapters.kafka.topics import ensure_topics
 from streams.metrics import Metrics  # noqa: E402
 from streams.replay import replay  # noqa: E402
-from streams.schema import (  # noqa: E402
-    Envelope, OfferingUserEvent, OfferingUserRecord, SnapshotPage, Source, envelope_encoder, event_key,
+from streams.contract.schema import (
+    Envelope,
+    OfferingUserEvent,
+    OfferingUserRecord,
+    SnapshotPage,
+    Origin,
+    envelope_encoder,
+    event_key,
 )
-from streams.sink import CorrectionRequest, Sink  # noqa: E402
-from streams.waldur import Clients  # noqa: E402
+from streams.contract.schema import CorrectionRequest
+from streams.stages.correct import Corrector
+from streams.adapters.waldur import Clients
 from streams.worker import tune_gc  # noqa: E402
 
 BOOT = "127.0.0.1:9092"
@@ -85,7 +94,7 @@ async def prefill(config, n_events: int, n_users: int, a_off: str, b_off: str) -
                 chunk = users[start:start + 300]
                 records = [OfferingUserRecord(uuid=u[idx], user_uuid=uuid.uuid4().hex, user_username=u[0],
                                               offering_uuid=off, username=u[0], state="OK") for u in chunk]
-                env = Envelope(event_id=uuid.uuid4().hex, site=site, source=Source.SNAPSHOT, offering_uuid=off,
+                env = Envelope(event_id=uuid.uuid4().hex, site=site, origin=Origin.SNAPSHOT, offering_uuid=off,
                                received_at=now, body=SnapshotPage(snapshot_id="s", offering_uuid=off, states=["OK"],
                                                                   page=page, last=start + 300 >= n_users,
                                                                   total=n_users, users=records))
@@ -95,7 +104,7 @@ async def prefill(config, n_events: int, n_users: int, a_off: str, b_off: str) -
         for i in range(n_events - sent):
             name, a_uuid, b_uuid = users[i % n_users]
             site, off, ou = (("b", b_off, b_uuid) if i % 2 else ("a", a_off, a_uuid))
-            env = Envelope(event_id=uuid.uuid4().hex, site=site, source=Source.STOMP, offering_uuid=off,
+            env = Envelope(event_id=uuid.uuid4().hex, site=site, origin=Origin.STOMP, offering_uuid=off,
                            received_at=now, body=OfferingUserEvent(action="update", offering_user_uuid=ou,
                                                                    user_uuid=uuid.uuid4().hex, username=name, state="OK"))
             futures.append(await producer.send(topic, envelope_encoder.encode(env), key=event_key(site, off).encode()))
@@ -220,7 +229,7 @@ async def sink_bench(n: int) -> SinkFigures:
         async def emit_outcome(key: bytes, value: bytes) -> None:
             await records.send(config.kafka.outcomes_topic, key, value)
 
-        sink = Sink({link.name: link for link in config.links}, clients, metrics, emit_event, emit_outcome)
+        sink = Corrector({link.name: link for link in config.links}, clients, metrics, emit_event, emit_outcome)
         began, cpu_began, sites_began = time.perf_counter(), time.process_time(), cpu_seconds(sites.pid)
         for start in range(0, n, 500):  # the agent's batch size
             await sink.handle_batch(requests[start:start + 500])

@@ -9,11 +9,11 @@ import signal
 
 from aiohttp import web
 
-from streams.config import Config, Secret
-from streams.retry import Backoff
+from streams.contract.config import Config, Secret
+from streams.retry import Backoff, retry_forever
 
 from bridges.health import Health, health_app
-from bridges.kafka import KafkaOutlet
+from bridges.outlet import KafkaOutlet
 from bridges.metrics import BridgeMetrics
 from bridges.registration import register
 from bridges.relay import Credential, SubscriptionRelay
@@ -63,19 +63,15 @@ class Bridge:
         if not site.register:
             return configured_credentials(self.config, site_name)
         token: Secret = self.config.site_token(site_name)
-        backoff = Backoff(rng=self.rng)
         name = f"{site_name}/registration"
-        while True:
-            self.health.set(name, "starting")
-            try:
-                credentials = await register(site_name, site, token, site_offerings(self.config, site_name))
-                self.health.components.pop(name, None)
-                return credentials
-            except Exception as exc:  # API down, refusing, timing out: all retried
-                delay = backoff.next_delay()
-                self.health.set(name, "disconnected", str(exc))
-                log.warning("%s: registration failed (%s); retrying in %.1f s", site_name, exc, delay)
-                await asyncio.sleep(delay)
+        self.health.set(name, "starting")
+        credentials = await retry_forever(  # API down, refusing, timing out: all retried
+            lambda: register(site_name, site, token, site_offerings(self.config, site_name)),
+            f"{site_name}: registration", backoff=Backoff(rng=self.rng), logger=log,
+            on_retry=lambda exc, _delay: self.health.set(name, "disconnected", str(exc)),
+        )
+        self.health.components.pop(name, None)
+        return credentials
 
     async def _run_site(self, site_name: str) -> None:
         site = self.config.sites[site_name]
@@ -110,6 +106,22 @@ class Bridge:
         for relay in self.relays:
             relay.stop()
 
+    async def _until_stopped(self, tasks: list[asyncio.Task]) -> None:
+        """Until :meth:`stop`; a site task that raises (only a bug does) stops the bridge
+        loudly: the others drain, and the exception ends the process for its supervisor."""
+        stopping = asyncio.create_task(self._stopping.wait())
+        pending: set[asyncio.Future] = {stopping, *tasks}
+        while not self._stopping.is_set():
+            done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
+            for task in done:
+                if task is not stopping and not task.cancelled() and task.exception() is not None:
+                    log.critical("%s failed: %r; stopping the bridge", task.get_name(), task.exception())
+                    self.stop()
+                    await asyncio.gather(*(relay_stop_wait(t) for t in tasks if t is not task))
+                    await self.outlet.stop()
+                    raise task.exception()  # type: ignore[misc]
+        stopping.cancel()
+
     async def run(self, install_signal_handlers: bool = True) -> None:
         await self._serve_health()
         if install_signal_handlers:
@@ -118,8 +130,8 @@ class Bridge:
                 loop.add_signal_handler(sig, self.stop)
         sites = [name for name, site in self.config.sites.items() if site.broker_url]
         log.info("bridge starting for sites %s", ", ".join(sites))
-        tasks = [asyncio.create_task(self._run_site(name)) for name in sites]
-        await self._stopping.wait()
+        tasks = [asyncio.create_task(self._run_site(name), name=f"site {name}") for name in sites]
+        await self._until_stopped(tasks)
         await asyncio.gather(*(relay_stop_wait(t) for t in tasks))
         await self.outlet.stop()
         if self._runner is not None:

@@ -15,20 +15,20 @@ from typing import Any, Final, NamedTuple
 
 import msgspec
 
-from streams.schema import (
+from streams.contract.schema import (
     SCHEMA_VERSION,
     DeadLetter,
     Envelope,
     OfferingUserEvent,
     PayloadError,
-    Source,
+    Origin,
     decode_payload,
     envelope_encoder,
     fallback_event_id,
     normalize_uuid,
 )
 
-from bridges.source import BrokerMessage
+from bridges.transports.base import BrokerMessage
 
 # subscription_{subscription_uuid}_offering_{offering_uuid}_{object_type}
 _SUBSCRIPTION_QUEUE: Final = re.compile(r"^subscription_[0-9a-f]{32}_offering_(?P<offering>[0-9a-f]{32})_(?P<type>.+)$")
@@ -118,7 +118,7 @@ def fast_decode_payload(raw: bytes) -> Any:
 
 
 class _QueueParts(NamedTuple):
-    """What every record of one (site, transport, queue) shares, computed once."""
+    """What every record of one (site, origin, queue) shares, computed once."""
 
     offering: str | None  # from a subscription-style queue name
     object_type: str | None
@@ -127,19 +127,19 @@ class _QueueParts(NamedTuple):
 
 
 @functools.lru_cache(maxsize=4096)
-def _queue_parts(site: str, transport: Source | None, queue: str) -> _QueueParts:
+def _queue_parts(site: str, origin: Origin | None, queue: str) -> _QueueParts:
     offering, object_type = queue_offering(queue)
     headers = [
         ("usync.site", site.encode()),
         ("usync.queue", queue.encode()),
         ("usync.schema-version", str(SCHEMA_VERSION).encode()),
     ]
-    if transport is not None:
-        headers.append(("usync.source", transport.value.encode()))
+    if origin is not None:
+        headers.append(("usync.source", origin.value.encode()))
     return _QueueParts(offering, object_type, f"{site}:".encode(), tuple(headers))
 
 
-def to_record(site: str, transport: Source, message: BrokerMessage, received_at: datetime) -> Record:
+def to_record(site: str, origin: Origin, message: BrokerMessage, received_at: datetime) -> Record:
     """The events-topic record for ``message``, or a DLQ record if it cannot be one."""
     headers = {k: v for k, v in message.headers.items() if k not in _DELIVERY_HEADERS}
     event_id = headers.get("x-message-id") or fallback_event_id(site, message.queue, message.body)
@@ -147,7 +147,7 @@ def to_record(site: str, transport: Source, message: BrokerMessage, received_at:
         payload = fast_decode_payload(message.body)
     except PayloadError as exc:
         return _dead(site, message, headers, event_id, received_at, str(exc))
-    parts = _queue_parts(site, transport, message.queue)
+    parts = _queue_parts(site, origin, message.queue)
     offering = payload.offering_uuid or parts.offering
     if offering is None:
         return _dead(site, message, headers, event_id, received_at, "unroutable: no offering_uuid in payload or queue name")
@@ -155,7 +155,7 @@ def to_record(site: str, transport: Source, message: BrokerMessage, received_at:
     envelope = Envelope(
         event_id=event_id,
         site=site,
-        source=transport,
+        origin=origin,
         offering_uuid=offering,
         object_type=payload.object_type or parts.object_type or "offering_user",
         queue=message.queue,

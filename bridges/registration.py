@@ -12,7 +12,8 @@ import logging
 
 import httpx
 
-from streams.config import Secret, Site
+from streams.contract.config import Secret, Site
+from streams.errors import TransientError
 
 from bridges.relay import Credential
 
@@ -20,8 +21,9 @@ log = logging.getLogger("usync.bridge.registration")
 OBJECT_TYPE = "offering_user"
 
 
-class RegistrationError(RuntimeError):
-    """Waldur refused a registration step; the message names the step, never the token."""
+class RegistrationError(TransientError):
+    """Waldur refused or did not answer a registration step; the message names the step,
+    never the token. Retried: the API may come back, an operator may fix the permissions."""
 
 
 def _check(response: httpx.Response, step: str) -> dict:
@@ -40,6 +42,13 @@ async def _identity(client: httpx.AsyncClient, offering: str, name: str) -> str:
 
 async def register(site_name: str, site: Site, token: Secret, offerings: list[str]) -> list[Credential]:
     """Identities, subscription and queues for ``offerings``; one credential per subscription."""
+    try:
+        return await _register(site_name, site, token, offerings)
+    except httpx.HTTPError as exc:  # mapped at the adapter: the API away or too slow
+        raise RegistrationError(f"{type(exc).__name__} from {site.api_url}") from exc
+
+
+async def _register(site_name: str, site: Site, token: Secret, offerings: list[str]) -> list[Credential]:
     headers = {"Authorization": f"Token {token.reveal()}"}
     by_subscription: dict[str, Credential] = {}
     async with httpx.AsyncClient(base_url=site.api_url, headers=headers, timeout=site.rates.timeout) as client:

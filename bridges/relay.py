@@ -21,20 +21,37 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 
-from streams.config import Secret
-from streams.schema import Source as Transport
+from streams.contract.config import Secret
+from streams.contract.schema import Origin
 
 from bridges.health import Health
-from bridges.kafka import KafkaOutlet, KafkaUnavailable
+from bridges.outlet import KafkaOutlet, SendFailed
 from bridges.metrics import BridgeMetrics
 from bridges.records import to_record
-from streams.retry import Backoff
-from bridges.source import AuthenticationError, BrokerMessage, QueueNotFound, Source, SourceError, open_source
+from streams.errors import TransientError
+from streams.retry import Backoff, retry_forever
+from bridges.transports.base import (
+    AuthenticationError,
+    BrokerMessage,
+    QueueNotFound,
+    BrokerConnection,
+    TransportError,
+)
+from bridges.transports.registry import open_connection, origin_of
 
 log = logging.getLogger("usync.bridge")
 
 # Credentials rejected is rarely fixed by the next attempt: retry, but more slowly.
 AUTH_BACKOFF_BASE = 15.0
+# Refusals that a new registration through the Waldur API can fix.
+REREGISTER = (AuthenticationError, QueueNotFound)
+
+
+def _relayable(exc: BaseException) -> bool:
+    """What the relay reconnects after: every transport failure (the broker refusing us
+    included: Waldur or an operator may fix it), Kafka away, a socket error. Anything else
+    is a bug: it stops the bridge loudly."""
+    return isinstance(exc, (TransportError, TransientError, OSError))
 # Records go to Kafka when this many are gathered, or this long after the first of them
 # (or, while Kafka still has the partition's previous batch, once it acknowledged it).
 FLUSH_RECORDS = 500
@@ -73,47 +90,44 @@ class SubscriptionRelay:
         return f"{self.site}/{self.credential.login[:8]}"
 
     @property
-    def transport(self) -> Transport:
-        return Transport.AMQP if self.broker_url.startswith("amqp") else Transport.STOMP
+    def origin(self) -> Origin:
+        return origin_of(self.broker_url)
 
     def stop(self) -> None:
         """Stop reading; what is in flight is still acked once Kafka has it."""
         self._stopping.set()
 
     async def run(self) -> None:
+        """Relay until stopped, through any outage (``retry_forever`` with this relay's classes)."""
         backoff = Backoff(rng=self.rng)
         auth_backoff = Backoff(base=AUTH_BACKOFF_BASE, rng=self.rng)
-        while not self._stopping.is_set():
-            try:
-                await self.outlet.ready()
-                await self._session(backoff)
-                continue
-            except AuthenticationError as exc:
-                self._down(f"credentials rejected: {exc.message}")
-                delay = auth_backoff.next_delay()
-                await self._refresh()
-            except QueueNotFound as exc:
-                self._down(f"queue not found: {exc.message}")
-                delay = auth_backoff.next_delay()
-                await self._refresh()
-            except KafkaUnavailable as exc:
-                self._down(f"Kafka: {exc}")
-                await self.outlet.reset(exc, exc.generation)
-                delay = backoff.next_delay()
-            except (SourceError, OSError) as exc:
-                self._down(f"{type(exc).__name__}: {exc}")
-                delay = backoff.next_delay()
-            except Exception as exc:  # a bug must cost a reconnect, not the relay
-                log.exception("%s: unexpected error", self.name)
-                self._down(f"unexpected {type(exc).__name__}: {exc}")
-                delay = backoff.next_delay()
-            self.metrics.reconnects.labels(self.site).inc()
-            log.warning("%s: reconnecting in %.1f s", self.name, delay)
-            await self._sleep(delay)
+        await retry_forever(lambda: self._connected_until_stopped(backoff), self.name, transient=_relayable,
+                            backoff_for=lambda exc: auth_backoff if isinstance(exc, REREGISTER) else backoff,
+                            on_retry=self._failed, sleep=self._sleep, logger=log)
         self.health.set(self.name, "stopped")
 
+    async def _connected_until_stopped(self, backoff: Backoff) -> None:
+        while not self._stopping.is_set():
+            await self.outlet.ready()
+            await self._session(backoff)
+
+    async def _failed(self, exc: BaseException, _delay: float) -> None:
+        """Say why on /health; re-register after a refusal; drop a producer that failed."""
+        if isinstance(exc, AuthenticationError):
+            self._down(f"credentials rejected: {exc.message}")
+        elif isinstance(exc, QueueNotFound):
+            self._down(f"queue not found: {exc.message}")
+        elif isinstance(exc, SendFailed):
+            self._down(f"Kafka: {exc}")
+            await self.outlet.reset(exc)
+        else:
+            self._down(f"{type(exc).__name__}: {exc}")
+        self.metrics.reconnects.labels(self.site).inc()
+        if isinstance(exc, REREGISTER):
+            await self._refresh()
+
     async def _session(self, backoff: Backoff) -> None:
-        source = open_source(
+        source = open_connection(
             self.broker_url, self.credential.login, self.credential.passcode.reveal(),
             self.credential.vhost, heartbeat=self.heartbeat,
         )
@@ -150,14 +164,13 @@ class SubscriptionRelay:
 class _Pump:
     """One connection's life: read, send to Kafka, ack what Kafka has."""
 
-    def __init__(self, relay: SubscriptionRelay, source: Source) -> None:
+    def __init__(self, relay: SubscriptionRelay, source: BrokerConnection) -> None:
         self.relay = relay
         self.source = source
         self.delivered: list[BrokerMessage] = []  # confirmed by Kafka, not yet acked
         self.wake_acker = asyncio.Event()
         self.failure: BaseException | None = None
         self.failed = asyncio.Event()
-        self.generation = relay.outlet.generation
         # Labelled children resolved once: .labels() per message is measurable at 10k+/s.
         self.received = relay.metrics.received.labels(relay.site)
         self.relayed = relay.metrics.relayed.labels(relay.site)
@@ -202,7 +215,7 @@ class _Pump:
 
     async def _read_loop(self) -> None:
         relay = self.relay
-        site, transport, batches = relay.site, relay.transport, self.batches
+        site, origin, batches = relay.site, relay.origin, self.batches
         redelivered = relay.metrics.redelivered.labels(site)
         add_nowait, unsent, drained = batches.add_nowait, self.unsent, self.drained
         now, utc = datetime.now, timezone.utc
@@ -211,7 +224,7 @@ class _Pump:
                 raise self.failure
             if message.redelivered:
                 redelivered.inc()
-            record = to_record(site, transport, message, now(utc))
+            record = to_record(site, origin, message, now(utc))
             if not self.in_flight:
                 drained.clear()
             self.in_flight += 1
@@ -258,7 +271,7 @@ class _Pump:
         if future.cancelled() or future.exception() is not None:
             if self.failure is None:
                 reason = "cancelled" if future.cancelled() else repr(future.exception())
-                self.failure = KafkaUnavailable(f"send failed: {reason}", self.generation)
+                self.failure = SendFailed(f"send failed: {reason}", self.batches.producer)
                 self.failed.set()
                 self.wake_acker.set()
             return

@@ -7,7 +7,7 @@ import asyncio
 import os
 import sys
 
-from streams.config import Config, ConfigError, load_config
+from streams.contract.config import Config, ConfigError, load_config
 
 
 def _load(path: str) -> Config:
@@ -43,7 +43,7 @@ def _cmd_worker(args: argparse.Namespace) -> int:
 
 
 def _cmd_reconcile(args: argparse.Namespace) -> int:
-    from streams.reconciler import reconcile_once
+    from streams.app import reconcile_once
 
     config = _load(args.config)
     done = asyncio.run(reconcile_once(config))

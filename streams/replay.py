@@ -13,15 +13,14 @@ from typing import Any
 
 import httpx
 import msgspec
-from aiokafka import AIOKafkaConsumer, TopicPartition
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from streams.config import Config
+from streams.contract.config import Config
 from streams.core import TableState, as_dict, compile_routes, drift, fold_many
-from streams.kafka import client_options
-from streams.schema import envelope_decoder
+from streams.adapters.kafka.readers import partitions_of, reader
+from streams.contract.schema import envelope_decoder
 
 
 async def replay(config: Config, since: datetime | None = None, console: Console | None = None,
@@ -29,12 +28,9 @@ async def replay(config: Config, since: datetime | None = None, console: Console
     """Fold the events topic; return (state, envelopes folded, seconds)."""
     console = console or Console(stderr=True)
     topic = config.kafka.events_topic
-    consumer = AIOKafkaConsumer(**client_options(config), enable_auto_commit=False, group_id=None,
-                                max_partition_fetch_bytes=8 * 1024 * 1024, fetch_max_bytes=64 * 1024 * 1024)
-    await consumer.start()
-    try:
-        cluster = await consumer._client.fetch_all_metadata()  # noqa: SLF001 (the consumer's own view needs a subscription)
-        partitions = [TopicPartition(topic, p) for p in sorted(cluster.partitions_for_topic(topic) or ())]
+    async with reader(config, request_timeout_ms=40_000, metadata_max_age_ms=300_000,
+                      max_partition_fetch_bytes=8 * 1024 * 1024, fetch_max_bytes=64 * 1024 * 1024) as consumer:
+        partitions = await partitions_of(consumer, topic)
         if not partitions:
             raise SystemExit(f"usync replay: topic {topic} does not exist")
         consumer.assign(partitions)
@@ -68,8 +64,6 @@ async def replay(config: Config, since: datetime | None = None, console: Console
                 elapsed = time.perf_counter() - began
                 progress.update(task, completed=folded, rate=folded / elapsed if elapsed else 0.0)
         return state, folded, time.perf_counter() - began
-    finally:
-        await consumer.stop()
 
 
 def drift_table(config: Config, state: TableState) -> Table:

@@ -9,26 +9,12 @@ import logging
 import faust
 
 from streams.app import create_app
-from streams.config import Config
-from streams.kafka import ensure_topics
-from streams.retry import Backoff
+from streams.contract.config import Config
+from streams.adapters.kafka.topics import wait_for_topics
 
 log = logging.getLogger("usync.worker")
 
 GC_THRESHOLD = 50_000  # allocations between young-generation collections (Python's default: 700)
-
-
-async def wait_for_topics(config: Config) -> None:
-    """Invariant 5: Kafka down at start is waited for, with the project's backoff."""
-    backoff = Backoff()
-    while True:
-        try:
-            await ensure_topics(config, worker=True)
-            return
-        except Exception as exc:
-            delay = backoff.next_delay()
-            log.warning("Kafka not ready (%s); retrying in %.1f s", exc, delay)
-            await asyncio.sleep(delay)
 
 
 def tune_gc() -> None:
@@ -43,7 +29,7 @@ def tune_gc() -> None:
 
 def run_worker(config: Config, *, store: str, web_port: int | None, data_dir: str | None,
                loglevel: str = "info", reconcile: bool = True, logging_config: dict | None = None) -> int:
-    asyncio.run(wait_for_topics(config))
+    asyncio.run(wait_for_topics(config, worker=True))  # Kafka down at start is waited for
     asyncio.set_event_loop(asyncio.new_event_loop())  # faust runs its own loop; asyncio.run closed ours
     usync = create_app(config, store=store, web_port=web_port, data_dir=data_dir, reconcile=reconcile)
     # logging_config: faust replaces the root handlers; this keeps --log-format and secret masking.

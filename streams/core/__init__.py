@@ -1,22 +1,11 @@
 """The pure core of usync: routing, the table, the fold, and the decisions.
 
-No I/O here: plain functions over msgspec Structs, shared by the Faust worker, the
-sink and replay.
+No I/O here: plain functions over msgspec Structs (the records of ``streams.contract``),
+shared by the worker's stages and replay. tests/unit/test_architecture.py holds it to that.
 """
 
-from streams.core.decide import (
-    Decision,
-    HttpClass,
-    SkipReason,
-    Verdict,
-    backoff_delay,
-    classify_http,
-    correction_needed,
-    decide,
-    drift,
-    needing_correction,
-    parse_retry_after,
-)
+from streams.core.decide import Decision, SkipReason, Verdict, correction_needed, decide, drift, needing_correction
+from streams.core.http import HttpClass, classify_http, parse_retry_after
 from streams.core.fold import FoldResult, LookupNeeded, fold, fold_by_link, fold_many
 from streams.core.routing import SOURCE, TARGET, Routes, Side, compile_routes, routes, side_of
 from streams.core.table import (
@@ -36,7 +25,7 @@ from streams.core.table import (
 
 __all__ = [
     "SOURCE", "TARGET", "Decision", "FoldResult", "HttpClass", "LookupNeeded", "Pending", "Routes", "Row",
-    "Side", "SkipReason", "TableState", "Verdict", "actual", "as_dict", "backoff_delay", "classify_http",
+    "Side", "SkipReason", "TableState", "Verdict", "actual", "as_dict", "classify_http",
     "compile_routes", "correction_needed", "decide", "desired", "drift", "eligible", "empty_state", "fold",
     "fold_by_link", "fold_many", "index_key", "link_rows", "needing_correction", "parse_retry_after", "routes", "row_key",
     "side_of", "split_row_key",

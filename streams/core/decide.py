@@ -1,4 +1,4 @@
-"""Decisions over the table and the live APIs: what to correct, how to treat an HTTP answer.
+"""Decisions over the table and the live APIs: what to correct.
 
 The fold says a (link, user) *may* need a correction; the sink then reads both offering
 users live and :func:`decide` says what to do. The table can lag the world, the live
@@ -9,21 +9,16 @@ from __future__ import annotations
 
 import enum
 from collections.abc import Iterable, Sequence
-from datetime import datetime, timezone
 from typing import Final
 
 import msgspec
 
-from streams.config import Link
+from streams.contract.config import Link
+from streams.contract.schema import OfferingUserRecord, OutcomeAction, state_display
 from streams.core.routing import Routes, compile_routes
 from streams.core.table import OK, Row, TableState, desired, eligible, link_rows
-from streams.retry import backoff_delay  # the project's one retry policy, re-exported for the sink
-from streams.schema import OfferingUserRecord, OutcomeAction, state_display
 
-__all__ = [
-    "Decision", "HttpClass", "SkipReason", "Verdict", "backoff_delay", "classify_http",
-    "correction_needed", "decide", "drift", "needing_correction", "parse_retry_after",
-]
+__all__ = ["Decision", "SkipReason", "Verdict", "correction_needed", "decide", "drift", "needing_correction"]
 
 
 def correction_needed(row: Row, link: Link) -> bool:
@@ -123,40 +118,3 @@ def decide(link: Link, b_live: OfferingUserRecord | None, a_live: OfferingUserRe
     if (observed or "") == wanted:
         return Decision(verdict=Verdict.ALREADY_EQUAL, desired=wanted, observed=observed)
     return Decision(verdict=Verdict.PATCH, offering_user_uuid=a_live.uuid, desired=wanted, observed=observed)
-
-
-class HttpClass(str, enum.Enum):
-    SUCCESS = "success"
-    RETRY = "retry"  # transient: back off and try again, forever
-    REJECT = "reject"  # the request itself is wrong: record it, do not retry
-    PAUSE_SITE = "pause-site"  # our credentials are wrong: stop calling the site, alert
-
-
-_RETRY_STATUSES: Final = frozenset({408, 425, 429})
-_PAUSE_STATUSES: Final = frozenset({401, 403})
-
-
-def classify_http(status: int | None) -> HttpClass:
-    """How the sink treats an answer; ``None`` is a timeout or a broken connection."""
-    if status is None or status in _RETRY_STATUSES or status >= 500:
-        return HttpClass.RETRY
-    if 200 <= status < 300:
-        return HttpClass.SUCCESS
-    if status in _PAUSE_STATUSES:
-        return HttpClass.PAUSE_SITE
-    return HttpClass.REJECT  # 400, 404, 409 and any other answer we cannot fix by waiting
-
-
-def parse_retry_after(value: str | None, now: datetime | None = None) -> float | None:
-    """Seconds a ``Retry-After`` header asks for (delta-seconds or HTTP-date), None if absent or bad."""
-    if not value:
-        return None
-    value = value.strip()
-    if value.isdigit():
-        return float(value)
-    try:  # RFC 9110: senders must use IMF-fixdate (email.utils would pull in socket)
-        when = datetime.strptime(value, "%a, %d %b %Y %H:%M:%S GMT").replace(tzinfo=timezone.utc)
-    except ValueError:
-        return None
-    now = now or datetime.now(timezone.utc)
-    return max(0.0, (when - now).total_seconds())

@@ -45,10 +45,11 @@ from typing import Final, NamedTuple
 import msgspec
 from msgspec.structs import replace
 
-from streams.config import Link
+from streams.contract.config import Link
 from streams.core.routing import SOURCE, TARGET, Routes, Side, compile_routes
 from streams.core.table import DELETED, OK, Pending, Row, TableState, index_key, row_key
-from streams.schema import (
+from streams.contract.schema import (
+    Action,
     Envelope,
     Lookup,
     OfferingUserEvent,
@@ -187,13 +188,13 @@ def _fold_routed(batch: _Batch, link: Link, side: Side, envelope: Envelope) -> N
 def _event_effect(event: OfferingUserEvent) -> tuple[str | None, str | None] | None:
     """(username, state) an event sets, None meaning "leaves alone"; None for unknown actions."""
     action = event.action
-    if action == "update" or action == "create":
+    if action == Action.UPDATE or action == Action.CREATE:
         return event.username, state_display(event.state)
-    if action == "username_set":
+    if action == Action.USERNAME_SET:
         return event.username, state_display(event.state) or OK
-    if action == "attribute_update":
+    if action == Action.ATTRIBUTE_UPDATE:
         return event.username, None
-    if action == "delete":
+    if action == Action.DELETE:
         return None, DELETED
     return None
 

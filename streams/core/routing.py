@@ -11,8 +11,8 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from typing import Final, Literal
 
-from streams.config import Endpoint, Link
-from streams.schema import Envelope, normalize_uuid
+from streams.contract.config import Endpoint, Link
+from streams.contract.schema import Envelope, normalize_uuid
 
 Side = Literal["source", "target"]
 SOURCE: Final = "source"

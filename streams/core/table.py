@@ -20,7 +20,7 @@ from typing import Any, Final
 
 import msgspec
 
-from streams.config import Link
+from streams.contract.config import Link
 
 OK: Final = "OK"
 DELETED: Final = "Deleted"

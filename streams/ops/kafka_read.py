@@ -1,19 +1,16 @@
-"""Reading usync topics without a consumer group (never moves a worker's offsets)."""
+"""Time arguments of the operator commands, and where a topic's reading starts."""
 
 from __future__ import annotations
 
 import re
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from datetime import datetime, timedelta, timezone
 from typing import Final
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
-from streams.config import Config
-from streams.kafka import client_options
+from streams.adapters.kafka.readers import REQUEST_TIMEOUT_MS, partitions_of, reader
 
-REQUEST_TIMEOUT_MS: Final = 15_000
+__all__ = ["REQUEST_TIMEOUT_MS", "aware", "parse_when", "partitions_of", "reader", "start_offsets"]
 _RELATIVE: Final = re.compile(r"^(\d+(?:\.\d+)?)([smhd])$")
 _UNITS: Final = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days"}
 
@@ -29,24 +26,6 @@ def parse_when(text: str, now: datetime | None = None) -> datetime:
 
 def aware(moment: datetime) -> datetime:
     return moment if moment.tzinfo else moment.replace(tzinfo=timezone.utc)
-
-
-@asynccontextmanager
-async def reader(config: Config) -> AsyncIterator[AIOKafkaConsumer]:
-    """A started consumer with manual assignment only; stopped on exit."""
-    consumer = AIOKafkaConsumer(**client_options(config), group_id=None, enable_auto_commit=False,
-                                request_timeout_ms=REQUEST_TIMEOUT_MS, metadata_max_age_ms=5_000)
-    await consumer.start()
-    try:
-        yield consumer
-    finally:
-        await consumer.stop()
-
-
-async def partitions_of(consumer: AIOKafkaConsumer, topic: str) -> list[TopicPartition]:
-    # The consumer's own cluster view only knows subscribed topics: ask for all metadata.
-    cluster = await consumer._client.fetch_all_metadata()  # noqa: SLF001 (as streams.replay does)
-    return [TopicPartition(topic, p) for p in sorted(cluster.partitions_for_topic(topic) or ())]
 
 
 async def start_offsets(consumer: AIOKafkaConsumer, partitions: list[TopicPartition],

@@ -14,7 +14,7 @@ from typing import Any, Final, Literal
 
 import msgspec
 
-from streams.config import Config
+from streams.contract.config import Config
 
 LogFormat = Literal["text", "json"]
 TEXT_FORMAT: Final = "%(asctime)s %(levelname)s %(name)s: %(message)s"

@@ -20,7 +20,7 @@ from urllib.parse import urlsplit
 import msgspec
 import yaml
 
-from streams.config import ConfigError, parse_config
+from streams.contract.config import ConfigError, parse_config
 
 DEFAULT_WS_PATH: Final = "/rmqws-stomp"  # the agent's default, as Waldur's ingress serves it
 AGENT_RECONCILE_MINUTES: Final = 60  # WALDUR_SITE_AGENT_RECONCILIATION_PERIOD_MINUTES default

@@ -22,14 +22,14 @@ from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.partitioner import murmur2
 from rich.table import Table
 
-from streams.config import Config, Link
+from streams.contract.config import Config, Link
 from streams.core.routing import compile_routes
-from streams.kafka import client_options
+from streams.adapters.kafka.client import client_options
 from streams.ops.kafka_read import REQUEST_TIMEOUT_MS, aware, partitions_of, reader
-from streams.schema import Envelope, Outcome, SnapshotPage, Source, event_key
+from streams.contract.schema import Envelope, Outcome, SnapshotPage, Origin, event_key
 
 HTTP_TIMEOUT: Final = 10.0
-_EVENT_SOURCES: Final = (Source.STOMP, Source.AMQP)
+_EVENT_SOURCES: Final = (Origin.STOMP, Origin.AMQP)
 
 
 class LinkStatus(msgspec.Struct, kw_only=True):
@@ -140,7 +140,7 @@ async def topic_tails(config: Config, scan: int) -> _Tails:
             except msgspec.DecodeError:
                 continue
             for link, _side in routes.of_envelope(e):
-                if e.source in _EVENT_SOURCES:
+                if e.origin in _EVENT_SOURCES:
                     _later(tails.last_event, link.name, e.received_at)
                 elif isinstance(e.body, SnapshotPage) and e.body.last:
                     _later(tails.last_reconcile, link.name, e.received_at)

@@ -17,11 +17,19 @@ from typing import IO, Any
 import msgspec
 from aiokafka.structs import ConsumerRecord
 
-from streams.config import Config
+from streams.contract.config import Config
 from streams.core.routing import compile_routes
 from streams.ops.kafka_read import aware, partitions_of, reader, start_offsets
 from streams.ops.topics import topic_names
-from streams.schema import DeadLetter, Envelope, Lookup, OfferingUserEvent, Outcome, SnapshotPage, normalize_uuid
+from streams.contract.schema import (
+    DeadLetter,
+    Envelope,
+    Lookup,
+    OfferingUserEvent,
+    Outcome,
+    SnapshotPage,
+    normalize_uuid,
+)
 
 _outcome = msgspec.json.Decoder(Outcome)
 _envelope = msgspec.json.Decoder(Envelope)

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from typing import Any, Final
 
-from streams.config import Config
-from streams.schema import SCHEMA_VERSION, json_schemas
+from streams.contract.config import Config
+from streams.contract.schema import SCHEMA_VERSION, json_schemas
 
 KINDS: Final = ("events", "outcomes", "dlq")
 

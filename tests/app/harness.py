@@ -17,7 +17,7 @@ from typing import Any
 
 import httpx
 
-from streams.config import Config, load_config
+from streams.contract.config import Config, load_config
 from tests.support.processes import terminate
 from tests.support.services import KAFKA_BOOTSTRAP, RABBITMQ
 

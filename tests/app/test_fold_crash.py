@@ -14,7 +14,7 @@ from __future__ import annotations
 from aiokafka import AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 
-from streams.kafka import by_link_topic
+from streams.adapters.kafka.topics import by_link_topic
 from tests.app.harness import LinkSpec, until
 from tests.support.services import KAFKA_BOOTSTRAP
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 
-from streams.kafka import by_link_topic
-from streams.schema import OutcomeAction, outcome_decoder
+from streams.adapters.kafka.topics import by_link_topic
+from streams.contract.schema import OutcomeAction, outcome_decoder
 from tests.support.services import KAFKA_BOOTSTRAP
 from tests.app.harness import LinkSpec, bridge_and_worker, patches, until, usernames
 

@@ -5,9 +5,10 @@ from __future__ import annotations
 import time
 
 from streams.metrics import Metrics
-from streams.schema import OutcomeAction
-from streams.sink import CorrectionRequest, Sink
-from streams.waldur import Clients
+from streams.contract.schema import OutcomeAction
+from streams.contract.schema import CorrectionRequest
+from streams.stages.correct import Corrector
+from streams.adapters.waldur import Clients
 from tests.app.harness import LinkSpec, make_setup
 from waldursim import Federation
 
@@ -25,7 +26,7 @@ async def test_a_request_about_facts_older_than_a_verification_costs_no_call(tmp
             records.append(value)
 
         clients = Clients(config, Metrics())
-        sink = Sink({"hpc": config.links[0]}, clients, Metrics(), emit, emit)
+        sink = Corrector({"hpc": config.links[0]}, clients, Metrics(), emit, emit)
         try:
             def request(observed_at: int) -> CorrectionRequest:
                 return CorrectionRequest(link="hpc", user_username="nina", a_offering_user_uuid=a_ou.uuid,

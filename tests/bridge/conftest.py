@@ -19,7 +19,8 @@ import httpx
 import pika
 import pytest
 
-from bridges.source import BrokerMessage, Source, open_source
+from bridges.transports.base import BrokerMessage, BrokerConnection
+from bridges.transports.registry import open_connection
 from tests.support.services import RABBITMQ
 
 HOST = "127.0.0.1"
@@ -137,7 +138,7 @@ class Broker:
             await asyncio.sleep(0.01)
 
     @staticmethod
-    async def take(source: Source, n: int, deadline: float = 60.0) -> list[BrokerMessage]:
+    async def take(source: BrokerConnection, n: int, deadline: float = 60.0) -> list[BrokerMessage]:
         """The next ``n`` messages of ``source`` (not acked)."""
         out: list[BrokerMessage] = []
         if n == 0:
@@ -155,16 +156,16 @@ def broker(vhost: str) -> Broker:
     return Broker(vhost)
 
 
-SourceFactory = Callable[..., Awaitable[Source]]
+SourceFactory = Callable[..., Awaitable[BrokerConnection]]
 
 
 @pytest.fixture
 async def connect(vhost: str) -> AsyncIterator[SourceFactory]:
     """``await connect(kind, url=None, **options)``: a connected source, closed at the end."""
-    opened: list[Source] = []
+    opened: list[BrokerConnection] = []
 
-    async def factory(kind: str, url: str | None = None, passcode: str = "guest", **options: Any) -> Source:
-        source = open_source(url or URLS[kind], "guest", passcode, vhost, **options)
+    async def factory(kind: str, url: str | None = None, passcode: str = "guest", **options: Any) -> BrokerConnection:
+        source = open_connection(url or URLS[kind], "guest", passcode, vhost, **options)
         opened.append(source)
         await source.connect()
         return source

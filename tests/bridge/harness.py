@@ -12,8 +12,8 @@ from dataclasses import dataclass, field
 import aiokafka
 import msgspec
 
-from streams.config import Config, parse_config
-from streams.schema import DeadLetter, Envelope, envelope_decoder
+from streams.contract.config import Config, parse_config
+from streams.contract.schema import DeadLetter, Envelope, envelope_decoder
 from waldursim import Federation, Site
 
 

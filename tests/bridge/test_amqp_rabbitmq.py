@@ -10,15 +10,16 @@ import uuid
 
 import pytest
 
-from bridges.amqp import AmqpSource
-from bridges.source import AuthenticationError, ConnectionLost, QueueNotFound, SourceTimeout, open_source
+from bridges.transports.amqp import AmqpConnection
+from bridges.transports.base import AuthenticationError, ConnectionLost, QueueNotFound, TransportTimeout
+from bridges.transports.registry import open_connection
 
 pytestmark = pytest.mark.services
 
 
 async def test_open_source_picks_amqp(broker) -> None:
-    assert isinstance(open_source(broker.url("amqp"), "u", "p", "/"), AmqpSource)
-    assert isinstance(open_source("amqps://example.org", "u", "p", "/"), AmqpSource)
+    assert isinstance(open_connection(broker.url("amqp"), "u", "p", "/"), AmqpConnection)
+    assert isinstance(open_connection("amqps://example.org", "u", "p", "/"), AmqpConnection)
 
 
 async def test_consume_in_order_with_manual_acks(queue, broker, connect) -> None:
@@ -182,7 +183,7 @@ async def test_bad_passcode_is_an_authentication_error_without_the_passcode(brok
     assert "refused" in str(exc).lower()
     assert secret not in text
     assert secret not in caplog.text
-    assert secret not in repr(open_source(broker.url("amqp"), "guest", secret, vhost))
+    assert secret not in repr(open_connection(broker.url("amqp"), "guest", secret, vhost))
 
 
 async def test_missing_queue_is_queue_not_found_and_never_declared(broker, connect) -> None:
@@ -199,7 +200,7 @@ async def test_missing_queue_is_queue_not_found_and_never_declared(broker, conne
 
 
 async def test_unreachable_broker_fails_fast() -> None:
-    source = open_source("amqp://127.0.0.1:1", "guest", "guest", "/", connect_timeout=5)
+    source = open_connection("amqp://127.0.0.1:1", "guest", "guest", "/", connect_timeout=5)
     with pytest.raises(ConnectionLost):
         await source.connect()
 
@@ -216,11 +217,11 @@ async def test_idle_connection_is_kept_alive_by_heartbeats(queue, broker, connec
 async def test_silent_server_times_out(queue, connect, proxy_factory) -> None:
     proxy = await proxy_factory("amqp")
     proxy.freeze()
-    with pytest.raises(SourceTimeout):
+    with pytest.raises(TransportTimeout):
         await connect("amqp", url=proxy.url("amqp"), connect_timeout=1)
 
     proxy = await proxy_factory("amqp")
     source = await connect("amqp", url=proxy.url("amqp"), receipt_timeout=1)
     proxy.freeze()
-    with pytest.raises(SourceTimeout):
+    with pytest.raises(TransportTimeout):
         await source.subscribe(queue, prefetch=1)

@@ -11,7 +11,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from streams.schema import PayloadError, decode_payload
+from streams.contract.schema import PayloadError, decode_payload
 from tests.bridge.harness import TopicReader, bridge_config, populate, wait_for
 from tests.bridge.test_bridge_relay import start_bridge, stop_bridge
 from tests.support.services import RABBITMQ

@@ -12,7 +12,7 @@ import sys
 import httpx
 import pytest
 
-from streams.config import parse_config
+from streams.contract.config import parse_config
 from tests.bridge.harness import TopicReader, bridge_toml, last_occurrences, per_queue, populate, wait_for
 from tests.bridge.test_bridge_relay import published
 from tests.support.services import RABBITMQ

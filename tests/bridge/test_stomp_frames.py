@@ -6,8 +6,16 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from bridges.source import ProtocolError
-from bridges.stomp.frames import COMMANDS, UNESCAPED_COMMANDS, Frame, FrameParser, encode_frame, escape, unescape
+from bridges.transports.base import ProtocolError
+from bridges.transports.stomp.frames import (
+    COMMANDS,
+    UNESCAPED_COMMANDS,
+    Frame,
+    FrameParser,
+    encode_frame,
+    escape,
+    unescape,
+)
 
 
 def parse_all(data: bytes, chunk: int | None = None) -> list[Frame]:

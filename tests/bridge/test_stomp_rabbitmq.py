@@ -10,15 +10,15 @@ import uuid
 
 import pytest
 
-from bridges.source import (
+from bridges.transports.base import (
     AuthenticationError,
     ConnectionLost,
     QueueNotFound,
-    SourceTimeout,
+    TransportTimeout,
     SubscriptionRefused,
-    open_source,
 )
-from bridges.stomp import StompSource
+from bridges.transports.registry import open_connection
+from bridges.transports.stomp import StompConnection
 from tests.support.services import RABBITMQ
 
 pytestmark = pytest.mark.services
@@ -30,7 +30,7 @@ def kind(request: pytest.FixtureRequest) -> str:
 
 
 async def test_open_source_picks_stomp(kind: str, broker) -> None:
-    assert isinstance(open_source(broker.url(kind), "u", "p", "/"), StompSource)
+    assert isinstance(open_connection(broker.url(kind), "u", "p", "/"), StompConnection)
 
 
 async def test_consume_in_order_with_individual_acks(kind, queue, broker, connect) -> None:
@@ -166,7 +166,7 @@ async def test_bad_passcode_is_an_authentication_error_without_the_passcode(kind
     assert "refused" in str(exc).lower()
     assert secret not in text
     assert secret not in caplog.text
-    assert secret not in repr(open_source(broker.url(kind), "guest", secret, vhost))
+    assert secret not in repr(open_connection(broker.url(kind), "guest", secret, vhost))
 
 
 async def test_missing_queue_refuses_the_subscription(kind, connect) -> None:
@@ -182,7 +182,7 @@ async def test_missing_queue_refuses_the_subscription(kind, connect) -> None:
 async def test_unreachable_broker_fails_fast(kind, broker) -> None:
     port = {"ws": RABBITMQ.web_stomp_port, "tcp": RABBITMQ.stomp_port}[kind]
     url = broker.url(kind).replace(f":{port}", ":1")
-    source = open_source(url, "guest", "guest", "/", connect_timeout=5)
+    source = open_connection(url, "guest", "guest", "/", connect_timeout=5)
     with pytest.raises(ConnectionLost):
         await source.connect()
 
@@ -201,11 +201,11 @@ async def test_idle_connection_is_kept_alive_by_heartbeats(kind, queue, broker, 
 async def test_silent_server_times_out(kind, queue, connect, proxy_factory) -> None:
     proxy = await proxy_factory(kind)
     proxy.freeze()  # accepts TCP, then never answers (not the WS upgrade, not CONNECT)
-    with pytest.raises(SourceTimeout):
+    with pytest.raises(TransportTimeout):
         await connect(kind, url=proxy.url(kind), connect_timeout=1)
 
     proxy = await proxy_factory(kind)
     source = await connect(kind, url=proxy.url(kind), receipt_timeout=1)
     proxy.freeze()
-    with pytest.raises(SourceTimeout, match="RECEIPT"):
+    with pytest.raises(TransportTimeout, match="RECEIPT"):
         await source.subscribe(queue, prefetch=1)

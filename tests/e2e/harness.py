@@ -26,9 +26,9 @@ import msgspec
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 
-from streams.config import Config, load_config
-from streams.schema import Outcome, Source, envelope_decoder, outcome_decoder
-from streams.sink import request_decoder
+from streams.contract.config import Config, load_config
+from streams.contract.schema import Outcome, Origin, envelope_decoder, outcome_decoder
+from streams.contract.schema import request_decoder
 from tests.app.harness import USYNC, WorkerProcess, free_port, until, usernames
 from tests.support.processes import terminate
 from tests.support.services import KAFKA_BOOTSTRAP, RABBITMQ
@@ -312,7 +312,7 @@ class EventIds:
         values = await self.reader.catch_up()
         for value in values[self._seen:]:
             envelope = envelope_decoder.decode(value)
-            if envelope.source in (Source.STOMP, Source.AMQP):
+            if envelope.origin in (Origin.STOMP, Origin.AMQP):
                 self.ids.add(envelope.event_id)
         self._seen = len(values)
         return self.ids

@@ -27,7 +27,7 @@ from typing import Any
 import httpx
 import pytest
 
-from streams.schema import outcome_decoder
+from streams.contract.schema import outcome_decoder
 from tests.app.harness import USYNC, until
 from tests.e2e.harness import diagnose, dump_logs, group_lag, read_topic, unanswered_corrections
 

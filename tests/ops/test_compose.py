@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from streams.config import parse_config
+from streams.contract.config import parse_config
 from tests.app.harness import ROOT
 
 COMPOSE = ROOT / "compose"

@@ -8,7 +8,7 @@ import logging
 
 import pytest
 
-from streams.config import parse_config
+from streams.contract.config import parse_config
 from streams.ops.logs import JsonFormatter, Redactor, logging_config, secret_values
 
 SECRET = "tok-3f9a1c7e5b2d4086"

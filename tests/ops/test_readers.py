@@ -8,12 +8,12 @@ import jsonschema
 import msgspec
 import pytest
 
-from bridges.kafka import partition_for
+from bridges.outlet import partition_for
 from streams.ops.kafka_read import parse_when
 from streams.ops.status import partition_of
 from streams.ops.tail import Facts, TailFilter, matches
 from streams.ops.topics import topic_schemas
-from streams.schema import Outcome, OutcomeAction
+from streams.contract.schema import Outcome, OutcomeAction
 
 NOW = datetime(2026, 5, 1, 12, 0, tzinfo=timezone.utc)
 

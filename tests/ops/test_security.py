@@ -11,8 +11,8 @@ import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient
 
-from streams.config import ConfigError, parse_config
-from streams.kafka import client_options
+from streams.contract.config import ConfigError, parse_config
+from streams.adapters.kafka.client import client_options
 
 PASSWORD = "kafka-password-8c2f61d0"
 
@@ -72,14 +72,14 @@ def test_inconsistent_kafka_security_is_refused_at_load(kafka, problem):
 
 
 def test_amqps_source_gets_tls_and_amqp_does_not():
-    from bridges.source import open_source
+    from bridges.transports.registry import open_connection
 
-    secure = open_source("amqps://rabbit.example.org/", "login", "pass", "vhost")
+    secure = open_connection("amqps://rabbit.example.org/", "login", "pass", "vhost")
     assert isinstance(secure._ssl_context, ssl.SSLContext) and secure._port == 5671
-    plain = open_source("amqp://rabbit.example.org/", "login", "pass", "vhost")
+    plain = open_connection("amqp://rabbit.example.org/", "login", "pass", "vhost")
     assert plain._ssl_context is None and plain._port == 5672
     context = ssl.create_default_context()
-    assert open_source("amqps://r/", "l", "p", "v", ssl_context=context)._ssl_context is context
+    assert open_connection("amqps://r/", "l", "p", "v", ssl_context=context)._ssl_context is context
 
 
 class FirstBytes:
@@ -116,10 +116,10 @@ TLS_HANDSHAKE = b"\x16\x03"  # a TLS record of type handshake: the ClientHello
 @pytest.mark.parametrize("scheme, secure", [("wss", True), ("ws", False), ("stomp+ssl", True), ("stomp", False),
                                             ("amqps", True), ("amqp", False)])
 async def test_secure_schemes_speak_tls_on_the_wire(scheme, secure):
-    from bridges.source import open_source
+    from bridges.transports.registry import open_connection
 
     async with FirstBytes() as server:
-        source = open_source(f"{scheme}://127.0.0.1:{server.port}/ws", "login", "passcode-5e1f0a", "vhost",
+        source = open_connection(f"{scheme}://127.0.0.1:{server.port}/ws", "login", "passcode-5e1f0a", "vhost",
                              connect_timeout=5.0)
         connecting = asyncio.create_task(source.connect())
         first = await asyncio.wait_for(server.seen, 30)

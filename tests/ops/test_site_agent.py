@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from streams.config import ConfigError, parse_config
+from streams.contract.config import ConfigError, parse_config
 from streams.ops.site_agent import import_site_agent
 from tests.app.harness import ROOT, USYNC
 

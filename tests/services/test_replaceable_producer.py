@@ -6,7 +6,7 @@ import uuid
 import pytest
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
-from streams.kafka import RecordSender
+from streams.adapters.kafka.producers import RecordSender
 
 pytestmark = pytest.mark.services
 

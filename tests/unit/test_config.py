@@ -2,7 +2,7 @@
 
 import pytest
 
-from streams.config import ConfigError, Secret, load_config, parse_config
+from streams.contract.config import ConfigError, Secret, load_config, parse_config
 
 GOOD = """
 reconcile_interval = 60

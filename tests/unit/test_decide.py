@@ -7,14 +7,13 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from streams.config import Endpoint, Link
+from streams.contract.config import Endpoint, Link
 from streams.core import (
     Decision,
     HttpClass,
     Row,
     SkipReason,
     Verdict,
-    backoff_delay,
     classify_http,
     correction_needed,
     decide,
@@ -24,7 +23,8 @@ from streams.core import (
     parse_retry_after,
     row_key,
 )
-from streams.schema import OfferingUserRecord, OutcomeAction
+from streams.retry import backoff_delay
+from streams.contract.schema import OfferingUserRecord, OutcomeAction
 
 LINK = Link(name="l", source=Endpoint("b", "b" * 32), target=Endpoint("a", "a" * 32))
 OPT_IN = Link(name="l2", source=Endpoint("b", "b" * 32), target=Endpoint("a", "a" * 32),

@@ -5,7 +5,7 @@ from datetime import datetime, timezone
 import msgspec
 import pytest
 
-from streams.config import Endpoint, Link
+from streams.contract.config import Endpoint, Link
 from streams.core import (
     LookupNeeded,
     Row,
@@ -19,7 +19,7 @@ from streams.core import (
     row_key,
     split_row_key,
 )
-from streams.schema import Envelope, Lookup, OfferingUserEvent, OfferingUserRecord, SnapshotPage, Source
+from streams.contract.schema import Envelope, Lookup, OfferingUserEvent, OfferingUserRecord, SnapshotPage, Origin
 
 OFF_A, OFF_B, OFF_C, OFF_D = ("a" * 32, "b" * 32, "c" * 32, "d" * 32)
 B_TO_A = Link(name="b-to-a", source=Endpoint("b", OFF_B), target=Endpoint("a", OFF_A))
@@ -33,9 +33,9 @@ USER = "9" * 32
 
 
 def envelope(site: str, offering: str, body, event_id: str = "e1") -> Envelope:
-    source = {OfferingUserEvent: Source.STOMP, SnapshotPage: Source.SNAPSHOT, Lookup: Source.LOOKUP}[type(body)]
+    source = {OfferingUserEvent: Origin.STOMP, SnapshotPage: Origin.SNAPSHOT, Lookup: Origin.LOOKUP}[type(body)]
     return Envelope(
-        event_id=event_id, site=site, source=source, offering_uuid=offering,
+        event_id=event_id, site=site, origin=source, offering_uuid=offering,
         received_at=datetime(2026, 1, 1, tzinfo=timezone.utc), body=body,
     )
 

@@ -14,9 +14,9 @@ import msgspec
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from streams.config import Endpoint, Link
+from streams.contract.config import Endpoint, Link
 from streams.core import as_dict, desired, drift, empty_state, fold, fold_by_link, fold_many, routes
-from streams.schema import Envelope, Lookup, OfferingUserEvent, OfferingUserRecord, SnapshotPage, Source
+from streams.contract.schema import Envelope, Lookup, OfferingUserEvent, OfferingUserRecord, SnapshotPage, Origin
 
 OFF_A, OFF_B, OFF_C, OFF_D = ("a" * 32, "b" * 32, "c" * 32, "d" * 32)
 B_TO_A = Link(name="b-to-a", source=Endpoint("b", OFF_B), target=Endpoint("a", OFF_A))
@@ -43,8 +43,8 @@ def content_id(site: str, body) -> str:
 
 
 def envelope(site: str, offering: str, body, event_id: str) -> Envelope:
-    source = {OfferingUserEvent: Source.STOMP, SnapshotPage: Source.SNAPSHOT, Lookup: Source.LOOKUP}[type(body)]
-    return Envelope(event_id=event_id, site=site, source=source, offering_uuid=offering, received_at=T0, body=body)
+    source = {OfferingUserEvent: Origin.STOMP, SnapshotPage: Origin.SNAPSHOT, Lookup: Origin.LOOKUP}[type(body)]
+    return Envelope(event_id=event_id, site=site, origin=source, offering_uuid=offering, received_at=T0, body=body)
 
 
 def record(uuid: str, user: str, offering: str, username: str | None, state: str, restricted: bool = False):

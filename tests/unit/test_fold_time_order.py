@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 from msgspec.structs import replace
 
 from streams.core import as_dict, empty_state, fold_many
-from streams.schema import Lookup, OfferingUserEvent
+from streams.contract.schema import Lookup, OfferingUserEvent
 from tests.unit.test_fold_properties import (
     FAST, LINKS, OFF_A, OFF_B, T0, USERNAMES, USERS, any_envelope, envelope, ou, page, record,
 )

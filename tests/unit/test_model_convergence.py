@@ -32,7 +32,7 @@ from hypothesis import strategies as st
 from msgspec.structs import replace
 
 from streams.core import TableState, Verdict, as_dict, decide, empty_state, fold_many, needing_correction
-from streams.schema import Envelope, Lookup, OfferingUserEvent, OfferingUserRecord, Source, SnapshotPage
+from streams.contract.schema import Envelope, Lookup, OfferingUserEvent, OfferingUserRecord, Origin, SnapshotPage
 from tests.unit.test_fold_properties import (
     B_TO_A,
     OFF_A,
@@ -96,7 +96,7 @@ class Model:
     def emit(self, site: str, user: str, action: str, username: str | None = None, state: Any = None) -> None:
         body = OfferingUserEvent(action=action, offering_user_uuid=self.uuid(site, user), user_uuid="9" * 32,
                                  username=username, state=state)
-        self.broker.append(Envelope(event_id=content_id(site, body), site=site, source=Source.STOMP,
+        self.broker.append(Envelope(event_id=content_id(site, body), site=site, origin=Origin.STOMP,
                                     offering_uuid=SITES[site][0], received_at=T0, body=body))
 
     def set_username(self, site: str, user: str, username: str) -> None:
@@ -162,7 +162,7 @@ class Model:
         the topic only at the next ``write`` step (after events observed later)."""
         body = Lookup(offering_user_uuid=uuid, status=200 if found else 404, user=found)
         fact = Envelope(event_id=f"lookup-{self.clock}-{len(self.topic)}-{len(self.unwritten)}", site=site,
-                        source=Source.LOOKUP, offering_uuid=SITES[site][0], received_at=asked, body=body)
+                        origin=Origin.LOOKUP, offering_uuid=SITES[site][0], received_at=asked, body=body)
         (self.unwritten if delayed else self.topic).append(fact)
 
     def write(self) -> None:
@@ -177,7 +177,7 @@ class Model:
             users = [self.live(site, u) for u in USERS]
             listed = [r for r in users if r is not None and r.state in states]
             body: SnapshotPage = replace(page(SITES[site][0], listed), snapshot_id=f"s{self.snapshots}", states=states)
-            self.topic.append(Envelope(event_id=f"snapshot-{self.snapshots}-{site}", site=site, source=Source.SNAPSHOT,
+            self.topic.append(Envelope(event_id=f"snapshot-{self.snapshots}-{site}", site=site, origin=Origin.SNAPSHOT,
                                        offering_uuid=SITES[site][0], received_at=asked, body=body))
 
     # -- the bridge: the broker's at-least-once delivery, with faults ----------------------

@@ -10,8 +10,16 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from bridges.records import _UUID_FIELDS, OfferingUserEventUnchecked, fast_decode_payload, queue_offering, to_record
-from bridges.source import BrokerMessage
-from streams.schema import DeadLetter, OfferingUserEvent, PayloadError, Source, decode_payload, envelope_decoder, envelope_encoder
+from bridges.transports.base import BrokerMessage
+from streams.contract.schema import (
+    DeadLetter,
+    OfferingUserEvent,
+    PayloadError,
+    Origin,
+    decode_payload,
+    envelope_decoder,
+    envelope_encoder,
+)
 
 SUB = "5d1c0e6f7a8b4c9daa0b1c2d3e4f5a6b"
 OFFERING = "9e8d7c6b5a4f43218765fedcba987654"
@@ -32,18 +40,18 @@ def message(body: bytes, queue: str = QUEUE, **headers: str) -> BrokerMessage:
 
 
 def test_a_good_event_becomes_an_envelope_keyed_by_site_and_offering():
-    record = to_record("b", Source.STOMP, message(msgspec.json.encode(GOOD)), NOW)
+    record = to_record("b", Origin.STOMP, message(msgspec.json.encode(GOOD)), NOW)
     assert record.topic_kind == "events"
     assert record.key == f"b:{OFFERING}".encode()
     envelope = envelope_decoder.decode(record.value)
     assert envelope.event_id == "m1"
-    assert envelope.site == "b" and envelope.source is Source.STOMP and envelope.queue == QUEUE
+    assert envelope.site == "b" and envelope.origin is Origin.STOMP and envelope.queue == QUEUE
     assert isinstance(envelope.body, OfferingUserEvent) and envelope.body.username == "alice"
     assert envelope.received_at == NOW
 
 
 def test_delivery_headers_are_not_part_of_the_event():
-    record = to_record("b", Source.STOMP, message(msgspec.json.encode(GOOD)), NOW)
+    record = to_record("b", Origin.STOMP, message(msgspec.json.encode(GOOD)), NOW)
     envelope = envelope_decoder.decode(record.value)
     assert envelope.headers == {"x-message-id": "m1", "content-type": "application/json", "persistent": "true"}
     names = dict(record.headers)
@@ -54,8 +62,8 @@ def test_delivery_headers_are_not_part_of_the_event():
 
 def test_a_redelivery_gives_the_same_event_id_and_value():
     body = msgspec.json.encode(GOOD)
-    first = to_record("b", Source.STOMP, message(body), NOW)
-    again = to_record("b", Source.STOMP, message(body, ack="T_9", redelivered="true"), NOW)
+    first = to_record("b", Origin.STOMP, message(body), NOW)
+    again = to_record("b", Origin.STOMP, message(body, ack="T_9", redelivered="true"), NOW)
     assert (first.key, first.value, first.event_id) == (again.key, again.value, again.event_id)
 
 
@@ -63,15 +71,15 @@ def test_without_x_message_id_the_id_is_a_hash_of_site_queue_and_body():
     body = msgspec.json.encode(GOOD)
     no_id = message(body)
     no_id.headers.pop("x-message-id")
-    record = to_record("b", Source.AMQP, no_id, NOW)
+    record = to_record("b", Origin.AMQP, no_id, NOW)
     assert len(record.event_id) == 32
-    assert record.event_id == to_record("b", Source.AMQP, no_id, NOW).event_id
-    assert record.event_id != to_record("c", Source.AMQP, no_id, NOW).event_id
+    assert record.event_id == to_record("b", Origin.AMQP, no_id, NOW).event_id
+    assert record.event_id != to_record("c", Origin.AMQP, no_id, NOW).event_id
 
 
 def test_the_offering_comes_from_the_queue_name_when_the_payload_lacks_it():
     body = msgspec.json.encode({k: v for k, v in GOOD.items() if k != "offering_uuid"})
-    record = to_record("b", Source.STOMP, message(body), NOW)
+    record = to_record("b", Origin.STOMP, message(body), NOW)
     assert envelope_decoder.decode(record.value).offering_uuid == OFFERING
 
 
@@ -85,7 +93,7 @@ def test_the_offering_comes_from_the_queue_name_when_the_payload_lacks_it():
     ],
 )
 def test_undecodable_or_unroutable_messages_become_dead_letters_with_raw_bytes(body, queue, reason):
-    record = to_record("b", Source.STOMP, message(body, queue=queue), NOW)
+    record = to_record("b", Origin.STOMP, message(body, queue=queue), NOW)
     assert record.topic_kind == "dlq"
     letter = msgspec.json.decode(record.value, type=DeadLetter)
     assert letter.raw == body
@@ -102,7 +110,7 @@ def test_queue_offering_parses_subscription_queues_only():
 def test_the_cached_partitioner_agrees_with_kafkas_default():
     from aiokafka.partitioner import DefaultPartitioner
 
-    from bridges.kafka import partition_for
+    from bridges.outlet import partition_for
 
     partitions = (0, 1, 2, 3, 4, 5, 6, 7)
     for i in range(200):
@@ -111,13 +119,13 @@ def test_the_cached_partitioner_agrees_with_kafkas_default():
 
 
 def test_kafka_headers_keep_their_names_and_order():
-    record = to_record("b", Source.AMQP, message(msgspec.json.encode(GOOD)), NOW)
+    record = to_record("b", Origin.AMQP, message(msgspec.json.encode(GOOD)), NOW)
     assert record.headers == [
         ("usync.event-id", b"m1"), ("usync.site", b"b"), ("usync.queue", QUEUE.encode()),
         ("usync.schema-version", b"1"), ("usync.source", b"amqp"),
         ("broker.x-message-id", b"m1"), ("broker.content-type", b"application/json"), ("broker.persistent", b"true"),
     ]
-    dead = to_record("b", Source.AMQP, message(b"[]"), NOW)
+    dead = to_record("b", Origin.AMQP, message(b"[]"), NOW)
     assert [name for name, _ in dead.headers] == [
         "usync.event-id", "usync.site", "usync.queue", "usync.schema-version",
         "broker.x-message-id", "broker.content-type", "broker.persistent", "usync.reason",

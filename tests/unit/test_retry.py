@@ -9,8 +9,9 @@ from aiokafka.errors import KafkaConnectionError
 from hypothesis import given
 from hypothesis import strategies as st
 
-from streams.kafka import until_kafka_answers
-from streams.retry import Backoff, backoff_delay
+from streams.adapters.kafka.client import kafka_transient
+from streams.errors import KafkaUnavailable, SiteUnavailable
+from streams.retry import Backoff, backoff_delay, is_transient, retry_forever
 
 
 @given(attempt=st.integers(0, 200), seed=st.integers())
@@ -46,21 +47,22 @@ def test_reset_starts_over():
     assert backoff.next_delay() <= 1.0
 
 
-async def test_until_kafka_answers_retries_kafka_failures_and_returns_the_answer():
-    failures = [KafkaConnectionError("broker gone"), asyncio.TimeoutError()]
-    retries: list[int] = []
+async def test_retry_forever_retries_kafka_failures_and_returns_the_answer():
+    failures = [KafkaConnectionError("broker gone"), asyncio.TimeoutError(), KafkaUnavailable("send failed")]
+    retries: list[type] = []
 
     async def attempt() -> str:
         if failures:
             raise failures.pop(0)
         return "acknowledged"
 
-    answer = await until_kafka_answers(attempt, "test send", cap=0.01, on_retry=lambda: retries.append(1))
+    answer = await retry_forever(attempt, "test send", transient=kafka_transient, backoff=Backoff(cap=0.01),
+                                 on_retry=lambda exc, _delay: retries.append(type(exc)))
     assert answer == "acknowledged"
-    assert len(retries) == 2
+    assert retries == [KafkaConnectionError, asyncio.TimeoutError, KafkaUnavailable]
 
 
-async def test_until_kafka_answers_lets_other_errors_through():
+async def test_retry_forever_lets_a_bug_through_at_once():
     calls: list[int] = []
 
     async def attempt() -> None:
@@ -68,5 +70,31 @@ async def test_until_kafka_answers_lets_other_errors_through():
         raise ValueError("a bug, not an outage")
 
     with pytest.raises(ValueError):
-        await until_kafka_answers(attempt, "test send", cap=0.01)
+        await retry_forever(attempt, "test send", transient=kafka_transient, backoff=Backoff(cap=0.01))
     assert calls == [1]
+
+
+def test_only_classified_failures_are_transient_by_default():
+    assert is_transient(SiteUnavailable("a", 503, "HTTP 503")) and is_transient(TimeoutError())
+    assert is_transient(ConnectionResetError())
+    assert not is_transient(KeyError("a bug")) and not is_transient(ValueError())
+    assert not is_transient(KafkaConnectionError("broker gone"))  # only the Kafka adapter's own classification
+    assert kafka_transient(KafkaConnectionError("broker gone"))
+
+
+async def test_a_coroutine_on_retry_is_awaited_and_the_backoff_chosen_per_failure():
+    slow, fast = Backoff(base=0.02, cap=0.02), Backoff(base=0.001, cap=0.001)
+    seen: list[str] = []
+    failures = [SiteUnavailable("a", 401, "refused"), TimeoutError()]
+
+    async def attempt() -> int:
+        if failures:
+            raise failures.pop(0)
+        return 7
+
+    async def on_retry(exc: BaseException, delay: float) -> None:
+        seen.append(f"{type(exc).__name__}:{delay <= 0.001}")
+
+    assert await retry_forever(attempt, "t", on_retry=on_retry,
+                               backoff_for=lambda exc: slow if isinstance(exc, SiteUnavailable) else fast) == 7
+    assert seen == ["SiteUnavailable:False", "TimeoutError:True"] and slow.attempt == 1 and fast.attempt == 1

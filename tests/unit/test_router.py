@@ -8,8 +8,8 @@ from hypothesis import strategies as st
 
 from streams.core import compile_routes, fold_by_link, fold_many
 from streams.core.table import TableState
-from streams.router import pack, route_values, unpack
-from streams.schema import envelope_encoder
+from streams.stages.route import pack, route_values, unpack
+from streams.contract.schema import envelope_encoder
 from tests.unit.test_fold import LINKS, OFF_A, OFF_B, OU_A, OU_B, envelope, event, page, record
 
 

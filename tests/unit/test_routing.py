@@ -2,9 +2,9 @@
 
 from datetime import datetime, timezone
 
-from streams.config import Endpoint, Link
+from streams.contract.config import Endpoint, Link
 from streams.core import SOURCE, TARGET, compile_routes, routes, side_of
-from streams.schema import Envelope, Lookup, Source
+from streams.contract.schema import Envelope, Lookup, Origin
 
 OFF_A = "a" * 32
 OFF_B = "b" * 32
@@ -19,7 +19,7 @@ LINKS = [B_TO_A, B_TO_C, A_TO_D]
 
 def envelope(site: str, offering: str) -> Envelope:
     return Envelope(
-        event_id="e1", site=site, source=Source.LOOKUP, offering_uuid=offering,
+        event_id="e1", site=site, origin=Origin.LOOKUP, offering_uuid=offering,
         received_at=datetime(2026, 1, 1, tzinfo=timezone.utc), body=Lookup(offering_user_uuid="1" * 32, status=404),
     )
 

@@ -5,14 +5,14 @@ from datetime import datetime, timezone
 import msgspec
 import pytest
 
-from streams.schema import (
+from streams.contract.schema import (
     Envelope,
     Lookup,
     OfferingUserEvent,
     OfferingUserRecord,
     PayloadError,
     SnapshotPage,
-    Source,
+    Origin,
     decode_payload,
     envelope_decoder,
     envelope_encoder,
@@ -96,7 +96,7 @@ def test_state_display(state, display):
 
 def _envelope(body) -> Envelope:
     return Envelope(
-        event_id="e1", site="b", source=Source.STOMP, offering_uuid=OFFERING, queue="q",
+        event_id="e1", site="b", origin=Origin.STOMP, offering_uuid=OFFERING, queue="q",
         received_at=datetime(2026, 11, 21, tzinfo=timezone.utc), headers={"x-message-id": "e1"}, body=body,
     )
 

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 from streams.app import create_app
-from streams.config import parse_config
-from streams.transport import FETCH_MAX_WAIT_MS
+from streams.contract.config import parse_config
+from streams.adapters.faust.app import FETCH_MAX_WAIT_MS
 
 CONFIG = '[sites.a]\napi_url = "http://127.0.0.1:9/api/"\ntoken_env = "TOKEN"\n'
 

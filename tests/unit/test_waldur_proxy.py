@@ -2,7 +2,7 @@
 
 import pytest
 
-from streams.waldur import _env_proxy
+from streams.adapters.waldur import _env_proxy
 
 
 @pytest.fixture(autouse=True)

@@ -27,9 +27,10 @@ from aiokafka.errors import KafkaError
 from faust.streams import _current_event  # the ContextVar faust sets per event
 from faust.types import TP
 
+from streams.adapters.kafka.client import kafka_transient
+from streams.adapters.kafka.producers import ReplaceableProducer
 from streams.core import Pending, Row, TableState
-from streams.kafka import ReplaceableProducer
-from streams.retry import Backoff
+from streams.retry import retry_forever
 
 log = logging.getLogger("usync.tables")
 
@@ -228,17 +229,16 @@ class ChangelogWriter:
     async def send(self, table: faust.Table, partition: int, changes: dict[bytes, bytes | None]) -> None:
         """Write ``changes`` to the changelog partition; retry until Kafka acknowledged them all."""
         topic = table.changelog_topic.get_topic_name()
-        backoff = Backoff()
-        while True:
+
+        async def attempt() -> int | None:  # re-sending the same values is harmless: the changelog is compacted
             producer = await self._producer.current()
             try:
-                last = await self._send_batches(producer, topic, partition, changes)
-                break
-            except KafkaError as exc:  # re-sending the same values is harmless: the changelog is compacted
-                delay = backoff.next_delay()
-                log.warning("changelog %s[%d]: %s; re-sending in %.1f s on a new producer", topic, partition, exc, delay)
-                await asyncio.sleep(delay)
-                await self._producer.replace(producer)
+                return await self._send_batches(producer, topic, partition, changes)
+            except KafkaError as exc:
+                await self._producer.replace(producer, exc)
+                raise
+
+        last = await retry_forever(attempt, f"changelog {topic}[{partition}]", transient=kafka_transient)
         if last is not None:
             table.data.set_persisted_offset(TP(topic, partition), last)
 
@@ -274,3 +274,46 @@ def write_changes(writer: ChangelogWriter, taken: list[dict[bytes, bytes | None]
             writer.apply(table, changes)
             sends.append(writer.send(table, partition, changes))
     return sends
+
+
+class FaustLinkGroup:
+    """One link's events of a fold batch (``streams.ports.LinkGroup``): all from one partition."""
+
+    __slots__ = ("link", "values", "event")
+
+    def __init__(self, link: str, events: list[Any]) -> None:
+        self.link = link
+        self.values = [event.value for event in events]
+        self.event = events[0]
+
+
+def link_groups(batch: list[Any]) -> list[FaustLinkGroup]:
+    """A faust batch by link, in order of first appearance."""
+    by_link: dict[bytes, list[Any]] = {}
+    for event in batch:
+        by_link.setdefault(event.key, []).append(event)
+    return [FaustLinkGroup(key.decode(), events) for key, events in by_link.items()]
+
+
+class FaustFoldTables:
+    """The fold's tables (``streams.ports.FoldTables``) over faust Tables and a changelog writer."""
+
+    def __init__(self, tables: tuple[faust.Table, faust.Table, faust.Table], options: dict[str, Any]) -> None:
+        self.tables = tables
+        self.state = buffered_state(*tables)
+        self.writer = ChangelogWriter(options)
+
+    async def start(self) -> None:
+        await self.writer.start()
+
+    async def stop(self) -> None:
+        await self.writer.stop()
+
+    def partition(self, group: FaustLinkGroup) -> contextlib.AbstractContextManager[None]:
+        return link_partition(group.event)
+
+    def take_changes(self) -> list[dict[bytes, bytes | None]]:
+        return take_changes(self.state)
+
+    def write(self, group: FaustLinkGroup, changes: list[dict[bytes, bytes | None]]) -> list[Awaitable[None]]:
+        return write_changes(self.writer, changes, self.tables, group.event.message.partition)

@@ -17,7 +17,8 @@ from typing import Annotated, Final
 
 import msgspec
 
-from streams.schema import state_display
+from streams.contract.schema import Origin, state_display
+from streams.errors import ConfigError
 
 DEFAULT_STATES: Final = ("OK", "Creating", "Requested")
 
@@ -25,10 +26,6 @@ Positive = Annotated[float, msgspec.Meta(gt=0)]
 PositiveInt = Annotated[int, msgspec.Meta(gt=0)]
 NonNegative = Annotated[float, msgspec.Meta(ge=0)]
 Name = Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", max_length=64)]
-
-
-class ConfigError(ValueError):
-    """The configuration cannot be used; the message says which field and why."""
 
 
 class Secret:
@@ -151,7 +148,18 @@ class Config(msgspec.Struct, kw_only=True, forbid_unknown_fields=True, dict=True
         return self.secret(self.sites[site].token_env)
 
 
-_SCHEMES: Final = ("ws://", "wss://", "stomp://", "stomp+ssl://", "amqp://", "amqps://")
+#: Every broker URL scheme the bridge speaks: scheme -> (protocol family, origin of the
+#: facts it carries). The one list: this file's checks, the bridge's transport registry
+#: (``bridges.transports.registry``, a factory per family) and the relay read it.
+BROKER_SCHEMES: Final[dict[str, tuple[str, Origin]]] = {
+    "ws": ("stomp", Origin.STOMP),
+    "wss": ("stomp", Origin.STOMP),
+    "stomp": ("stomp", Origin.STOMP),
+    "stomp+ssl": ("stomp", Origin.STOMP),
+    "amqp": ("amqp", Origin.AMQP),
+    "amqps": ("amqp", Origin.AMQP),
+}
+_SCHEMES: Final = tuple(f"{scheme}://" for scheme in BROKER_SCHEMES)
 
 
 def _problems(config: Config, environ: Mapping[str, str]) -> list[str]:

@@ -1,10 +1,21 @@
-"""The interface every broker transport exposes to the bridge.
+"""The interface every broker transport exposes to the bridge, and the transports' error tree.
 
-A :class:`Source` is one broker connection under one credential. The bridge owns the
-reconnect/backoff policy: a source only has to fail promptly and clearly
+A :class:`BrokerConnection` is one broker connection under one credential. The bridge
+owns the reconnect/backoff policy: a connection only has to fail promptly and clearly
 (:class:`ConnectionLost`, :class:`AuthenticationError`, ...) so the bridge can decide.
+Each transport maps its library's failures onto this tree, rooted in
+``streams.errors.UsyncError``::
 
-One source object covers one connection lifetime at a time. Messages carry the
+    TransportError
+    ├── ConnectionLost          the broker went away: reconnect (transient)
+    │   ├── TransportTimeout    connect, handshake or receipt too slow
+    │   └── ProtocolError       bytes that are not the protocol
+    └── BrokerError             the broker refused something
+        ├── AuthenticationError credentials rejected: re-register, back off slowly
+        └── SubscriptionRefused may not consume the queue
+            └── QueueNotFound   the queue does not exist
+
+One connection object covers one connection lifetime at a time. Messages carry the
 *epoch* of the connection that delivered them: acking a message from an earlier
 connection is refused with :class:`ConnectionLost`, because the broker has already
 requeued it and will redeliver it (at-least-once), and an AMQP delivery tag from a
@@ -17,11 +28,11 @@ import asyncio
 import collections
 from collections.abc import AsyncIterator, Callable
 from typing import Protocol, runtime_checkable
-from urllib.parse import urlsplit
 
 import msgspec
 
-from streams.config import Secret
+from streams.contract.config import Secret
+from streams.errors import TransientError, UsyncError
 
 __all__ = [
     "AuthenticationError",
@@ -32,15 +43,12 @@ __all__ = [
     "ProtocolError",
     "QueueNotFound",
     "Secret",
-    "Source",
-    "SourceError",
-    "SourceTimeout",
+    "BrokerConnection",
+    "TransportError",
+    "TransportTimeout",
     "SubscriptionRefused",
     "iterate",
-    "open_source",
 ]
-
-SCHEMES = ("ws", "wss", "stomp", "stomp+ssl", "amqp", "amqps")
 
 
 class BrokerMessage(msgspec.Struct, frozen=True, gc=False):
@@ -62,15 +70,15 @@ class BrokerMessage(msgspec.Struct, frozen=True, gc=False):
     epoch: int  # which connection of the source delivered it
 
 
-class SourceError(Exception):
+class TransportError(UsyncError):
     """Base class of every transport failure."""
 
 
-class ConnectionLost(SourceError):
+class ConnectionLost(TransportError, TransientError):
     """The broker went away (closed, reset, heartbeat missed); reconnect."""
 
 
-class SourceTimeout(ConnectionLost, TimeoutError):
+class TransportTimeout(ConnectionLost, TimeoutError):
     """A network operation (connect, handshake, receipt) did not finish in time."""
 
 
@@ -78,7 +86,7 @@ class ProtocolError(ConnectionLost):
     """The peer sent bytes that are not the protocol; the connection is unusable."""
 
 
-class BrokerError(SourceError):
+class BrokerError(TransportError):
     """The broker refused something (STOMP ERROR frame, AMQP connection/channel close)."""
 
     def __init__(self, message: str, details: str = "") -> None:
@@ -103,7 +111,7 @@ class QueueNotFound(SubscriptionRefused):
 
 
 @runtime_checkable
-class Source(Protocol):
+class BrokerConnection(Protocol):
     """What the bridge needs from a broker transport."""
 
     async def connect(self) -> None: ...
@@ -217,29 +225,3 @@ async def iterate(inbox: Inbox) -> AsyncIterator[BrokerMessage]:
         if msg is None:
             return
         yield msg
-
-
-def open_source(
-    url: str,
-    login: str,
-    passcode: str,
-    vhost: str = "/",
-    heartbeat: float = 10.0,
-    **options: object,
-) -> Source:
-    """A source for ``url``, the transport chosen by its scheme (not connected yet).
-
-    ``ws://``/``wss://`` web-STOMP, ``stomp://``/``stomp+ssl://`` plain STOMP,
-    ``amqp://``/``amqps://`` AMQP 0-9-1. ``options`` go to the transport
-    (e.g. ``ssl_context``, ``connect_timeout``).
-    """
-    scheme = urlsplit(url).scheme.lower()
-    if scheme in ("ws", "wss", "stomp", "stomp+ssl"):
-        from bridges.stomp import StompSource
-
-        return StompSource(url, login, passcode, vhost, heartbeat=heartbeat, **options)  # type: ignore[arg-type]
-    if scheme in ("amqp", "amqps"):
-        from bridges.amqp import AmqpSource
-
-        return AmqpSource(url, login, passcode, vhost, heartbeat=heartbeat, **options)  # type: ignore[arg-type]
-    raise ValueError(f"unsupported broker URL scheme {scheme!r} (expected one of {', '.join(SCHEMES)})")

@@ -19,7 +19,8 @@ from typing import Any
 from faust.tables import TableManager
 from faust.tables.recovery import Recovery
 
-from streams.kafka import until_kafka_answers
+from streams.adapters.kafka.client import kafka_transient
+from streams.retry import Backoff, retry_forever
 
 log = logging.getLogger("usync.recovery")
 
@@ -47,13 +48,13 @@ class PatientRecovery(Recovery):
                                         f"{title} changelogs' earliest offsets")
 
     async def _until_kafka_answers(self, query: Callable[[], Awaitable[None]], what: str) -> None:
-        await until_kafka_answers(query, f"Table recovery reading the {what}", cap=RETRY_CAP_SECONDS,
-                                  on_retry=self._waiting)
+        await retry_forever(query, f"Table recovery reading the {what}", transient=kafka_transient,
+                            backoff=Backoff(cap=RETRY_CAP_SECONDS), on_retry=self._waiting)
         if self.waiting_for_kafka:
             log.info("Table recovery read the %s: Kafka answers again", what)
             self.waiting_for_kafka = False
 
-    def _waiting(self) -> None:
+    def _waiting(self, _exc: BaseException, _delay: float) -> None:
         self.waiting_for_kafka = True
 
 

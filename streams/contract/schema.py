@@ -12,7 +12,8 @@ three kinds, told apart by the ``kind`` tag:
 Correction attempts are :class:`Outcome` records on the outcomes topic, and messages
 that cannot be decoded are :class:`DeadLetter` records on the DLQ topic.
 
-This module is part of the pure core: it imports no I/O library.
+This module is part of the contract: it imports no I/O library, and the bridge
+imports it too.
 """
 
 from __future__ import annotations
@@ -84,14 +85,8 @@ def normalize_uuid(value: str) -> str:
     return value.replace("-", "").lower()
 
 
-class Kind(str, enum.Enum):
-    EVENT = "event"
-    SNAPSHOT = "snapshot"
-    LOOKUP = "lookup"
-
-
-class Source(str, enum.Enum):
-    """How a fact reached usync."""
+class Origin(str, enum.Enum):
+    """How a fact reached usync (the envelope's ``source`` field)."""
 
     STOMP = "stomp"
     AMQP = "amqp"
@@ -100,6 +95,9 @@ class Source(str, enum.Enum):
 
 
 class Action(str, enum.Enum):
+    """The actions Waldur publishes (``OfferingUserEvent.action`` stays a plain string:
+    an action a newer Waldur adds is relayed and left alone by the fold)."""
+
     CREATE = "create"
     UPDATE = "update"
     DELETE = "delete"
@@ -181,7 +179,7 @@ class Envelope(msgspec.Struct, kw_only=True, omit_defaults=True):
     schema_version: int = SCHEMA_VERSION
     event_id: str
     site: str
-    source: Source
+    origin: Origin = msgspec.field(name="source")
     offering_uuid: str
     object_type: str = "offering_user"
     queue: str = ""
@@ -232,6 +230,24 @@ class DeadLetter(msgspec.Struct, kw_only=True, omit_defaults=True):
     received_at: datetime
 
 
+class CorrectionRequest(msgspec.Struct, kw_only=True, omit_defaults=True):
+    """"Look at (link, user)": what the fold sends to ``<app>-corrections`` (key ``<link>:<user>``)."""
+
+    link: str
+    user_username: str
+    a_offering_user_uuid: str | None = None
+    b_offering_user_uuid: str | None = None
+    desired: str | None = None
+    cause_event_id: str = ""
+    # When the newest fact behind the request was observed (µs since the epoch): a live
+    # read sent after that already covers it.
+    observed_at: int = 0
+
+    @property
+    def key(self) -> str:
+        return f"{self.link}:{self.user_username}"
+
+
 def event_key(site: str, offering_uuid: str) -> str:
     return f"{site}:{offering_uuid}"
 
@@ -252,6 +268,9 @@ _payload_decoder = msgspec.json.Decoder(OfferingUserEvent)
 envelope_encoder = msgspec.json.Encoder()
 envelope_decoder = msgspec.json.Decoder(Envelope)
 outcome_decoder = msgspec.json.Decoder(Outcome)
+outcome_encoder = msgspec.json.Encoder()
+request_encoder = msgspec.json.Encoder()
+request_decoder = msgspec.json.Decoder(CorrectionRequest)
 
 
 def decode_payload(raw: bytes) -> OfferingUserEvent:

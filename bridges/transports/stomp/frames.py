@@ -12,7 +12,7 @@ import re
 
 import msgspec
 
-from bridges.source import ProtocolError
+from bridges.transports.base import ProtocolError
 
 __all__ = ["Frame", "FrameParser", "encode_frame", "escape", "unescape"]
 

@@ -32,7 +32,7 @@ from pika.adapters.utils.connection_workflow import AMQPConnectorStackTimeout
 from pika.channel import Channel
 from pika.spec import Basic, BasicProperties
 
-from bridges.source import (
+from bridges.transports.base import (
     AuthenticationError,
     BrokerError,
     BrokerMessage,
@@ -40,12 +40,12 @@ from bridges.source import (
     Inbox,
     QueueNotFound,
     Secret,
-    SourceError,
-    SourceTimeout,
+    TransportError,
+    TransportTimeout,
     iterate,
 )
 
-__all__ = ["AmqpSource", "amqp_headers"]
+__all__ = ["AmqpConnection", "amqp_headers"]
 
 log = logging.getLogger(__name__)
 
@@ -88,7 +88,7 @@ def amqp_headers(props: BasicProperties) -> dict[str, str]:
     return headers
 
 
-class AmqpSource:
+class AmqpConnection:
     """One AMQP connection and channel; ``subscribe`` adds a consumer per queue."""
 
     def __init__(
@@ -126,7 +126,7 @@ class AmqpSource:
         self._inbox = Inbox()
         self._queues: dict[str, str] = {}  # consumer tag -> queue
         self._pending: set[asyncio.Future[Any]] = set()
-        self._failure: SourceError | None = None
+        self._failure: TransportError | None = None
         self._closing = False
         self._closed: asyncio.Future[None] | None = None
         # Ack coalescing: delivery tags in delivery order not yet settled on the wire,
@@ -141,7 +141,7 @@ class AmqpSource:
 
     def __repr__(self) -> str:
         state = "failed" if self._failure else "open" if self._channel else "closed"
-        return f"<AmqpSource {self._host}:{self._port} login={self.login!r} vhost={self.vhost!r} {state}>"
+        return f"<AmqpConnection {self._host}:{self._port} login={self.login!r} vhost={self.vhost!r} {state}>"
 
     # -- public API -----------------------------------------------------------------
 
@@ -244,7 +244,7 @@ class AmqpSource:
             self._abort()
             self._inbox.close()
 
-    async def __aenter__(self) -> AmqpSource:
+    async def __aenter__(self) -> AmqpConnection:
         await self.connect()
         return self
 
@@ -358,11 +358,11 @@ class AmqpSource:
             async with asyncio.timeout(timeout):
                 return await fut
         except TimeoutError:
-            self._fail(SourceTimeout(f"{what} on {self._host}:{self._port} timed out after {timeout:g} s"))
+            self._fail(TransportTimeout(f"{what} on {self._host}:{self._port} timed out after {timeout:g} s"))
             self._abort()
             raise self._failure from None  # type: ignore[misc]
 
-    def _fail(self, exc: SourceError) -> None:
+    def _fail(self, exc: TransportError) -> None:
         if self._failure is not None:
             return
         self._failure = exc
@@ -397,7 +397,7 @@ class AmqpSource:
             raise ConnectionLost("message from an earlier connection; the broker redelivers it")
         return channel
 
-    def _connect_error(self, exc: BaseException) -> SourceError:
+    def _connect_error(self, exc: BaseException) -> TransportError:
         where = f"{self._host}:{self._port} vhost {self.vhost!r}"
         if isinstance(exc, pex.ProbableAuthenticationError | pex.AuthenticationError):
             text = self._passcode.scrub(str(exc))
@@ -408,7 +408,7 @@ class AmqpSource:
         cause = _root_cause(exc)
         text = self._passcode.scrub(f"{type(cause).__name__}: {cause}")
         if isinstance(cause, TimeoutError | AMQPConnectorStackTimeout):
-            return SourceTimeout(f"connecting to {where} timed out: {text}")
+            return TransportTimeout(f"connecting to {where} timed out: {text}")
         return ConnectionLost(f"cannot connect to {where}: {text}")
 
 
@@ -426,7 +426,7 @@ def _resolve(fut: asyncio.Future[Any], value: Any) -> None:
         fut.set_result(value)
 
 
-def _close_error(reason: BaseException, what: str) -> SourceError:
+def _close_error(reason: BaseException, what: str) -> TransportError:
     """Map pika's close reasons (reply code + text) to our exceptions."""
     code = getattr(reason, "reply_code", 0)
     text = getattr(reason, "reply_text", "") or str(reason)

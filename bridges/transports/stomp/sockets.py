@@ -20,7 +20,7 @@ from websockets.asyncio.client import ClientConnection
 from websockets.asyncio.client import connect as ws_connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake
 
-from bridges.source import ConnectionLost, SourceTimeout
+from bridges.transports.base import ConnectionLost, TransportTimeout
 
 __all__ = ["ByteTransport", "open_transport"]
 
@@ -69,7 +69,7 @@ async def open_transport(
                 port = parts.port or DEFAULT_PORTS[scheme]
                 return await TcpTransport.open(host, port, on_data, on_lost, ssl_context if secure else None)
     except TimeoutError:
-        raise SourceTimeout(f"connecting to {_safe_url(url)} timed out after {timeout:g} s") from None
+        raise TransportTimeout(f"connecting to {_safe_url(url)} timed out after {timeout:g} s") from None
     except (OSError, InvalidHandshake) as exc:
         raise ConnectionLost(f"cannot connect to {_safe_url(url)}: {exc}") from exc
     raise ValueError(f"not a STOMP URL scheme: {scheme!r}")

@@ -15,7 +15,7 @@ import ssl
 from collections.abc import AsyncIterator
 from urllib.parse import urlsplit
 
-from bridges.source import (
+from bridges.transports.base import (
     AuthenticationError,
     BrokerError,
     BrokerMessage,
@@ -24,15 +24,15 @@ from bridges.source import (
     ProtocolError,
     QueueNotFound,
     Secret,
-    SourceError,
-    SourceTimeout,
+    TransportError,
+    TransportTimeout,
     SubscriptionRefused,
     iterate,
 )
-from bridges.stomp.frames import DEFAULT_MAX_FRAME_SIZE, Frame, FrameParser, encode_frame, escape
-from bridges.stomp.transport import ByteTransport, _safe_url, open_transport
+from bridges.transports.stomp.frames import DEFAULT_MAX_FRAME_SIZE, Frame, FrameParser, encode_frame, escape
+from bridges.transports.stomp.sockets import ByteTransport, _safe_url, open_transport
 
-__all__ = ["StompSource"]
+__all__ = ["StompConnection"]
 
 log = logging.getLogger(__name__)
 
@@ -45,7 +45,7 @@ _RX_GRACE = 2.5
 _HIGH_WATER = 10_000
 
 
-class StompSource:
+class StompConnection:
     """One STOMP connection: ``connect``, ``subscribe`` queues, iterate ``messages``."""
 
     def __init__(
@@ -83,7 +83,7 @@ class StompSource:
         self._subs: dict[str, str] = {}  # subscription id -> queue
         self._ids = itertools.count(1)
         self._heartbeat_task: asyncio.Task[None] | None = None
-        self._failure: SourceError | None = None
+        self._failure: TransportError | None = None
         self._closing = False
         self._disconnecting: asyncio.Future[None] | None = None
         self._subscribing: str | None = None  # queue whose SUBSCRIBE awaits its receipt
@@ -93,14 +93,14 @@ class StompSource:
 
     def __repr__(self) -> str:
         state = "failed" if self._failure else "open" if self._transport else "closed"
-        return f"<StompSource {_safe_url(self.url)} login={self.login!r} vhost={self.vhost!r} {state}>"
+        return f"<StompConnection {_safe_url(self.url)} login={self.login!r} vhost={self.vhost!r} {state}>"
 
     # -- public API -----------------------------------------------------------------
 
     async def connect(self) -> None:
         """Open the transport, send CONNECT and wait for CONNECTED (all with timeouts).
 
-        Raises :class:`AuthenticationError` on rejected credentials, :class:`SourceTimeout`
+        Raises :class:`AuthenticationError` on rejected credentials, :class:`TransportTimeout`
         or :class:`ConnectionLost` if the broker is unreachable.
         """
         if self._transport is not None:
@@ -126,8 +126,8 @@ class StompSource:
             async with asyncio.timeout(self._connect_timeout):
                 frame = await self._connected
         except TimeoutError:
-            self._fail(SourceTimeout(f"no CONNECTED from {_safe_url(self.url)} within {self._connect_timeout:g} s"))
-        except SourceError:
+            self._fail(TransportTimeout(f"no CONNECTED from {_safe_url(self.url)} within {self._connect_timeout:g} s"))
+        except TransportError:
             pass
         except asyncio.CancelledError:
             self._abort()
@@ -209,7 +209,7 @@ class StompSource:
                 transport.write(encode_frame("DISCONNECT", headers))
                 try:
                     await self._await_receipt(receipt, "DISCONNECT")
-                except SourceError as exc:
+                except TransportError as exc:
                     log.info("STOMP %s: DISCONNECT not confirmed: %s", self, exc)
             await transport.close(self._connect_timeout)
         finally:
@@ -217,7 +217,7 @@ class StompSource:
             self._inbox.close()
             self._transport = None
 
-    async def __aenter__(self) -> StompSource:
+    async def __aenter__(self) -> StompConnection:
         await self.connect()
         return self
 
@@ -262,7 +262,7 @@ class StompSource:
             )
         log.info("STOMP connected to %s (%s) heart-beat send %d ms, expect %d ms", _safe_url(self.url), self.server, send_ms, recv_ms)
 
-    def _fail(self, exc: SourceError) -> None:
+    def _fail(self, exc: TransportError) -> None:
         """Record the first failure and wake everyone waiting on this connection."""
         if self._failure is not None:
             return
@@ -305,7 +305,7 @@ class StompSource:
             async with asyncio.timeout(self._receipt_timeout):
                 await fut
         except TimeoutError:
-            exc = SourceTimeout(f"no RECEIPT for {what} within {self._receipt_timeout:g} s")
+            exc = TransportTimeout(f"no RECEIPT for {what} within {self._receipt_timeout:g} s")
             self._fail(exc)
             self._abort()
             raise exc from None

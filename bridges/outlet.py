@@ -1,5 +1,5 @@
-"""The bridge's single Kafka producer: acks=all, idempotent, started (and restarted)
-with backoff, never given up on."""
+"""The bridge's outlet to Kafka: one acks=all idempotent producer (started and replaced
+with backoff, never given up on) and the per-partition batches the relays fill."""
 
 from __future__ import annotations
 
@@ -9,14 +9,17 @@ import logging
 import random
 import time
 from collections.abc import Callable
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, NoReturn, TypeVar
 
 import aiokafka
 from aiokafka.errors import KafkaError
 from aiokafka.partitioner import murmur2
 
-from streams.config import Config
-from streams.kafka import client_options, ensure_topics
+from streams.contract.config import Config
+from streams.adapters.kafka.client import client_options
+from streams.adapters.kafka.producers import ReplaceableProducer, known_partitions
+from streams.adapters.kafka.topics import ensure_topics
+from streams.errors import KafkaUnavailable
 from streams.retry import Backoff
 
 from bridges.health import Health
@@ -28,12 +31,12 @@ log = logging.getLogger("usync.bridge.kafka")
 T = TypeVar("T")
 
 
-class KafkaUnavailable(Exception):
+class SendFailed(KafkaUnavailable):
     """Kafka did not take a record; the relay tears its connection down and retries."""
 
-    def __init__(self, message: str, generation: int) -> None:
+    def __init__(self, message: str, producer: Any) -> None:
         super().__init__(message)
-        self.generation = generation  # which producer failed
+        self.producer = producer  # which producer failed
 
 
 @functools.lru_cache(maxsize=65_536)
@@ -44,86 +47,60 @@ def partition_for(key: bytes, partitions: tuple[int, ...]) -> int:
 
 
 class KafkaOutlet:
+    """The bridge's producer (``ReplaceableProducer``: started with the topics created first,
+    dropped after a failed send, started again by the next relay that needs it)."""
+
     HEALTH_NAME = "kafka"
 
     def __init__(self, config: Config, health: Health, metrics: BridgeMetrics, rng: random.Random | None = None) -> None:
         self.config = config
         self.health = health
         self.metrics = metrics
-        self.rng = rng or random.Random()
         self.topics = {"events": config.kafka.events_topic, "dlq": config.kafka.dlq_topic}
-        self.producer: aiokafka.AIOKafkaProducer | None = None
-        # Bumped on every new producer, so a failure seen on an old one cannot reset a new one.
-        self.generation = 0
-        self._ready = asyncio.Event()
-        self._lock = asyncio.Lock()
+        self._producer = ReplaceableProducer(
+            client_options(config), "bridge", prepare=lambda: ensure_topics(config), on_state=self._state,
+            backoff=Backoff(rng=rng or random.Random()),
+            linger_ms=0, max_batch_size=256 * 1024, request_timeout_ms=30_000,
+        )
 
-    async def ready(self) -> None:
-        """Wait until a producer is connected (starting one if needed)."""
-        if not self._ready.is_set():
-            await self.start()
-
-    async def start(self) -> None:
-        async with self._lock:
-            if self._ready.is_set():
-                return
-            backoff = Backoff(rng=self.rng)
-            self.health.set(self.HEALTH_NAME, "starting")
-            while True:
-                try:
-                    await ensure_topics(self.config)
-                    producer = aiokafka.AIOKafkaProducer(
-                        **client_options(self.config),
-                        acks="all",
-                        enable_idempotence=True,
-                        linger_ms=0,
-                        max_batch_size=256 * 1024,
-                        request_timeout_ms=30_000,
-                    )
-                    await producer.start()
-                    break
-                except (KafkaError, OSError) as exc:
-                    delay = backoff.next_delay()
-                    self.health.set(self.HEALTH_NAME, "disconnected", f"{type(exc).__name__}: {exc}")
-                    log.warning("Kafka unavailable (%s); retrying in %.1f s", exc, delay)
-                    await asyncio.sleep(delay)
-            self.producer = producer
-            self.generation += 1
-            self._ready.set()
+    def _state(self, failure: BaseException | None) -> None:
+        if failure is None:
             self.metrics.kafka_up.set(1)
             self.health.set(self.HEALTH_NAME, "connected")
             log.info("Kafka producer connected")
+        else:
+            self.metrics.kafka_up.set(0)
+            self.health.set(self.HEALTH_NAME, "disconnected", f"{type(failure).__name__}: {failure}")
+
+    @property
+    def producer(self) -> aiokafka.AIOKafkaProducer | None:
+        return self._producer.producer
+
+    async def ready(self) -> None:
+        """Wait until a producer is connected (starting one if needed)."""
+        if not self._producer.up:
+            if self.HEALTH_NAME not in self.health.components:
+                self.health.set(self.HEALTH_NAME, "starting")
+            await self._producer.start()
 
     def batches(self) -> "Batches":
         """A batcher for one relay connection, bound to the current producer."""
-        if self.producer is None:
-            raise KafkaUnavailable("producer not started", self.generation)
-        return Batches(self, self.producer, self.generation)
+        producer = self._producer.producer
+        if producer is None:
+            raise SendFailed("producer not started", None)
+        return Batches(self, producer)
 
-    async def reset(self, reason: BaseException, generation: int) -> None:
-        """Drop the producer after a failure; the next ``ready()`` builds a new one.
+    async def reset(self, failure: SendFailed) -> None:
+        """Drop the producer that failed; the next ``ready()`` builds a new one.
 
         An idempotent producer whose batches expired can be left with a broken
         sequence; a fresh producer (new producer id) is always safe.
         """
-        async with self._lock:
-            if not self._ready.is_set() or generation != self.generation:
-                return
-            self._ready.clear()
-            self.metrics.kafka_up.set(0)
-            self.health.set(self.HEALTH_NAME, "disconnected", f"{type(reason).__name__}: {reason}")
-            producer, self.producer = self.producer, None
-        if producer is not None:
-            try:
-                await asyncio.wait_for(producer.stop(), timeout=5)
-            except Exception:  # it is broken already; we only want its resources back
-                pass
+        if failure.producer is not None:
+            await self._producer.drop(failure.producer, failure)
 
     async def stop(self) -> None:
-        if self.producer is not None:
-            await self.producer.stop()
-            self.producer = None
-        self._ready.clear()
+        await self._producer.stop()
         self.health.set(self.HEALTH_NAME, "stopped")
 
 
@@ -167,10 +144,9 @@ class Batches(Generic[T]):
     broker's unacked window holds fewer records for the same rate.
     """
 
-    def __init__(self, outlet: KafkaOutlet, producer: aiokafka.AIOKafkaProducer, generation: int) -> None:
+    def __init__(self, outlet: KafkaOutlet, producer: aiokafka.AIOKafkaProducer) -> None:
         self.outlet = outlet
         self.producer = producer
-        self.generation = generation
         self.open: dict[tuple[str, int], _Open[T]] = {}
         self.count = 0
         self._where: dict[tuple[str, bytes], tuple[str, int]] = {}  # (topic kind, key) -> (topic, partition)
@@ -179,14 +155,18 @@ class Batches(Generic[T]):
         self._sending = asyncio.Lock()
 
     async def _partition(self, topic: str, key: bytes) -> int:
-        known = self.producer.client.cluster.partitions_for_topic(topic)
+        known = known_partitions(self.producer, topic)
         if not known:  # first record for this topic on this producer: wait for its metadata
             try:
                 known = await self.producer.partitions_for(topic)
             except KafkaError as exc:
-                await self.outlet.reset(exc, self.generation)
-                raise KafkaUnavailable(str(exc), self.generation) from exc
+                await self._failed(exc)
         return partition_for(key, tuple(sorted(known)))
+
+    async def _failed(self, exc: KafkaError) -> NoReturn:
+        failure = SendFailed(f"{type(exc).__name__}: {exc}", self.producer)
+        await self.outlet.reset(failure)
+        raise failure from exc
 
     def add_nowait(self, record: Record, item: T) -> bool:
         """Append ``record`` if that needs no I/O (its partition is known and its batch has
@@ -245,8 +225,7 @@ class Batches(Generic[T]):
             async with self._sending:
                 future = await self.producer.send_batch(batch.builder, topic, partition=partition)
         except KafkaError as exc:
-            await self.outlet.reset(exc, self.generation)
-            raise KafkaUnavailable(str(exc), self.generation) from exc
+            await self._failed(exc)
         items, kind, opened = batch.items, batch.kind, batch.opened
 
         def delivered(future: asyncio.Future) -> None:

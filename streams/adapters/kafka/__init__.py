@@ -1,0 +1,1 @@
+"""Kafka for every usync process: client options, topics, producers, consumer groups, readers."""

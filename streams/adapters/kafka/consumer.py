@@ -1,0 +1,105 @@
+"""A worker stage on a consumer group of its own: a batch at a time, committed only after
+its handler returned (the route and correct stages; invariant 1 of docs/invariants.md).
+
+faust acked what an agent never handled: when two fresh workers formed their group, a
+worker kept a partition across the rebalance and resumed past records it had fetched
+but never handled, and the group's commit moved over them (tests/e2e/test_worker_startup.py
+caught it for the sink; faust's commit takes the first run of acked offsets, gap or not).
+Here the stage owns its offsets. It runs forever: a Kafka failure starts it over from
+the committed offsets with the shared backoff; anything else is a bug and goes up.
+
+With ``revoke_wait``, a rebalance waits for the batch under way (up to that many
+seconds) before giving its partitions away; a batch that outlives that commits nothing,
+and the partitions' next owner handles it again (at-least-once).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener
+from aiokafka.errors import CommitFailedError, IllegalStateError
+
+from streams.adapters.faust.app import FETCH_MAX_WAIT_MS
+from streams.adapters.kafka.client import close_quietly, kafka_transient
+from streams.retry import Backoff, retry_forever
+
+log = logging.getLogger("usync.kafka")
+
+#: Handles the values of one fetched batch; returns once everything they imply is durable.
+BatchHandler = Callable[[list[bytes]], Awaitable[None]]
+
+
+class _FinishBeforeRevoke(ConsumerRebalanceListener):
+    def __init__(self, name: str, busy: asyncio.Lock, wait: float) -> None:
+        self.name, self.busy, self.wait = name, busy, wait
+
+    async def on_partitions_revoked(self, revoked: Any) -> None:
+        try:
+            async with asyncio.timeout(self.wait):
+                async with self.busy:
+                    pass
+        except TimeoutError:
+            log.warning("%s: a batch is still under way after %.0f s; its partitions move on, "
+                        "their next owner handles it again", self.name, self.wait)
+
+    async def on_partitions_assigned(self, assigned: Any) -> None:
+        log.info("%s: handling partitions %s", self.name, sorted(tp.partition for tp in assigned))
+
+
+class BatchConsumer:
+    """``handle`` every batch of ``topic`` as group ``group_id``; ``connected`` while consuming."""
+
+    def __init__(self, name: str, options: dict[str, Any], topic: str, group_id: str, handle: BatchHandler, *,
+                 max_records: int, revoke_wait: float | None = None, **settings: Any) -> None:
+        self.name = name
+        self.options = options
+        self.topic = topic
+        self.group_id = group_id
+        self.handle = handle
+        self.max_records = max_records
+        self.revoke_wait = revoke_wait
+        self.settings = settings
+        self.connected = False
+        self._busy = asyncio.Lock()
+
+    async def run(self) -> None:
+        backoff = Backoff()
+        await retry_forever(lambda: self._serve(backoff), self.name, transient=kafka_transient, backoff=backoff,
+                            on_retry=lambda _exc, _delay: self._disconnected(), logger=log)
+
+    def _disconnected(self) -> None:
+        self.connected = False
+
+    async def _serve(self, backoff: Backoff) -> None:
+        consumer = AIOKafkaConsumer(
+            **self.options, group_id=self.group_id, enable_auto_commit=False, auto_offset_reset="earliest",
+            session_timeout_ms=10_000, heartbeat_interval_ms=1_000,
+            fetch_max_wait_ms=FETCH_MAX_WAIT_MS,  # a catching-up stage never idles on a long poll
+            **self.settings,
+        )
+        listener = _FinishBeforeRevoke(self.name, self._busy, self.revoke_wait) if self.revoke_wait else None
+        consumer.subscribe([self.topic], listener=listener)
+        try:
+            await consumer.start()
+            self.connected = True
+            log.info("%s: consuming %s as group %s", self.name, self.topic, self.group_id)
+            while True:
+                fetched = await consumer.getmany(timeout_ms=500, max_records=self.max_records)
+                if fetched:
+                    async with self._busy:
+                        await self.handle([m.value for messages in fetched.values() for m in messages])
+                        await self._commit(consumer, fetched)
+                    backoff.reset()
+        finally:
+            self.connected = False
+            await close_quietly(consumer, self.name)
+
+    async def _commit(self, consumer: AIOKafkaConsumer, fetched: dict[Any, list[Any]]) -> None:
+        try:
+            await consumer.commit({tp: messages[-1].offset + 1 for tp, messages in fetched.items()})
+        except (CommitFailedError, IllegalStateError) as exc:  # a rebalance took the partitions: the new owner repeats
+            log.info("%s: commit after rebalance refused (%s); the batch will be handled again", self.name, exc)

@@ -1,0 +1,157 @@
+"""The producers of every usync process: idempotent, acks=all, replaced after a failure.
+
+One mechanism for the bridge and the worker (:class:`ReplaceableProducer`): after an
+outage an idempotent producer can be left answering OutOfOrderSequenceNumber to every
+send; a new producer (new producer id) is always safe. However many concurrent sends
+saw the old one fail, it is replaced once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from aiokafka import AIOKafkaProducer
+
+from streams.adapters.kafka.client import close_quietly, kafka_transient
+from streams.errors import KafkaUnavailable
+from streams.retry import Backoff, retry_forever
+
+log = logging.getLogger("usync.kafka")
+
+#: Told when the producer is up (``None``) or why it is not (the failure).
+StateHook = Callable[[BaseException | None], None]
+
+
+class ReplaceableProducer:
+    """An idempotent acks=all producer that a failed send replaces with a new one.
+
+    ``prepare`` runs before each start (the bridge creates its topics there); ``on_state``
+    hears every start, failure and replacement (health, metrics).
+    """
+
+    def __init__(self, options: dict[str, Any], what: str, *, prepare: Callable[[], Awaitable[Any]] | None = None,
+                 on_state: StateHook | None = None, backoff: Backoff | None = None, **settings: Any) -> None:
+        self._options = options
+        self._what = what
+        self._settings = settings
+        self._prepare = prepare
+        self._on_state = on_state or (lambda _failure: None)
+        self._backoff = backoff
+        self._producer: AIOKafkaProducer | None = None
+        self._started = asyncio.Event()
+        self._starting: asyncio.Lock = asyncio.Lock()
+
+    @property
+    def up(self) -> bool:
+        return self._producer is not None
+
+    @property
+    def producer(self) -> AIOKafkaProducer | None:
+        """The producer now (None while none is up)."""
+        return self._producer
+
+    async def start(self) -> None:
+        """Start a producer, however long Kafka takes to answer (no-op when one is up)."""
+        async with self._starting:
+            if self._producer is None:
+                self._producer = await retry_forever(self._start_one, f"{self._what} producer",
+                                                     transient=kafka_transient, backoff=self._backoff,
+                                                     on_retry=lambda exc, _delay: self._on_state(exc))
+                self._started.set()
+                self._on_state(None)
+
+    async def _start_one(self) -> AIOKafkaProducer:
+        if self._prepare is not None:
+            await self._prepare()
+        producer = AIOKafkaProducer(**self._options, acks="all", enable_idempotence=True, **self._settings)
+        try:
+            await producer.start()
+        except BaseException:
+            await close_quietly(producer, f"{self._what} producer")
+            raise
+        return producer
+
+    async def stop(self) -> None:
+        self._started.clear()
+        producer, self._producer = self._producer, None
+        if producer is not None:
+            await producer.stop()
+
+    async def current(self) -> AIOKafkaProducer:
+        """The producer to send on; waits for :meth:`start` (Kafka may still be down)."""
+        while self._producer is None:
+            await self._started.wait()
+        return self._producer
+
+    async def replace(self, failed: AIOKafkaProducer, reason: BaseException | None = None) -> None:
+        """Start a new producer in place of ``failed``, unless a concurrent send already did."""
+        if await self.drop(failed, reason):
+            await self.start()
+
+    async def drop(self, failed: AIOKafkaProducer, reason: BaseException | None = None) -> bool:
+        """Take ``failed`` out and close it; the next :meth:`start` makes a new one. False when
+        a concurrent caller already did (the first caller takes ``failed`` out before it
+        awaits anything: no lock needed)."""
+        if self._producer is not failed:
+            return False
+        self._started.clear()
+        self._producer = None
+        self._on_state(reason or RuntimeError("a send failed"))
+        log.warning("%s producer: a send failed (%s); a new producer replaces it", self._what, reason)
+        try:
+            await asyncio.wait_for(close_quietly(failed, f"{self._what} producer"), timeout=5)
+        except TimeoutError:
+            pass  # it is broken already; we only wanted its resources back
+        return True
+
+
+class RecordSender(ReplaceableProducer):
+    """Sends single records and returns once Kafka acknowledged each: the sink's facts
+    and outcomes. Batches up to a megabyte per partition, so that many concurrent
+    senders share produce requests instead of waiting for small batches to drain."""
+
+    BATCH_BYTES = 1024 * 1024
+
+    def __init__(self, options: dict[str, Any], what: str = "record", linger_ms: int = 5) -> None:
+        super().__init__(options, what, linger_ms=linger_ms, max_batch_size=self.BATCH_BYTES,
+                         max_request_size=4 * self.BATCH_BYTES)
+
+    async def send(self, topic: str, key: bytes, value: bytes) -> None:
+        """Send; return once acknowledged. A failed send raises, and the producer is replaced."""
+        producer = await self.current()
+        try:
+            await (await producer.send(topic, value, key=key))
+        except Exception as exc:
+            await self._failed(producer, exc, topic)
+
+    async def send_all(self, topic: str, records: list[tuple[bytes, bytes]]) -> None:
+        """Send every (key, value); return once Kafka acknowledged them all."""
+        producer = await self.current()
+        try:
+            acks = [await producer.send(topic, value, key=key) for key, value in records]
+            await asyncio.gather(*acks)
+        except Exception as exc:
+            await self._failed(producer, exc, topic)
+
+    async def _failed(self, producer: AIOKafkaProducer, exc: Exception, topic: str) -> None:
+        """Replace the producer; raise the failure as :class:`KafkaUnavailable` (a bug as itself)."""
+        if not kafka_transient(exc):
+            raise exc
+        await self.replace(producer, exc)
+        raise KafkaUnavailable(f"sending to {topic}: {type(exc).__name__}: {exc}") from exc
+
+    def emitter(self, topic: str) -> Callable[[bytes, bytes], Awaitable[None]]:
+        """``emit(key, value)`` to ``topic`` (the :data:`streams.ports.Emit` port)."""
+        async def emit(key: bytes, value: bytes) -> None:
+            await self.send(topic, key, value)
+        return emit
+
+
+def known_partitions(producer: AIOKafkaProducer, topic: str) -> set[int] | None:
+    """The partitions of ``topic`` in the producer's metadata now, without a request (None
+    or empty: not known yet; ``producer.partitions_for`` fetches them). aiokafka has no
+    public synchronous view; guarded by tests/unit/test_library_hooks.py."""
+    return producer.client.cluster.partitions_for_topic(topic)  # noqa: SLF001

@@ -1,0 +1,68 @@
+"""The usync topics: names, and idempotent creation with their retention."""
+
+from __future__ import annotations
+
+import logging
+
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.errors import TopicAlreadyExistsError
+
+from streams.adapters.kafka.client import client_options, kafka_transient
+from streams.contract.config import Config
+from streams.retry import retry_forever
+
+log = logging.getLogger("usync.kafka")
+
+# The events, DLQ and outcomes topics are the audit log and the replay source:
+# nothing is ever deleted by age or size unless the operator says so.
+UNLIMITED = {"retention.ms": "-1", "retention.bytes": "-1"}
+
+
+def by_link_topic(config: Config) -> str:
+    """The worker's repartition topic: envelopes keyed by link name (see streams.stages.route)."""
+    return f"{config.app_id}-by-link"
+
+
+def corrections_topic(config: Config) -> str:
+    """The sink's requests, keyed ``<link>:<user>``. Created before faust starts: a worker
+    that leads the first assignment before its metadata knows a topic it has just created
+    assigns that topic to nobody."""
+    return f"{config.app_id}-corrections"
+
+
+def topic_specs(config: Config, *, worker: bool = False) -> list[NewTopic]:
+    kafka = config.kafka
+    specs = [
+        NewTopic(name, kafka.partitions, kafka.replication_factor, topic_configs=dict(UNLIMITED))
+        for name in (kafka.events_topic, kafka.dlq_topic, kafka.outcomes_topic)
+    ]
+    if worker:  # derived from the events topic, so the broker's default retention is enough
+        for name in (by_link_topic(config), corrections_topic(config)):
+            specs.append(NewTopic(name, kafka.partitions, kafka.replication_factor))
+    return specs
+
+
+async def ensure_topics(config: Config, request_timeout_ms: int = 10_000, *, worker: bool = False) -> list[str]:
+    """Create the usync topics that are missing (with ``worker``, its repartition topic too);
+    return the names created. The router must never produce to a topic the broker would
+    auto-create with one partition."""
+    admin = AIOKafkaAdminClient(**client_options(config), request_timeout_ms=request_timeout_ms)
+    await admin.start()
+    try:
+        existing = set(await admin.list_topics())
+        missing = [spec for spec in topic_specs(config, worker=worker) if spec.name not in existing]
+        if missing:
+            try:
+                await admin.create_topics(missing)
+            except TopicAlreadyExistsError:
+                pass  # another process won the race; fine
+            log.info("created topics %s", ", ".join(t.name for t in missing))
+        return [t.name for t in missing]
+    finally:
+        await admin.close()
+
+
+async def wait_for_topics(config: Config, *, worker: bool = False) -> list[str]:
+    """:func:`ensure_topics`, waiting for Kafka however long it is away (invariant 5)."""
+    return await retry_forever(lambda: ensure_topics(config, worker=worker), "creating the topics (Kafka not ready)",
+                               transient=kafka_transient)

@@ -1,0 +1,79 @@
+"""The fold stage: one batch of by-link records -> the table, correction requests, lookups.
+
+Order matters for at-least-once (docs/invariants.md, 1): a batch's correction requests
+are acknowledged by Kafka first, then the state that implies them is written, and only
+then may the batch be committed. A worker killed in between folds the batch again from
+a table without it, and asks again (a request sent twice is harmless: the correct stage
+verifies before it PATCHes).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+
+from streams.contract.schema import CorrectionRequest, request_encoder
+from streams.core import FoldResult, LookupNeeded, Routes, Row, fold_by_link, needing_correction
+from streams.metrics import Metrics
+from streams.ports import Emit, FoldTables, LinkGroup
+from streams.retry import retry_forever
+from streams.stages.lookups import Lookups
+from streams.stages.route import unpack
+
+FOLD_BATCH = 64  # by-link records, each an array of up to route.MAX_RECORD_ENVELOPES
+
+
+def correction_request(row: Row) -> CorrectionRequest:
+    return CorrectionRequest(
+        link=row.link, user_username=row.user_username,
+        a_offering_user_uuid=row.a_offering_user_uuid, b_offering_user_uuid=row.b_offering_user_uuid,
+        desired=row.b_username, cause_event_id=row.b_event_id or row.a_event_id or "",
+        observed_at=max(row.b_observed_at, row.a_observed_at),
+    )
+
+
+class RequestCorrection:
+    """Sends "look at (link, user)" to the correct stage and waits for Kafka's ack, through any outage."""
+
+    def __init__(self, emit: Emit, metrics: Metrics) -> None:
+        self.emit = emit
+        self.metrics = metrics
+
+    async def __call__(self, row: Row) -> None:
+        request = correction_request(row)
+        key, value = request.key.encode(), request_encoder.encode(request)
+        self.metrics.corrections.labels(row.link).inc()
+        await retry_forever(lambda: self.emit(key, value), f"correction request for {request.key}")
+
+
+class Fold:
+    def __init__(self, routes: Routes, tables: FoldTables, request: RequestCorrection, lookups: Lookups,
+                 metrics: Metrics) -> None:
+        self.routes = routes
+        self.tables = tables
+        self.request = request
+        self.lookups = lookups
+        self.metrics = metrics
+
+    async def fold_batch(self, groups: Sequence[LinkGroup]) -> None:
+        """Fold each link's envelopes into its partition; requests, then state, then lookups."""
+        tables, state, routes = self.tables, self.tables.state, self.routes
+        needs: list[LookupNeeded] = []
+        requests = []
+        folded = []  # (group, its changes), written below
+        for group in groups:
+            items = [(group.link, envelope) for value in group.values for envelope in unpack(value)]
+            with tables.partition(group):
+                result: FoldResult = fold_by_link(state, routes, items)
+                rows = needing_correction(state, routes, result.dirty)
+            folded.append((group, tables.take_changes()))  # each key once per batch
+            self.metrics.events_folded.labels(group.link).inc(len(items))
+            needs.extend(result.lookups)
+            requests.extend(self.request(row) for row in rows)
+        await asyncio.gather(*requests)
+        writes = []
+        for group, changes in folded:
+            with tables.partition(group):
+                writes.extend(tables.write(group, changes))
+        await asyncio.gather(*writes)
+        self.lookups.start(needs)

@@ -1,0 +1,57 @@
+"""What the worker's web views answer (registered on faust's web server by the composition root)."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any
+
+import msgspec
+
+from streams.contract.config import Link
+from streams.core import TableState, as_dict, drift
+from streams.metrics import Metrics
+
+DRIFT_MAX_AGE = 10.0  # seconds a /metrics scrape may reuse the drift gauges
+
+
+class Views:
+    """``/usync/table/``, ``/usync/drift/``, ``POST /usync/reconcile/``, ``/metrics``, ``/health``."""
+
+    def __init__(self, links: Sequence[Link], state: Callable[[], TableState], metrics: Metrics,
+                 reconcile: Callable[[], Awaitable[dict[str, int]]], health: Callable[[], dict[str, Any]]) -> None:
+        self.links = links
+        self.state = state
+        self.metrics = metrics
+        self.reconcile = reconcile
+        self.health_report = health
+        self._drift_cache: tuple[float, dict[str, Any]] | None = None
+
+    def table(self) -> bytes:
+        return msgspec.json.encode(as_dict(self.state()))
+
+    def drift(self, max_age: float = 0.0) -> dict[str, Any]:
+        """Drift per link; a scrape reuses a report younger than ``max_age`` (it walks every row)."""
+        cached = self._drift_cache
+        if cached is not None and time.monotonic() - cached[0] < max_age:
+            return cached[1]
+        state = self.state()
+        report: dict[str, Any] = {"rows": len(state.rows), "links": {}}
+        self.metrics.table_rows.set(report["rows"])
+        for link in self.links:
+            rows = drift(state, link)
+            self.metrics.drift.labels(link.name).set(len(rows))
+            report["links"][link.name] = {"drift": len(rows), "users": [r.user_username for r in rows[:100]]}
+        self._drift_cache = (time.monotonic(), report)
+        return report
+
+    async def reconcile_now(self) -> dict[str, Any]:
+        """One reconcile pass now (ops, tests); answers when every page is written."""
+        return {"reconciled": await self.reconcile()}
+
+    def exposition(self) -> bytes:
+        self.drift(max_age=DRIFT_MAX_AGE)  # refresh the gauges
+        return self.metrics.exposition()
+
+    def health(self) -> dict[str, Any]:
+        return self.health_report()
