@@ -14,7 +14,7 @@ which runs ``sync_offering_user_usernames`` (list B, list A, PATCH what differs)
 create/update event with a non-empty username, sequentially, in the receiver thread.
 
 One shim: in 1.0.7 ``target_router`` calls the handlers with four arguments while they take
-three, so every event fails with a TypeError and no sync runs (site-agent-baseline.md).
+three, so every event fails with a TypeError and no sync runs (seen with the PyPI package 1.0.7).
 The shim accepts and drops the fourth argument: the agent "as designed".
 
 Prints one JSON line per event handled on stdout ({"event": n, "action", "seconds"}) and

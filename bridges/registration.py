@@ -1,6 +1,6 @@
 """Register usync as a Waldur event subscriber and learn its broker credentials.
 
-Waldur's flow (see waldur-reference.md): a site-agent identity per offering, one
+Waldur's flow: a site-agent identity per offering, one
 event subscription per user and object type (shared across offerings), one queue per
 offering. The broker login is the subscription uuid, the passcode the API token, the
 vhost the subscriber's user uuid.

@@ -7,7 +7,7 @@ tables (RocksDB) and replay and tests with plain dicts:
 - ``index``:   ``<link>:<side>:<offering_user_uuid>`` -> user_username
 - ``pending``: ``<link>:<side>:<offering_user_uuid>`` -> :class:`Pending`
 
-Link names cannot contain ``:`` (see ``config.Name``), so a key splits at its first
+Link names cannot contain ``:`` (see ``streams.contract.config.Name``), so a key splits at its first
 colon. ``desired`` and ``actual`` are derived from a row, never stored: storing them
 would let them disagree with the facts they come from.
 """

@@ -33,7 +33,7 @@ URLS = {
 }
 MGMT = f"{RABBITMQ.management_url}/api"
 AUTH = ("guest", "guest")
-# What Waldur declares its subscription queues with (waldur-reference.md).
+# What Waldur declares its subscription queues with (as Waldur declares them; checked against the simulator by tests/sim/test_event_routing.py).
 WALDUR_QUEUE_ARGS = {
     "x-message-ttl": 3_600_000,
     "x-max-length": 10_000,

@@ -1,4 +1,4 @@
-"""Pulp's broker-reconnect plan (seeds/002), for RabbitMQ and for Kafka separately:
+"""Pulp's broker-reconnect plan, for RabbitMQ and for Kafka separately:
 (1) the bridge starts while the broker is down and the broker comes 15 s later;
 (2) the broker stops for 30 s mid-stream and comes back.
 Every event arrives and the bridge never exits on its own."""

@@ -399,7 +399,7 @@ async def final_checks(p: Pipeline, converge_timeout: float = 240) -> dict[str, 
     finally:
         await ids.reader.close()
 
-    # Every correction request was consumed (and so answered first: invariant 1) ...
+    # Every correction request was consumed (and so answered first: docs/invariants.md, 1) ...
     corrections_topic = f"{config.app_id}-corrections"
     await until(lambda: _no_lag(f"{config.app_id}-sink", corrections_topic), 120, "every correction request to be committed",
                 interval=1.0)

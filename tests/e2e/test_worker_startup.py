@@ -9,7 +9,7 @@ Found by the fault suite, two ways this has failed:
   never ran. The fault suite works around it (tests/e2e/harness.py pre-creates the
   topic); this test does not.
 - (seen on 9eb14e3) correction requests committed by the worker group with no outcome
-  written (invariant 1), around the rebalances of two workers joining: the users of one
+  written (docs/invariants.md, 1), around the rebalances of two workers joining: the users of one
   corrections partition stay uncorrected until the next reconcile. Batches cut short by
   a rebalance are now held back from the commit (streams.app ``held_back_unless_done``).
   The workers' re-raise timer would hide such a loss (it asks again 30 s later), so

@@ -172,7 +172,7 @@ class Final(msgspec.Struct, frozen=True):
 
 
 def oracle_patches(b: dict[str, Final | None], a: dict[str, Final | None]) -> dict[str, str]:
-    """waldur-site-agent's sync, as waldur-reference.md states it.
+    """waldur-site-agent's sync rule (its federation plugin), as stated below.
 
     List B's users with state OK and not restricted: user_username -> username
     (non-empty). List A's users in OK, Creating or Requested; PATCH every one whose

@@ -13,7 +13,7 @@ Time is a step counter. Every fact carries when it was observed (``received_at``
 the fold orders each field by): an event when the bridge relays it, a lookup or snapshot
 page when its GET was *sent* -- and a GET's answer may reach the topic later than events
 observed after it (``write``). The sink skips a request whose facts are older than its
-last successful live verification of that user, as streams/sink.py does.
+last successful live verification of that user, as streams/stages/correct.py does.
 
 Then the faults stop and the system settles (deliver, fold, sink, one reconcile pass,
 until quiet). A must then equal the seed's rule (``oracle_patches``, the oracle of
@@ -208,7 +208,7 @@ class Model:
         self.folded = end
 
     def restart_from_scratch(self) -> None:
-        """A worker with no table: the topic alone rebuilds it (invariant 2)."""
+        """A worker with no table: the topic alone rebuilds it (docs/invariants.md, 2)."""
         before = as_dict(self.state)
         self.state = empty_state()
         self.fold(self.topic[: self.folded])

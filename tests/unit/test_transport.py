@@ -1,4 +1,4 @@
-"""The worker's faust consumer fetches with a short wait (see streams.transport)."""
+"""The worker's faust consumer fetches with a short wait (see streams.adapters.faust.app)."""
 
 from __future__ import annotations
 

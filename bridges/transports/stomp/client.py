@@ -1,7 +1,7 @@
 """A lean asyncio STOMP 1.2 consumer for RabbitMQ (TCP or WebSocket underneath).
 
 Received bytes are parsed in the transport's callback and MESSAGE frames go straight
-into an :class:`~bridges.source.Inbox`; no task or future per message. ACK/NACK frames
+into an :class:`~bridges.transports.base.Inbox`; no task or future per message. ACK/NACK frames
 are individual (client-individual mode) but buffered and flushed once per loop
 iteration by the transport.
 """

@@ -1,4 +1,4 @@
-"""Every faust hook usync relies on, in one place (each guarded by a test in tests/unit/test_faust_hooks.py).
+"""Every faust hook usync relies on, in one place (each guarded by a test in tests/unit/test_library_hooks.py).
 
 - a faust ``App`` whose aiokafka consumer fetches with a short wait (below);
 - :func:`held_back_unless_done`: a batch the fold did not finish stays out of every commit;

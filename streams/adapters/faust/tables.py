@@ -204,7 +204,7 @@ class ChangelogWriter:
     directly and the changelog records go out as aiokafka batches (one per partition
     and megabyte) on a producer of our own. The fold agent awaits :meth:`send`'s acks
     before it asks faust for the next batch, so a source offset is never committed
-    ahead of the table state it produced (invariant 1).
+    ahead of the table state it produced (docs/invariants.md, 1).
     """
 
     def __init__(self, options: dict[str, Any]) -> None:

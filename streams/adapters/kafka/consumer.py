@@ -1,5 +1,5 @@
 """A worker stage on a consumer group of its own: a batch at a time, committed only after
-its handler returned (the route and correct stages; invariant 1 of docs/invariants.md).
+its handler returned (the route and correct stages; docs/invariants.md, 1).
 
 faust acked what an agent never handled: when two fresh workers formed their group, a
 worker kept a partition across the rebalance and resumed past records it had fetched

@@ -63,6 +63,6 @@ async def ensure_topics(config: Config, request_timeout_ms: int = 10_000, *, wor
 
 
 async def wait_for_topics(config: Config, *, worker: bool = False) -> list[str]:
-    """:func:`ensure_topics`, waiting for Kafka however long it is away (invariant 5)."""
+    """:func:`ensure_topics`, waiting for Kafka however long it is away (docs/invariants.md, 5)."""
     return await retry_forever(lambda: ensure_topics(config, worker=worker), "creating the topics (Kafka not ready)",
                                transient=kafka_transient)
