@@ -255,10 +255,10 @@ class Store:
     def create_offering(self, customer: Ref, name: str = "offering", *, type: str = SLURM,
                         exposed_attributes: Iterable[str] | None = None) -> Offering:
         offering = Offering(uuid=new_uuid(), name=name, customer=self.customer(customer).uuid, type=type)
-        if exposed_attributes is not None:
-            self.set_exposed_attributes(offering, exposed_attributes)
         self.offerings[offering.uuid] = offering
         self.ou_by_offering[offering.uuid] = {}
+        if exposed_attributes is not None:
+            self.set_exposed_attributes(offering, exposed_attributes)
         return offering
 
     def set_exposed_attributes(self, offering: Ref, fields: Iterable[str]) -> None:
