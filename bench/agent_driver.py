@@ -1,6 +1,7 @@
 """The existing agent's username sync, driven as in production; runs in .local/agent-venv.
 
-    .local/agent-venv/bin/python bench/agent_driver.py CONFIG.json
+    .local/agent-venv/bin/python bench/agent_driver.py CONFIG.json              # the event path
+    .local/agent-venv/bin/python bench/agent_driver.py --periodic CONFIG.json   # one periodic pass
 
 Not importable from usync's venv (it imports waldur-site-agent 1.0.7 and its Waldur
 federation plugin). CONFIG.json: a_url, a_token, a_offering, b_url, b_token, b_offering,
@@ -19,6 +20,11 @@ The shim accepts and drops the fourth argument: the agent "as designed".
 
 Prints one JSON line per event handled on stdout ({"event": n, "action", "seconds"}) and
 "READY" once subscribed. Exits on SIGTERM (the bench also sets PR_SET_PDEATHSIG).
+
+``--periodic``: one pass of the agent's periodic username reconciliation
+(``run_periodic_username_reconciliation`` with an offering as the agent's config would
+give it: ``membership_sync_backend="waldur"``, ``username_reconciliation_enabled``), then
+"DONE" and exit 0.
 """
 
 from __future__ import annotations
@@ -32,11 +38,31 @@ import threading
 import time
 
 
-def main() -> int:
-    cfg = json.load(open(sys.argv[1]))
-    logging.basicConfig(level=os.environ.get("AGENT_LOG_LEVEL", "WARNING"),
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+def periodic(cfg: dict) -> int:
+    from waldur_site_agent.common.structures import Offering
+    from waldur_site_agent.event_processing.utils import run_periodic_username_reconciliation
 
+    offering = Offering(
+        name="periodic A offering",
+        waldur_api_url=cfg["a_url"],
+        waldur_api_token=cfg["a_token"],
+        waldur_offering_uuid=cfg["a_offering"],
+        backend_type="waldur",
+        membership_sync_backend="waldur",
+        username_reconciliation_enabled=True,
+        backend_settings={
+            "target_api_url": cfg["b_url"],
+            "target_api_token": cfg["b_token"],
+            "target_offering_uuid": cfg["b_offering"],
+            "target_customer_uuid": cfg["b_customer"],
+        },
+    )
+    run_periodic_username_reconciliation([offering], "waldur-site-agent-periodic")
+    print("DONE", flush=True)
+    return 0
+
+
+def serve_events(cfg: dict) -> int:
     import waldur_site_agent_waldur.target_event_handler as handlers
     from waldur_site_agent.common.structures import Offering
     from waldur_site_agent_waldur.backend import WaldurBackend
@@ -101,6 +127,14 @@ def main() -> int:
     except Exception:
         pass
     return 0
+
+
+def main() -> int:
+    logging.basicConfig(level=os.environ.get("AGENT_LOG_LEVEL", "WARNING"),
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if sys.argv[1] == "--periodic":
+        return periodic(json.load(open(sys.argv[2])))
+    return serve_events(json.load(open(sys.argv[1])))
 
 
 if __name__ == "__main__":

@@ -29,11 +29,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import hashlib
 import json
 import os
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
@@ -57,30 +55,10 @@ from demo.stack import (  # noqa: E402
     populate,
     settle,
 )
+from bench.agent_venv import AGENT_DRIVER, AGENT_PY, ensure_agent_venv  # noqa: E402
 from waldursim import BrokerAdmin, Federation  # noqa: E402
 
-AGENT_VENV = ROOT / ".local/agent-venv"
-AGENT_PY = AGENT_VENV / "bin/python"
-AGENT_REQUIREMENTS = ROOT / "bench/agent-requirements.txt"
-AGENT_STAMP = AGENT_VENV / ".requirements.sha256"
-
 console = Console(stderr=True)
-
-
-# -- the agent's venv -------------------------------------------------------------------------
-
-
-def ensure_agent_venv() -> None:
-    """Create .local/agent-venv from the pinned requirements (idempotent: a stamp holds their hash)."""
-    digest = hashlib.sha256(AGENT_REQUIREMENTS.read_bytes()).hexdigest()
-    if AGENT_PY.exists() and AGENT_STAMP.exists() and AGENT_STAMP.read_text().strip() == digest:
-        return
-    with console.status("installing waldur-site-agent into .local/agent-venv (about 20 s) …"):
-        if not AGENT_PY.exists():
-            subprocess.run(["python3", "-m", "venv", str(AGENT_VENV)], check=True)
-        subprocess.run([str(AGENT_PY), "-m", "pip", "install", "-q", "--upgrade", "pip"], check=True)
-        subprocess.run([str(AGENT_PY), "-m", "pip", "install", "-q", "-r", str(AGENT_REQUIREMENTS)], check=True)
-    AGENT_STAMP.write_text(digest + "\n")
 
 
 # -- one run ---------------------------------------------------------------------------------
@@ -195,7 +173,7 @@ async def _start_agent(a: Any, b: Any, pair: Any, tmp: Path) -> Child:
     path = tmp / "agent.json"
     path.write_text(json.dumps(cfg))
     # The driver's stdout and stderr go to one log: READY, one JSON line per handled event, the agent's log.
-    child = Child("agent", [str(AGENT_PY), str(ROOT / "bench/agent_driver.py"), str(path)],
+    child = Child("agent", [str(AGENT_PY), str(AGENT_DRIVER), str(path)],
                   {**os.environ, "PYTHONUNBUFFERED": "1"}, tmp / "agent.log")
     deadline = time.monotonic() + 90
     while time.monotonic() < deadline:

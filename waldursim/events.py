@@ -14,7 +14,7 @@ from typing import Any
 
 import msgspec
 
-from .models import DISPLAY, PROFILE_FIELDS, OfferingUser, OfferingUserState, User
+from .models import DISPLAY, EVENT_SCHEMA_VERSION, OFFERING_USER, OfferingUser, OfferingUserState, User
 
 
 class Message(msgspec.Struct, kw_only=True):
@@ -37,11 +37,18 @@ def message_id(vhost: str, topic: str, payload: str) -> str:
     return hashlib.sha256(f"{vhost}:{topic}:{payload}".encode()).hexdigest()[:32]
 
 
-def attributes(user: User) -> dict[str, Any]:
-    return {name: getattr(user, name) for name in PROFILE_FIELDS}
+def attributes(user: User, exposed: tuple[str, ...]) -> dict[str, Any]:
+    """The fields the offering exposes, leaving out None, "" and [] (as Waldur does)."""
+    values = ((name, getattr(user, name, None)) for name in exposed)
+    return {name: value for name, value in values if value is not None and value != "" and value != []}
 
 
-def create_payload(ou: OfferingUser, user: User) -> dict[str, Any]:
+def envelope(payload: dict[str, Any]) -> dict[str, Any]:
+    """What Waldur's dispatcher adds to every payload, on both queue styles."""
+    return {**payload, "object_type": OFFERING_USER, "schema_version": EVENT_SCHEMA_VERSION}
+
+
+def create_payload(ou: OfferingUser, user: User, exposed: tuple[str, ...]) -> dict[str, Any]:
     return {
         "offering_user_uuid": ou.uuid,
         "user_uuid": ou.user,
@@ -49,7 +56,7 @@ def create_payload(ou: OfferingUser, user: User) -> dict[str, Any]:
         "state": DISPLAY[ou.state],
         "runtime_state": ou.runtime_state,
         "action": "create",
-        "attributes": attributes(user),
+        "attributes": attributes(user, exposed),
         "offering_uuid": ou.offering,
     }
 
@@ -77,14 +84,15 @@ def delete_payload(ou: OfferingUser) -> dict[str, Any]:
     }
 
 
-def attribute_update_payload(ou: OfferingUser, user: User, changed: list[str]) -> dict[str, Any]:
+def attribute_update_payload(ou: OfferingUser, user: User, changed: list[str],
+                             exposed: tuple[str, ...]) -> dict[str, Any]:
     return {
         "offering_user_uuid": ou.uuid,
         "user_uuid": ou.user,
         "username": ou.username,
         "action": "attribute_update",
         "changed_attributes": changed,
-        "attributes": attributes(user),
+        "attributes": attributes(user, exposed),
         "offering_uuid": ou.offering,
     }
 

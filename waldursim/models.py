@@ -51,6 +51,9 @@ PROJECT_MEMBER = "PROJECT.MEMBER"
 
 SLURM = "Marketplace.Slurm"
 OFFERING_USER = "offering_user"
+#: Waldur's dispatcher adds this (and `object_type`) to every event payload.
+EVENT_SCHEMA_VERSION = 1
+TERMINATED = "Terminated"  # a resource state; terminated resources leave `resource_backend_ids`
 
 
 def new_uuid() -> str:
@@ -98,11 +101,16 @@ class User(msgspec.Struct, kw_only=True):
     created: datetime = msgspec.field(default_factory=now)
 
 
-# Fields of User that Waldur exposes to offerings as "attributes" (attribute_update).
-PROFILE_FIELDS = (
+# Fields of User an offering can expose to its provider as event "attributes" (its user-attribute
+# config, `expose_<field>`); the simulated User has these of Waldur's list.
+EXPOSABLE_FIELDS = (
     "username", "full_name", "first_name", "last_name", "email", "organization",
     "phone_number", "job_title", "affiliations",
 )
+# Waldur's default config (an offering that saved none): expose_username, _full_name, _email.
+DEFAULT_EXPOSED = ("username", "full_name", "email")
+# The profile attributes whose change emits attribute_update: User.username is not one.
+PROFILE_FIELDS = tuple(name for name in EXPOSABLE_FIELDS if name != "username")
 
 
 class Customer(msgspec.Struct, kw_only=True):
@@ -124,6 +132,8 @@ class Offering(msgspec.Struct, kw_only=True):
     customer: str  # the service provider's customer uuid
     type: str = SLURM
     managers: set[str] = msgspec.field(default_factory=set)  # user uuids
+    # The user-attribute config: which User fields events carry in `attributes`.
+    exposed_attributes: tuple[str, ...] = DEFAULT_EXPOSED
 
 
 class Resource(msgspec.Struct, kw_only=True):
@@ -148,6 +158,18 @@ class OfferingUser(msgspec.Struct, kw_only=True):
     seq: int = 0  # creation order: the default list ordering
 
 
+class AgentService(msgspec.Struct, kw_only=True):
+    """What `register_service` records: one per (identity, name)."""
+
+    uuid: str
+    identity: str
+    name: str
+    mode: str | None = None
+    state: str = "Active"
+    created: datetime = msgspec.field(default_factory=now)
+    modified: datetime = msgspec.field(default_factory=now)
+
+
 class AgentIdentity(msgspec.Struct, kw_only=True):
     uuid: str
     name: str
@@ -155,6 +177,13 @@ class AgentIdentity(msgspec.Struct, kw_only=True):
     created_by: str
     created: datetime = msgspec.field(default_factory=now)
     modified: datetime = msgspec.field(default_factory=now)
+    # What the agent reports about itself on create and on every restart (PUT).
+    version: str | None = None
+    dependencies: list[dict[str, str]] = msgspec.field(default_factory=list)  # {package, version}
+    config_file_path: str | None = None
+    config_file_content: str | None = None
+    last_restarted: datetime = msgspec.field(default_factory=now)
+    services: dict[str, AgentService] = msgspec.field(default_factory=dict)  # by name
     # The second queue style: one `consumer_{uuid}` queue for this identity.
     consumer_queue: str | None = None
     consumer_user: str | None = None  # whose vhost holds the consumer queue

@@ -8,8 +8,10 @@ records the call (endpoint counter and log).
 
 from __future__ import annotations
 
+import heapq
 import math
 import time
+from datetime import datetime
 from collections import OrderedDict
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qsl, urlencode, urlsplit
@@ -25,8 +27,10 @@ from .models import (
     OFFERING_USER,
     RUNTIME_STATES,
     AgentIdentity,
+    AgentService,
     EventSubscription,
     OfferingUser,
+    Resource,
     SubscriptionQueue,
     User,
     iso,
@@ -77,6 +81,29 @@ def _uuid_from_ref(field: str, value: Any) -> str:
     return hexed
 
 
+def _identity_reported(data: dict[str, Any]) -> dict[str, Any]:
+    """What an agent reports about itself (create, PUT, PATCH), validated; only the keys given."""
+    out: dict[str, Any] = {}
+    for name in ("version", "config_file_path", "config_file_content"):
+        if name in data:
+            if data[name] is not None and not isinstance(data[name], str):
+                raise ValidationError({name: ["Not a valid string."]})
+            out[name] = data[name]
+    if "dependencies" in data:
+        deps = data["dependencies"]
+        if not isinstance(deps, list) or not all(
+                isinstance(d, dict) and isinstance(d.get("package"), str) and isinstance(d.get("version"), str)
+                for d in deps):
+            raise ValidationError({"dependencies": ["Expected a list of {package, version}."]})
+        out["dependencies"] = [{"package": d["package"], "version": d["version"]} for d in deps]
+    if data.get("last_restarted") is not None:
+        try:
+            out["last_restarted"] = msgspec.convert(data["last_restarted"], datetime)
+        except msgspec.ValidationError:
+            raise ValidationError({"last_restarted": ["Datetime has wrong format."]}) from None
+    return out
+
+
 def _bool_param(field: str, value: str) -> bool:
     lowered = value.lower()
     if lowered in ("true", "1", "yes"):
@@ -114,8 +141,13 @@ class Api:
         r.add_get(ident, self.identity_list)
         r.add_post(ident, self.identity_create)
         r.add_get(ident + "{uuid}/", self.identity_retrieve)
+        r.add_put(ident + "{uuid}/", self.identity_update)
+        r.add_patch(ident + "{uuid}/", self.identity_update)
+        r.add_post(ident + "{uuid}/register_service/", self.register_service)
         r.add_post(ident + "{uuid}/register_event_subscription/", self.register_event_subscription)
         r.add_post(ident + "{uuid}/register_queue/", self.register_queue)
+        r.add_get("/api/marketplace-provider-resources/", self.provider_resource_list)
+        r.add_get("/api/marketplace-provider-resources/{uuid}/", self.provider_resource_retrieve)
         r.add_get("/api/event-subscriptions/", self.subscription_list)
         r.add_get("/api/event-subscriptions/{uuid}/", self.subscription_retrieve)
         r.add_post("/api/event-subscriptions/{uuid}/create_queue/", self.create_queue)
@@ -346,6 +378,30 @@ class Api:
         return (offerings, tuple(sorted(set(states))), tuple(runtime), user_uuid,
                 q.get("user_username") or None, q.get("username") or None, restricted)
 
+    def _ou_candidates(self, offerings: tuple[str, ...], user_uuid: str | None,
+                       user_username: str | None) -> list[OfferingUser]:
+        """The offering users a listing has to look at, in creation order, from the narrowest
+        index: a user's (by `user_username` or `user_uuid`: a few rows whatever the offering's
+        size, as Waldur's indexed queries), else the offerings'. Before this a `user_username`
+        filter scanned and sorted the whole offering: 1.2 ms per request at 1,000 users, 42.7
+        ms at 100,000 (issue 15)."""
+        s = self.store
+        if user_username:
+            owner = s.users_by_username.get(user_username)
+            if owner is None or (user_uuid and owner.uuid != user_uuid):
+                return []
+            user_uuid = owner.uuid
+        if user_uuid:
+            keys: Any = s.ou_by_user.get(user_uuid, ())
+        elif len(offerings) == 1:
+            keys = s.ou_by_offering.get(offerings[0], ())  # insertion order is creation order
+        elif offerings:
+            keys = heapq.merge(*(s.ou_by_offering.get(o, ()) for o in offerings),
+                               key=lambda k: s.offering_users[k].seq)
+        else:
+            keys = s.offering_users  # insertion order is creation order
+        return [s.offering_users[k] for k in keys]
+
     def _ou_select(self, viewer: User, filters: tuple[Any, ...]) -> list[str]:
         key = (viewer.uuid, filters, self.store.version)
         cached = self._list_cache.get(key)
@@ -354,27 +410,18 @@ class Api:
             return cached
         offerings, states, runtime, user_uuid, user_username, username, restricted = filters
         s = self.store
-        if offerings:
-            candidates: list[OfferingUser] = []
-            for off in offerings:
-                candidates.extend(s.offering_users[k] for k in s.ou_by_offering.get(off, ()))
-            candidates.sort(key=lambda o: o.seq)
-        elif user_uuid:
-            candidates = [s.offering_users[k] for k in s.ou_by_user.get(user_uuid, ())]
-        else:
-            candidates = sorted(s.offering_users.values(), key=lambda o: o.seq)
-        username_owner = s.users_by_username.get(user_username) if user_username else None
-        state_set, runtime_set = set(states), set(runtime)
+        candidates = self._ou_candidates(offerings, user_uuid, user_username)
+        offering_set, state_set, runtime_set = set(offerings), set(states), set(runtime)
         manage_cache: dict[str, bool] = {}
         result = []
         for ou in candidates:
+            if offering_set and ou.offering not in offering_set:
+                continue
             if state_set and ou.state not in state_set:
                 continue
             if runtime_set and ou.runtime_state not in runtime_set:
                 continue
             if user_uuid and ou.user != user_uuid:
-                continue
-            if user_username and (username_owner is None or ou.user != username_owner.uuid):
                 continue
             if username is not None and ou.username != username:
                 continue
@@ -527,13 +574,30 @@ class Api:
             "name": identity.name,
             "created": iso(identity.created),
             "modified": iso(identity.modified),
-            "services": [],
+            "services": [self.render_service(x, api, nested=True) for x in identity.services.values()],
             "compatibility": {"status": "unknown", "message": ""},
-            "version": None,
-            "dependencies": [],
-            "config_file_path": None,
-            "config_file_content": None,
+            "version": identity.version,
+            "dependencies": identity.dependencies,
+            "config_file_path": identity.config_file_path,
+            "config_file_content": identity.config_file_content,
+            "last_restarted": iso(identity.last_restarted),
         }
+
+    def render_service(self, service: AgentService, api: str, nested: bool = False) -> dict[str, Any]:
+        data: dict[str, Any] = {
+            "uuid": service.uuid,
+            "url": f"{api}marketplace-site-agent-services/{service.uuid}/",
+            "name": service.name,
+            "mode": service.mode,
+            "state": service.state,
+            "created": iso(service.created),
+            "modified": iso(service.modified),
+            "statistics": {},
+        }
+        if not nested:
+            identity = self.store.identities[service.identity]
+            data.update(identity=identity.uuid, identity_name=identity.name, processors=[])
+        return data
 
     def render_subscription(self, sub: EventSubscription, api: str) -> dict[str, Any]:
         user = self.store.users[sub.user]
@@ -608,8 +672,40 @@ class Api:
             raise ValidationError({"name": ["This field is required."]})
         if not self._may_subscribe(viewer, offering_uuid):
             raise PermissionDenied(NO_PERMISSION)
-        identity = self.store.create_identity(viewer, offering_uuid, name)
+        identity = self.store.create_identity(viewer, offering_uuid, name, **_identity_reported(data))
         return json_response(self.render_identity(identity, self.api(request)), 201)
+
+    async def identity_update(self, request: web.Request) -> web.Response:
+        """PUT (offering and name required) and PATCH: what the agent does on every restart."""
+        viewer = self.auth(request)
+        identity = self._visible_identity(request, viewer)
+        data = await self.body(request)
+        changes = _identity_reported(data)
+        if request.method == "PUT" or "offering" in data:
+            offering_uuid = _uuid_from_ref("offering", data.get("offering"))
+            if offering_uuid not in self.store.offerings:
+                raise ValidationError({"offering": ["Object does not exist."]})
+            if not self._may_subscribe(viewer, offering_uuid):
+                raise PermissionDenied(NO_PERMISSION)
+            changes["offering"] = offering_uuid
+        if request.method == "PUT" or "name" in data:
+            if not isinstance(data.get("name"), str) or not data["name"]:
+                raise ValidationError({"name": ["This field is required."]})
+            changes["name"] = data["name"]
+        self.store.update_identity(identity, **changes)
+        return json_response(self.render_identity(identity, self.api(request)))
+
+    async def register_service(self, request: web.Request) -> web.Response:
+        viewer = self.auth(request)
+        identity = self._visible_identity(request, viewer)
+        data = await self.body(request)
+        name, mode = data.get("name"), data.get("mode")
+        if not isinstance(name, str) or not name:
+            raise ValidationError({"name": ["This field is required."]})
+        if mode is not None and not isinstance(mode, str):
+            raise ValidationError({"mode": ["Not a valid string."]})
+        service, created = self.store.register_service(identity, name, mode)
+        return json_response(self.render_service(service, self.api(request)), 201 if created else 200)
 
     def _object_type(self, value: Any, field: str) -> str:
         if value not in OBJECT_TYPES:
@@ -632,17 +728,19 @@ class Api:
         viewer = self.auth(request)
         identity = self._visible_identity(request, viewer)
         data = await self.body(request)
-        types = data.get("object_types") or [OFFERING_USER]
+        types = data.get("object_types") or sorted(OBJECT_TYPES)  # none or [] means every type
         if not isinstance(types, list):
             raise ValidationError({"object_types": ["Expected a list of items."]})
         types = [self._object_type(t, "object_types") for t in types]
+        # offering_user first: its subscription's uuid is the broker login handed out.
+        types.sort(key=lambda t: t != OFFERING_USER)
         subs = [self.store.subscription_for(viewer, t)[0] for t in types]
         created = identity.consumer_queue is None
         identity.consumer_queue = f"consumer_{identity.uuid}"
         identity.consumer_user = viewer.uuid
         identity.consumer_object_types = sorted(set(identity.consumer_object_types) | set(types))
-        for sub in subs:
-            await self.site.provision_subscription(sub)
+        # Only the login handed out needs a broker user (all 18 types would be 18 users).
+        await self.site.provision_subscription(subs[0])
         await self.site.provision_queue(viewer.uuid, identity.consumer_queue)
         return json_response({
             "rmq_username": subs[0].uuid,
@@ -650,6 +748,61 @@ class Api:
             "vhost": viewer.uuid,
             "observable_object_types": identity.consumer_object_types,
         }, 201 if created else 200)
+
+    # -- provider resources (what the core agent's username_set handler lists) ---------------
+
+    def render_resource(self, resource: Resource, api: str) -> dict[str, Any]:
+        offering = self.store.offerings[resource.offering]
+        project = self.store.projects[resource.project]
+        return {
+            "url": f"{api}marketplace-provider-resources/{resource.uuid}/",
+            "uuid": resource.uuid,
+            "name": resource.name,
+            "backend_id": resource.backend_id,
+            "state": resource.state,
+            "offering": f"{api}marketplace-provider-offerings/{offering.uuid}/",
+            "offering_uuid": offering.uuid,
+            "offering_name": offering.name,
+            "offering_type": offering.type,
+            "project_uuid": project.uuid,
+            "project_name": project.name,
+            "customer_uuid": project.customer,
+            "restrict_member_access": False,
+        }
+
+    def _visible_resources(self, viewer: User) -> list[Resource]:
+        """A provider's view: the resources of offerings the viewer manages."""
+        s = self.store
+        return [r for r in s.resources.values() if s.manages_offering(viewer, s.offerings[r.offering])]
+
+    async def provider_resource_list(self, request: web.Request) -> web.Response:
+        viewer = self.auth(request)
+        q = request.query
+        items = self._visible_resources(viewer)
+        offerings = {_uuid_or_400("offering_uuid", v) for v in q.getall("offering_uuid", []) if v}
+        if offerings:
+            items = [r for r in items if r.offering in offerings]
+        states = set(q.getall("state", []))
+        if states:
+            items = [r for r in items if r.state in states]
+        if q.get("backend_id"):
+            items = [r for r in items if r.backend_id == q["backend_id"]]
+        fields = q.getall("field", [])
+        api = self.api(request)
+
+        def render(resource: Resource) -> dict[str, Any]:
+            data = self.render_resource(resource, api)
+            return {k: v for k, v in data.items() if k in fields} if fields else data  # DRF's ?field=
+
+        return self.paginate(request, items, render)
+
+    async def provider_resource_retrieve(self, request: web.Request) -> web.Response:
+        viewer = self.auth(request)
+        hexed = norm_uuid(request.match_info["uuid"])
+        resource = self.store.resources.get(hexed) if hexed else None
+        if resource is None or not self.store.manages_offering(viewer, self.store.offerings[resource.offering]):
+            raise NotFound()
+        return json_response(self.render_resource(resource, self.api(request)))
 
     def _visible_subscription(self, request: web.Request, viewer: User) -> EventSubscription:
         hexed = norm_uuid(request.match_info["uuid"])

@@ -239,6 +239,7 @@ class Site:
 
     def _route(self, ou: OfferingUser, payload: dict[str, Any]) -> None:
         s = self.store
+        payload = events.envelope(payload)
         messages: list[events.Message] = []
         for sub in s.subscriptions.values():
             if sub.object_type != OFFERING_USER:
@@ -253,8 +254,7 @@ class Site:
                     or OFFERING_USER not in identity.consumer_object_types or identity.consumer_user is None):
                 continue
             if s.receives_events(s.users[identity.consumer_user], ou):
-                messages.append(events.build_message(
-                    identity.consumer_user, identity.consumer_queue, {**payload, "object_type": OFFERING_USER}))
+                messages.append(events.build_message(identity.consumer_user, identity.consumer_queue, payload))
         if not self.events_enabled:
             self.suppressed += len(messages)
             return
@@ -288,12 +288,22 @@ class Site:
     def create_project(self, customer: Ref, name: str = "project") -> Project:
         return self.store.create_project(customer, name)
 
-    def create_offering(self, customer: Ref, name: str = "offering", *, type: str = SLURM) -> Offering:
-        return self.store.create_offering(customer, name, type=type)
+    def create_offering(self, customer: Ref, name: str = "offering", *, type: str = SLURM,
+                        exposed_attributes: Iterable[str] | None = None) -> Offering:
+        """exposed_attributes: the User fields events carry in `attributes` (default: Waldur's
+        username, full_name, email)."""
+        return self.store.create_offering(customer, name, type=type, exposed_attributes=exposed_attributes)
+
+    def set_exposed_attributes(self, offering: Ref, fields: Iterable[str]) -> None:
+        self.store.set_exposed_attributes(offering, fields)
 
     def create_resource(self, offering: Ref, project: Ref, name: str = "resource",
                         *, backend_id: str | None = None) -> Resource:
         return self.store.create_resource(offering, project, name, backend_id=backend_id)
+
+    def terminate_resource(self, resource: Ref) -> Resource:
+        """The resource leaves `resource_backend_ids` (its offering users stay)."""
+        return self.store.terminate_resource(resource)
 
     def add_project_member(self, user: Ref, project: Ref, role: str = PROJECT_MEMBER) -> list[OfferingUser]:
         return self.store.add_project_member(user, project, role)

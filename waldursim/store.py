@@ -15,10 +15,13 @@ from typing import Any, Protocol
 from . import events
 from .models import (
     OFFERING_USER,
+    EXPOSABLE_FIELDS,
     PROFILE_FIELDS,
     PROJECT_MEMBER,
     SLURM,
+    TERMINATED,
     AgentIdentity,
+    AgentService,
     Customer,
     EventSubscription,
     Offering,
@@ -220,11 +223,19 @@ class Store:
                 changed.append(name)
         if changed:
             self.version += 1
-        profile_changed = [name for name in changed if name in PROFILE_FIELDS]
-        if profile_changed:
-            for ou in [self.offering_users[k] for k in self.ou_by_user.get(u.uuid, ())]:
-                self.emit(ou, events.attribute_update_payload(ou, u, profile_changed))
+        self._emit_attribute_updates(u, {name for name in changed if name in PROFILE_FIELDS})
         return u
+
+    def _emit_attribute_updates(self, user: User, changed: set[str]) -> None:
+        """Like Waldur: one attribute_update per offering user of an offering that exposes at
+        least one changed profile attribute, `changed_attributes` = those it exposes, sorted."""
+        if not changed:
+            return
+        for ou in [self.offering_users[k] for k in self.ou_by_user.get(user.uuid, ())]:
+            exposed = self.offerings[ou.offering].exposed_attributes
+            relevant = sorted(changed.intersection(exposed))
+            if relevant:
+                self.emit(ou, events.attribute_update_payload(ou, user, relevant, exposed))
 
     def create_customer(self, name: str, *, owners: Iterable[Ref] = ()) -> Customer:
         customer = Customer(uuid=new_uuid(), name=name, owners={ref(o) for o in owners})
@@ -241,11 +252,22 @@ class Store:
         self.projects[project.uuid] = project
         return project
 
-    def create_offering(self, customer: Ref, name: str = "offering", *, type: str = SLURM) -> Offering:
+    def create_offering(self, customer: Ref, name: str = "offering", *, type: str = SLURM,
+                        exposed_attributes: Iterable[str] | None = None) -> Offering:
         offering = Offering(uuid=new_uuid(), name=name, customer=self.customer(customer).uuid, type=type)
         self.offerings[offering.uuid] = offering
         self.ou_by_offering[offering.uuid] = {}
+        if exposed_attributes is not None:
+            self.set_exposed_attributes(offering, exposed_attributes)
         return offering
+
+    def set_exposed_attributes(self, offering: Ref, fields: Iterable[str]) -> None:
+        """The offering's user-attribute config: the User fields its events' `attributes` carry."""
+        fields = tuple(fields)
+        unknown = set(fields) - set(EXPOSABLE_FIELDS)
+        if unknown:
+            raise ValidationError({"exposed_fields": [f"Unknown fields: {sorted(unknown)}"]})
+        self.offering(offering).exposed_attributes = fields
 
     def add_offering_manager(self, user: Ref, offering: Ref) -> None:
         self.offering(offering).managers.add(self.user(user).uuid)
@@ -289,10 +311,19 @@ class Store:
             return self.update_offering_user(existing, state=OfferingUserState.REQUESTED)
         return None
 
+    def terminate_resource(self, resource: Ref) -> Resource:
+        res = self._get(self.resources, resource, "resource")
+        res.state = TERMINATED
+        self.version += 1
+        return res
+
     def resource_backend_ids(self, ou: OfferingUser) -> list[str]:
+        """The user's resources in the offering, as Waldur lists them in username_set: without
+        empty backend ids and without terminated resources."""
         return [
             r.backend_id for r in self.resources.values()
-            if r.offering == ou.offering and ou.user in self.projects[r.project].members
+            if r.offering == ou.offering and r.backend_id and r.state != TERMINATED
+            and ou.user in self.projects[r.project].members
         ]
 
     # -- offering users: every save emits -------------------------------------------------
@@ -322,7 +353,7 @@ class Store:
         self.ou_by_user.setdefault(u.uuid, {})[ou.uuid] = None
         self.version += 1
         if emit:
-            self.emit(ou, events.create_payload(ou, u))
+            self.emit(ou, events.create_payload(ou, u, off.exposed_attributes))
             if username and off.type == SLURM:
                 self.emit(ou, events.username_set_payload(ou, self.resource_backend_ids(ou)))
         return ou
@@ -386,14 +417,39 @@ class Store:
 
     # -- subscriptions ------------------------------------------------------------------------
 
-    def create_identity(self, user: User, offering: Ref, name: str) -> AgentIdentity:
-        off = self.offering(offering)
+    def _check_identity_name(self, offering_uuid: str, name: str, own: str | None = None) -> None:
         for identity in self.identities.values():
-            if identity.offering == off.uuid and identity.name == name:
+            if identity.offering == offering_uuid and identity.name == name and identity.uuid != own:
                 raise ValidationError({"name": ["Agent identity with this offering and name already exists."]})
-        identity = AgentIdentity(uuid=new_uuid(), name=name, offering=off.uuid, created_by=user.uuid)
+
+    def create_identity(self, user: User, offering: Ref, name: str, **reported: Any) -> AgentIdentity:
+        """`reported`: version, dependencies, config_file_path, config_file_content, last_restarted."""
+        off = self.offering(offering)
+        self._check_identity_name(off.uuid, name)
+        identity = AgentIdentity(uuid=new_uuid(), name=name, offering=off.uuid, created_by=user.uuid, **reported)
         self.identities[identity.uuid] = identity
         return identity
+
+    def update_identity(self, identity: AgentIdentity, **changes: Any) -> AgentIdentity:
+        """PUT/PATCH: name, offering and what the agent reports (see create_identity)."""
+        offering = self.offering(changes.pop("offering", identity.offering)).uuid
+        name = changes.pop("name", identity.name)
+        self._check_identity_name(offering, name, own=identity.uuid)
+        identity.offering, identity.name = offering, name
+        for field, value in changes.items():
+            setattr(identity, field, value)
+        identity.modified = now()
+        return identity
+
+    def register_service(self, identity: AgentIdentity, name: str, mode: str | None) -> tuple[AgentService, bool]:
+        """Get or create the identity's service `name` (mode updated); True if created."""
+        service = identity.services.get(name)
+        if service is not None:
+            service.mode, service.modified = mode, now()
+            return service, False
+        service = AgentService(uuid=new_uuid(), identity=identity.uuid, name=name, mode=mode)
+        identity.services[name] = service
+        return service, True
 
     def subscription_for(self, user: User, object_type: str = OFFERING_USER) -> tuple[EventSubscription, bool]:
         """Get or create the user's one subscription for `object_type`; True if created."""

@@ -122,7 +122,8 @@ class OfferingUserEvent(msgspec.Struct, kw_only=True, tag="event", tag_field="ki
     attributes: dict[str, Any] | None = None
     changed_attributes: list[str] | None = None
     resource_backend_ids: list[str] | None = None
-    object_type: str | None = None  # only on the consumer_<uuid> queue style
+    object_type: str | None = None  # Waldur's dispatcher adds it to every payload
+    schema_version: int | None = None  # Waldur's payload schema (1), kept for audit readers
 
     @property
     def state_name(self) -> str | None:

@@ -19,13 +19,13 @@ from .stomp import Frame, StompClient
 
 WS_URL = RABBITMQ.web_stomp_url
 ISD = "isd:integration-test"
+ENVELOPE = {"offering_uuid", "object_type", "schema_version"}  # on every payload, both queue styles
 PAYLOAD_KEYS = {
-    "create": {"offering_user_uuid", "user_uuid", "username", "state", "runtime_state", "action", "attributes",
-               "offering_uuid"},
-    "update": {"offering_user_uuid", "user_uuid", "username", "state", "runtime_state", "changed_fields", "action",
-               "offering_uuid"},
-    "username_set": {"offering_user_uuid", "user_uuid", "username", "state", "action", "resource_backend_ids",
-                     "offering_uuid"},
+    "create": {"offering_user_uuid", "user_uuid", "username", "state", "runtime_state", "action", "attributes"} | ENVELOPE,
+    "update": {"offering_user_uuid", "user_uuid", "username", "state", "runtime_state", "changed_fields",
+               "action"} | ENVELOPE,
+    "username_set": {"offering_user_uuid", "user_uuid", "username", "state", "action",
+                     "resource_backend_ids"} | ENVELOPE,
 }
 
 

@@ -259,7 +259,7 @@ async def test_payload_keys_for_every_action(sim_offline: Federation) -> None:
     payloads = [json.loads(o.message.body) for o in site.outgoing]
     assert [p["action"] for p in payloads] == [
         "create", "update", "username_set", "attribute_update", "update", "delete"]
-    base = {"offering_user_uuid", "user_uuid", "username", "action", "offering_uuid"}
+    base = {"offering_user_uuid", "user_uuid", "username", "action", "offering_uuid", "object_type", "schema_version"}
     assert set(payloads[0]) == base | {"state", "runtime_state", "attributes"}
     assert set(payloads[1]) == base | {"state", "runtime_state", "changed_fields"}
     assert set(payloads[2]) == base | {"state", "resource_backend_ids"} and payloads[2]["state"] == 5
