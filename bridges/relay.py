@@ -83,7 +83,7 @@ class SubscriptionRelay:
     # Called when the broker rejects the credential; returns a fresh one (re-registration).
     refresh_credential: Callable[[], Awaitable[Credential]] | None = None
     rng: random.Random = field(default_factory=random.Random)
-    _stopping: asyncio.Event = field(default_factory=asyncio.Event)
+    stopping: asyncio.Event = field(default_factory=asyncio.Event)  # set by stop()
 
     @property
     def name(self) -> str:
@@ -95,7 +95,7 @@ class SubscriptionRelay:
 
     def stop(self) -> None:
         """Stop reading; what is in flight is still acked once Kafka has it."""
-        self._stopping.set()
+        self.stopping.set()
 
     async def run(self) -> None:
         """Relay until stopped, through any outage (``retry_forever`` with this relay's classes)."""
@@ -107,7 +107,7 @@ class SubscriptionRelay:
         self.health.set(self.name, "stopped")
 
     async def _connected_until_stopped(self, backoff: Backoff) -> None:
-        while not self._stopping.is_set():
+        while not self.stopping.is_set():
             await self.outlet.ready()
             await self._session(backoff)
 
@@ -156,7 +156,7 @@ class SubscriptionRelay:
 
     async def _sleep(self, delay: float) -> None:
         try:
-            await asyncio.wait_for(self._stopping.wait(), delay)
+            await asyncio.wait_for(self.stopping.wait(), delay)
         except TimeoutError:
             pass
 
@@ -190,7 +190,7 @@ class _Pump:
         acker = asyncio.create_task(self._ack_loop())
         flusher = asyncio.create_task(self._flush_loop())
         reader = asyncio.create_task(self._read_loop())
-        stopping = asyncio.create_task(self.relay._stopping.wait())
+        stopping = asyncio.create_task(self.relay.stopping.wait())
         failed = asyncio.create_task(self.failed.wait())
         try:
             done, _ = await asyncio.wait({reader, flusher, stopping, failed}, return_when=asyncio.FIRST_COMPLETED)

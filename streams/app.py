@@ -122,10 +122,10 @@ def create_app(config: Config, *, store: str = "rocksdb", web_port: int | None =
         finally:
             await folder_tables.stop()  # the worker is stopping: let its producer close cleanly
 
-    app.timer(reraise.RERAISE_INTERVAL)(reraiser.scan)
-    app.timer(lookups.PENDING_RETRY_INTERVAL)(finder.retry_pending)
+    app.timer(reraise.RERAISE_INTERVAL)(crash_on_error(app, reraiser.scan))
+    app.timer(lookups.PENDING_RETRY_INTERVAL)(crash_on_error(app, finder.retry_pending))
     if reconcile:
-        app.timer(1.0, on_leader=True)(reconciler.tick)
+        app.timer(1.0, on_leader=True)(crash_on_error(app, reconciler.tick))
 
     def health() -> dict[str, Any]:
         return {"status": "ok", "router_connected": router.connected, "sink_connected": sink.connected,

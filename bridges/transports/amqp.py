@@ -380,7 +380,7 @@ class AmqpConnection:
         if conn is not None and not conn.is_closed:
             try:
                 # pika has no public abort: close the socket under it.
-                conn._adapter_disconnect()
+                conn._adapter_disconnect_stream()
             except Exception:  # noqa: BLE001 - already broken; nothing left to save
                 log.debug("AMQP abort of %s failed", self, exc_info=True)
 

@@ -110,10 +110,15 @@ class Corrector:
     async def _correct(self, link: Link, request: CorrectionRequest, writes: list[asyncio.Future]) -> Outcome:
         """Read both sides live, PATCH A if they differ. What was read goes to the events
         topic in ``writes``, not awaited here: the PATCH need not wait for Kafka."""
-        b_live, a_live = await asyncio.gather(
+        reads = await asyncio.gather(  # both finish (a read that gives up does not orphan the other's fact)
             self._read(link.source.site, link.source.offering, request.b_offering_user_uuid, request.user_username, writes),
             self._read(link.target.site, link.target.offering, request.a_offering_user_uuid, request.user_username, writes),
+            return_exceptions=True,
         )
+        for read in reads:
+            if isinstance(read, BaseException):
+                raise read
+        b_live, a_live = reads
         decision = decide(link, b_live, a_live)
         if decision.verdict is not Verdict.PATCH:
             return self._outcome(request, decision.outcome_action, desired=decision.desired,

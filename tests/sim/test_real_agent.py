@@ -4,8 +4,8 @@ bench/agent-requirements.txt) against simulator sites on the real RabbitMQ.
 The agent runs in its own venv (.local/agent-venv, installed here when missing: about 20 s),
 driven by bench/agent_driver.py: its own identity registration, ``register_queue`` and
 STOMP-over-WebSocket subscription on B, its own event handlers, its own periodic
-username reconciliation. What the simulator must get right for it is in
-shared/site-agent-baseline.md; these tests fail when it does not (on the simulator
+username reconciliation. These tests fail when the simulator gets what it relies on
+wrong (on the simulator
 before issue 15, the restarted agent got 405 on the identity PUT and never subscribed).
 """
 

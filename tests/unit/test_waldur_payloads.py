@@ -14,15 +14,15 @@ import msgspec
 import pytest
 
 from bridges.records import fast_decode_payload, to_record
-from bridges.source import BrokerMessage
-from streams.config import Endpoint, Link
+from bridges.transports.base import BrokerMessage
+from streams.contract.config import Endpoint, Link
 from streams.core import as_dict, desired, empty_state, fold_many, row_key
-from streams.schema import (
+from streams.contract.schema import (
     Envelope,
     OfferingUserEvent,
     OfferingUserRecord,
     SnapshotPage,
-    Source,
+    Origin,
     decode_payload,
     envelope_decoder,
 )
@@ -83,7 +83,7 @@ def test_the_envelope_body_keeps_schema_version_on_both_queue_styles(style):
     queue = (f"subscription_{'5' * 32}_offering_{offering}_offering_user" if style == "subscription"
              else f"consumer_{'6' * 32}")
     for payload in sent:
-        record = to_record("b", Source.STOMP, broker_message(payload, queue), NOW)
+        record = to_record("b", Origin.STOMP, broker_message(payload, queue), NOW)
         assert record.topic_kind == "events", record.value
         body = msgspec.json.decode(record.value)["body"]  # what an audit reader of the topic sees
         assert body["schema_version"] == 1 and body["object_type"] == "offering_user"
@@ -112,12 +112,12 @@ def test_the_fold_is_the_same_with_and_without_the_envelope_keys():
                                                                offering_uuid=offering, username="", state="Requested")])
 
     def history(strip: bool) -> list[Envelope]:
-        out = [Envelope(event_id="snap", site="b", source=Source.SNAPSHOT, offering_uuid=offering,
+        out = [Envelope(event_id="snap", site="b", origin=Origin.SNAPSHOT, offering_uuid=offering,
                         received_at=NOW, body=snapshot)]
         for n, payload in enumerate(sent[:3]):  # create, update, username_set
             if strip:
                 payload = {k: v for k, v in payload.items() if k not in ("object_type", "schema_version")}
-            out.append(Envelope(event_id=f"e{n}", site="b", source=Source.STOMP, offering_uuid=offering,
+            out.append(Envelope(event_id=f"e{n}", site="b", origin=Origin.STOMP, offering_uuid=offering,
                                 received_at=NOW, body=decode_payload(events.render(payload).encode())))
         return out
 

@@ -31,13 +31,12 @@ import faust
 from faust.transport.drivers import aiokafka as faust_aiokafka
 from faust.types import EventT
 
-from streams.adapters.kafka.client import client_options, kafka_transient
+from streams.adapters.kafka.client import FETCH_MAX_WAIT_MS, client_options, kafka_transient
 from streams.contract.config import Config
 from streams.errors import KafkaUnavailable
 
 log = logging.getLogger("usync.app")
 
-FETCH_MAX_WAIT_MS = 100
 
 
 class ConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):

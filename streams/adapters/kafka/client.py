@@ -14,6 +14,10 @@ from streams.retry import is_transient
 
 log = logging.getLogger("usync.kafka")
 
+#: The fetch wait of every worker consumer (faust's, the route and correct stages'):
+#: why 100 ms and not faust's 1,500, see ``streams.adapters.faust.app``.
+FETCH_MAX_WAIT_MS = 100
+
 
 def kafka_transient(exc: BaseException) -> bool:
     """Every aiokafka failure counts as transient, like Kafka being away: a broker that

@@ -23,8 +23,7 @@ from typing import Any
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener
 from aiokafka.errors import CommitFailedError, IllegalStateError
 
-from streams.adapters.faust.app import FETCH_MAX_WAIT_MS
-from streams.adapters.kafka.client import close_quietly, kafka_transient
+from streams.adapters.kafka.client import FETCH_MAX_WAIT_MS, close_quietly, kafka_transient
 from streams.retry import Backoff, retry_forever
 
 log = logging.getLogger("usync.kafka")

@@ -1,0 +1,160 @@
+"""Guards for the private library hooks usync relies on: an upgrade of faust, aiokafka or
+pika that removes or reshapes one fails here, loudly, instead of in production.
+
+Nothing connects: objects are built without being started.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import weakref
+from contextvars import ContextVar
+from types import SimpleNamespace
+
+import pytest
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka.cluster import ClusterMetadata
+from faust.tables import TableManager
+from faust.tables.recovery import Recovery
+from faust.transport.drivers import aiokafka as faust_aiokafka
+from faust.types import Message
+from pika.adapters.asyncio_connection import AsyncioConnection
+
+import faust.streams
+from streams.adapters.faust.app import FETCH_MAX_WAIT_MS, App, ConsumerThread, held_back_unless_done
+from streams.adapters.faust.recovery import PatientRecovery, PatientTableManager
+
+UNREACHABLE = "127.0.0.1:1"
+
+
+class StandIn:
+    """Any object faust could hold a weak reference to."""
+
+
+def parameters(function) -> list[str]:
+    return list(inspect.signature(function).parameters)
+
+
+def message(offset: int = 0) -> Message:
+    return Message("t", 0, offset, 0.0, 0, None, b"k", b"v", None)
+
+
+@pytest.fixture
+async def app():
+    """A faust App as streams.app builds it (our transport and table manager), never started."""
+    app = App("usync-hooks", broker=f"kafka://{UNREACHABLE}", store="memory://", web_enabled=False,
+              TableManager=PatientTableManager)
+    yield app
+    app.consumer._thread.thread_loop.close()  # the consumer thread's own loop, never run
+
+
+# -- faust ----------------------------------------------------------------------------------
+
+
+def test_faust_current_event_is_a_context_var_read_by_current_event():
+    """streams.adapters.faust.tables.link_partition sets it to a weakref of one event of the group."""
+    assert isinstance(faust.streams._current_event, ContextVar)
+    event = StandIn()
+    token = faust.streams._current_event.set(weakref.ref(event))
+    try:
+        assert faust.streams.current_event() is event
+    finally:
+        faust.streams._current_event.reset(token)
+
+
+async def test_faust_creates_the_worker_consumer_through_the_hook_and_it_takes_our_fetch_wait(app):
+    assert parameters(faust_aiokafka.AIOKafkaConsumerThread._create_worker_consumer) == ["self", "transport"]
+    thread = app.consumer._thread
+    assert isinstance(thread, ConsumerThread)
+    consumer = thread._create_worker_consumer(app.transport)
+    try:
+        assert isinstance(consumer, AIOKafkaConsumer)
+        assert consumer._fetch_max_wait_ms == FETCH_MAX_WAIT_MS
+    finally:
+        await consumer.stop()
+    # aiokafka builds its fetcher from the attribute when it starts (no option reaches it otherwise)
+    assert "self._fetch_max_wait_ms" in inspect.getsource(AIOKafkaConsumer.start)
+
+
+def test_faust_recovery_has_the_steps_patient_recovery_overrides_with_their_signatures():
+    assert parameters(Recovery._wait) == ["self", "coro", "timeout"]
+    for step in ("_build_highwaters", "_build_offsets"):
+        assert parameters(getattr(Recovery, step)) == ["self", "consumer", "tps", "destination", "title"], step
+        assert inspect.iscoroutinefunction(getattr(Recovery, step)), step
+    assert inspect.iscoroutinefunction(Recovery._wait)
+
+
+async def test_faust_table_manager_builds_its_recovery_lazily_in_recovery(app):
+    assert isinstance(inspect.getattr_static(TableManager, "recovery"), property)
+    tables = app.tables
+    assert isinstance(tables, PatientTableManager)
+    assert tables._recovery is None
+    recovery = tables.recovery
+    assert isinstance(recovery, PatientRecovery) and tables._recovery is recovery and tables.recovery is recovery
+
+
+async def test_faust_messages_carry_acked_and_the_consumer_never_acks_an_acked_one_again(app):
+    """held_back_unless_done relies on it: a message marked acked stays out of the commits."""
+    assert "acked" in Message.__slots__
+    fresh, held = message(1), message(2)
+    assert fresh.acked is False
+    held.acked = True
+    assert app.consumer.ack(held) is False
+    app.consumer.ack(fresh)
+    assert fresh.acked is True  # the consumer's ack is a test-and-set of the attribute
+
+
+# -- aiokafka -------------------------------------------------------------------------------
+
+
+async def test_aiokafka_producer_exposes_its_cluster_metadata_synchronously():
+    producer = AIOKafkaProducer(bootstrap_servers=UNREACHABLE)
+    try:
+        assert producer.client.cluster.partitions_for_topic("never-seen") is None
+    finally:
+        await producer.stop()
+
+
+async def test_aiokafka_consumer_client_fetches_all_metadata():
+    consumer = AIOKafkaConsumer(bootstrap_servers=UNREACHABLE)
+    try:
+        assert inspect.iscoroutinefunction(consumer._client.fetch_all_metadata)
+        assert parameters(consumer._client.fetch_all_metadata) == []
+    finally:
+        await consumer.stop()
+    assert callable(ClusterMetadata.partitions_for_topic)  # what partitions_of reads from its answer
+
+
+# -- pika -----------------------------------------------------------------------------------
+
+
+def test_pika_asyncio_connection_can_be_aborted_under_amqp():
+    """bridges/transports/amqp.py (AmqpConnection._abort) calls ``conn._adapter_disconnect_stream()``."""
+    assert callable(getattr(AsyncioConnection, "_adapter_disconnect_stream", None)), (
+        "pika.adapters.asyncio_connection.AsyncioConnection has no _adapter_disconnect_stream "
+        f"(has: {sorted(n for n in dir(AsyncioConnection) if n.startswith('_adapter_'))})"
+    )
+
+
+# -- held_back_unless_done ------------------------------------------------------------------
+
+
+def batch(n: int = 3) -> list[SimpleNamespace]:
+    return [SimpleNamespace(message=SimpleNamespace(acked=False)) for _ in range(n)]
+
+
+@pytest.mark.parametrize("failure", [RuntimeError("fold failed"), asyncio.CancelledError()])
+def test_a_batch_whose_body_raises_is_marked_acked_and_the_failure_goes_on(failure):
+    events = batch()
+    with pytest.raises(type(failure)):
+        with held_back_unless_done(events):
+            raise failure
+    assert [event.message.acked for event in events] == [True, True, True]
+
+
+def test_a_batch_whose_body_finishes_is_left_alone():
+    events = batch()
+    with held_back_unless_done(events):
+        pass
+    assert [event.message.acked for event in events] == [False, False, False]
