@@ -92,7 +92,7 @@ def create_app(config: Config, *, store: str = "rocksdb", web_port: int | None =
     # path costs more per record than the stage spends on a whole correction.
     records = RecordSender(options)
     emit_event = records.emitter(kafka.events_topic)
-    request = fold.RequestCorrection(topic_emitter(corrections), metrics)
+    request = fold.RequestCorrection(topic_emitter(corrections), metrics, routes)
     finder = lookups.Lookups(clients, emit_event, metrics, state)
     folder_tables = FaustFoldTables(tables, options)
     folder = fold.Fold(routes, folder_tables, request, finder, metrics)
@@ -104,7 +104,8 @@ def create_app(config: Config, *, store: str = "rocksdb", web_port: int | None =
                            max_records=route.FETCH_RECORDS, max_partition_fetch_bytes=8 << 20, fetch_max_bytes=64 << 20)
     sink = BatchConsumer("sink", options, corrections.get_topic_name(), f"{config.app_id}-sink",
                          correct_loop.CorrectLoop(corrector).handle, max_records=correct_loop.BATCH,
-                         revoke_wait=correct_loop.REVOKE_WAIT)
+                         revoke_wait=correct_loop.REVOKE_WAIT, on_assignment=clients.set_share)
+    clients.set_share(0, 1)  # each site's budget is shared by the workers: nothing until the group assigns
     app.task(crash_on_error(app, router.run))
     app.task(crash_on_error(app, sink.run))
     app.task(crash_on_error(app, _running(records)))

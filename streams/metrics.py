@@ -15,6 +15,8 @@ class Metrics:
         self.outcomes = Counter("usync_outcomes", "Correction outcomes", ["link", "action"], registry=registry)
         self.http_calls = Counter("usync_http_calls", "Waldur API calls", ["site", "method", "status"], registry=registry)
         self.site_paused = Gauge("usync_site_paused", "1 while a site refuses our credentials (alert on it)", ["site"], registry=registry)
+        self.source_reads_shared = Counter("usync_source_reads_shared", "Live reads of a source site answered by a "
+                                           "read another link of that source had just sent", ["site"], registry=registry)
         self.lookups = Counter("usync_lookups", "Identity-index lookups made", ["site", "status"], registry=registry)
         self.reconcile_passes = Counter("usync_reconcile_passes", "Reconcile passes", ["result"], registry=registry)
         self.snapshot_pages = Counter("usync_snapshot_pages", "Snapshot pages written", ["link", "site"], registry=registry)

@@ -4,8 +4,9 @@ The ``streams.ports.OfferingUsers`` port over HTTP. One :class:`SiteClient` per 
 worker process carries the site's whole API budget: a token bucket
 (``Rates.requests_per_second``, ``Rates.burst``) and a concurrency bound
 (``Rates.concurrency``), shared by the correct stage, the lookups and the reconciler.
-The rate is therefore **per worker process**: N workers may together send N times the
-configured rate (configure ``rates`` as the site's budget / N).
+The configured rate is the site's budget for every worker together: each worker owns
+the part of it that matches its share of the correct stage's partitions
+(:meth:`Clients.set_share`, re-divided on every rebalance of that consumer group).
 
 Retries follow the project's one policy (``streams.retry.Backoff``), honour
 ``Retry-After`` and are bounded per call (``max_attempts``): past them the call raises
@@ -52,25 +53,53 @@ _record = msgspec.json.Decoder(OfferingUserRecord)
 
 
 class TokenBucket:
-    """``rate`` tokens per second, at most ``burst`` banked; ``acquire`` waits for one."""
+    """``rate`` tokens per second, at most ``burst`` banked; ``acquire`` waits for one.
+
+    :meth:`set_share` scales both to this process's part of the site's budget (a worker
+    owns the part of the correct stage's partitions it is assigned; see
+    :meth:`Clients.set_share`). With no share, every ``acquire`` waits until one is given:
+    a worker that owns nothing sends nothing, so the workers together never exceed the
+    configured rate. A share's burst is at least one token, or a small share of a small
+    burst could never send: the workers together may then bank ``burst + workers``.
+    """
 
     def __init__(self, rate: float, burst: int) -> None:
+        self.full_rate = rate
+        self.full_burst = float(burst)
         self.rate = rate
         self.burst = float(burst)
         self.tokens = float(burst)
         self.stamp = time.monotonic()
         self._lock = asyncio.Lock()
+        self._open = asyncio.Event()
+        self._open.set()
+
+    def _refill(self) -> None:
+        now = time.monotonic()
+        self.tokens = min(self.burst, self.tokens + (now - self.stamp) * self.rate)
+        self.stamp = now
+
+    def set_share(self, share: float) -> None:
+        """Own ``share`` (0..1) of the full rate and burst from now on."""
+        self._refill()
+        self.rate = self.full_rate * share
+        self.burst = max(1.0, self.full_burst * share) if share > 0 else 0.0
+        self.tokens = min(self.tokens, self.burst)
+        if share > 0:
+            self._open.set()
+        else:
+            self._open.clear()
 
     async def acquire(self) -> None:
         async with self._lock:  # FIFO: one waiter refills at a time
             while True:
-                now = time.monotonic()
-                self.tokens = min(self.burst, self.tokens + (now - self.stamp) * self.rate)
-                self.stamp = now
+                await self._open.wait()
+                self._refill()
                 if self.tokens >= 1.0:
                     self.tokens -= 1.0
                     return
-                await asyncio.sleep((1.0 - self.tokens) / self.rate)
+                # a share given or taken meanwhile is read on the next turn
+                await asyncio.sleep(min(1.0, (1.0 - self.tokens) / self.rate) if self.rate > 0 else 0.1)
 
 
 @dataclass(slots=True)
@@ -260,6 +289,7 @@ class Clients(Mapping[str, SiteClient]):
                              transport=transport)
             for name, site in config.sites.items()
         }
+        self.share = 1.0
 
     def __getitem__(self, site: str) -> SiteClient:
         return self.by_site[site]
@@ -269,6 +299,20 @@ class Clients(Mapping[str, SiteClient]):
 
     def __len__(self) -> int:
         return len(self.by_site)
+
+    def set_share(self, owned: int, total: int) -> None:
+        """This process owns ``owned`` of the ``total`` partitions of the correct stage:
+        its part of every site's budget (rate and burst) is ``owned / total``. Called on
+        every rebalance of that consumer group (0 while partitions are revoked), so the
+        workers' parts always add up to at most the configured budget, whoever joins,
+        leaves or is killed (a killed worker's part is unused until the group's session
+        timeout hands its partitions to the others)."""
+        share = owned / total if total else 0.0
+        for client in self.by_site.values():
+            client.bucket.set_share(share)
+        self.share = share
+        log.info("API budget: this worker owns %d of %d correction partitions (%.0f %% of each site's rates)",
+                 owned, total, share * 100)
 
     def paused(self) -> list[str]:
         """The sites whose calls wait out a credentials pause now."""

@@ -25,6 +25,10 @@ from streams.stages.facts import lookup_envelope
 log = logging.getLogger("usync.correct")
 
 VERIFIED_KEYS = 100_000
+# A live read of a source is reused by the other links of that source (one identity site
+# feeding many) for this long, when it was sent after every fact behind their request.
+SOURCE_READ_REUSE_MICROS = 5_000_000
+SOURCE_READS = 10_000
 
 
 def coalesce(requests: Iterable[CorrectionRequest]) -> list[CorrectionRequest]:
@@ -50,6 +54,11 @@ class Corrector:
         # as several events (update, username_set) and the PATCH echoes back from A; each
         # makes a request, and re-reading both sites for each would triple the calls.
         self.verified_from: collections.OrderedDict[str, int] = collections.OrderedDict()
+        # (source site, source offering, user) -> (when sent, the read, the facts it writes):
+        # one change on B raises a request per link of that source, all keyed alike on the
+        # corrections topic (so they reach this worker together); one read answers them all.
+        self.source_reads: collections.OrderedDict[tuple[str, str, str], tuple[int, asyncio.Future, list]] = \
+            collections.OrderedDict()
 
     async def handle_batch(self, requests: Iterable[CorrectionRequest]) -> list[Outcome]:
         """Correct every (link, user) of a batch concurrently; return once every outcome is acked."""
@@ -107,11 +116,39 @@ class Corrector:
             self._write_fact(writes, site, offering, uuid_, status, None, asked)
         return record
 
+    async def _read_source(self, link: Link, request: CorrectionRequest,
+                           writes: list[asyncio.Future]) -> OfferingUserRecord | None:
+        """B's offering user, read live -- or the read another link of the same source sent
+        after every fact behind this request (fresh enough: it can only be newer)."""
+        key = (link.source.site, link.source.offering, request.user_username)
+        now = self.clock.micros()
+        shared = self.source_reads.get(key)
+        if shared is not None:
+            sent, read, its_writes = shared
+            failed = read.done() and (read.cancelled() or read.exception() is not None)
+            if request.observed_at and sent > request.observed_at and now - sent < SOURCE_READ_REUSE_MICROS \
+                    and not failed:
+                self.metrics.source_reads_shared.labels(link.source.site).inc()
+                record = await asyncio.shield(read)
+                writes.extend(its_writes)
+                return record
+        its_writes: list[asyncio.Future] = []
+        read = asyncio.ensure_future(self._read(link.source.site, link.source.offering, request.b_offering_user_uuid,
+                                                request.user_username, its_writes))
+        self.source_reads[key] = (now, read, its_writes)
+        self.source_reads.move_to_end(key)
+        if len(self.source_reads) > SOURCE_READS:
+            self.source_reads.popitem(last=False)
+        try:
+            return await read
+        finally:
+            writes.extend(its_writes)
+
     async def _correct(self, link: Link, request: CorrectionRequest, writes: list[asyncio.Future]) -> Outcome:
         """Read both sides live, PATCH A if they differ. What was read goes to the events
         topic in ``writes``, not awaited here: the PATCH need not wait for Kafka."""
         reads = await asyncio.gather(  # both finish (a read that gives up does not orphan the other's fact)
-            self._read(link.source.site, link.source.offering, request.b_offering_user_uuid, request.user_username, writes),
+            self._read_source(link, request, writes),
             self._read(link.target.site, link.target.offering, request.a_offering_user_uuid, request.user_username, writes),
             return_exceptions=True,
         )

@@ -32,16 +32,27 @@ def correction_request(row: Row) -> CorrectionRequest:
     )
 
 
+def correction_key(row: Row, routes: Routes) -> bytes:
+    """The request's key on ``<app>-corrections``: the link's *source* and the user, so the
+    requests of every link fed by one source for one user reach one worker together and
+    share one live read of the source (``Corrector._read_source``)."""
+    link = routes.by_name.get(row.link)
+    if link is None:
+        return f"{row.link}:{row.user_username}".encode()
+    return f"{link.source.site}:{link.source.offering}:{row.user_username}".encode()
+
+
 class RequestCorrection:
     """Sends "look at (link, user)" to the correct stage and waits for Kafka's ack, through any outage."""
 
-    def __init__(self, emit: Emit, metrics: Metrics) -> None:
+    def __init__(self, emit: Emit, metrics: Metrics, routes: Routes) -> None:
         self.emit = emit
         self.metrics = metrics
+        self.routes = routes
 
     async def __call__(self, row: Row) -> None:
         request = correction_request(row)
-        key, value = request.key.encode(), request_encoder.encode(request)
+        key, value = correction_key(row, self.routes), request_encoder.encode(request)
         self.metrics.corrections.labels(row.link).inc()
         await retry_forever(lambda: self.emit(key, value), f"correction request for {request.key}")
 

@@ -297,7 +297,7 @@ class FoldWorld:
         self.metrics = Metrics()
         self.written_when_requested: list[int] = []
         self.lookups = Lookups({"b": self.b}, self.events, self.metrics, lambda: self.tables.state, FixedClock())
-        self.fold = Fold(self.routes, self.tables, RequestCorrection(self.emit_request, self.metrics), self.lookups,
+        self.fold = Fold(self.routes, self.tables, RequestCorrection(self.emit_request, self.metrics, self.routes), self.lookups,
                          self.metrics)
 
     async def emit_request(self, key: bytes, value: bytes) -> None:
@@ -316,7 +316,7 @@ async def test_fold_batch_requests_a_correction_writes_the_changes_then_looks_up
     await world.fold.fold_batch([group])
 
     [sent] = world.corrections.requests()
-    assert world.corrections.keys() == [b"b-to-a:alice"]
+    assert world.corrections.keys() == [f"b:{OFF_B}:alice".encode()]  # keyed by the source: see correction_key
     assert (sent.link, sent.user_username, sent.desired) == ("b-to-a", "alice", "alice_b")
     assert (sent.a_offering_user_uuid, sent.b_offering_user_uuid, sent.cause_event_id) == (OU_A, OU_B, "snap-b")
     assert sent.observed_at == int(group_time() * 1_000_000)

@@ -8,7 +8,9 @@ caught it for the sink; faust's commit takes the first run of acked offsets, gap
 Here the stage owns its offsets. It runs forever: a Kafka failure starts it over from
 the committed offsets with the shared backoff; anything else is a bug and goes up.
 
-With ``revoke_wait``, a rebalance waits for the batch under way (up to that many
+``on_assignment`` hears how many of the topic's partitions this member owns after every
+rebalance (the correct stage's share of each site's API budget). With ``revoke_wait``,
+a rebalance waits for the batch under way (up to that many
 seconds) before giving its partitions away; a batch that outlives that commits nothing,
 and the partitions' next owner handles it again (at-least-once).
 """
@@ -32,28 +34,42 @@ log = logging.getLogger("usync.kafka")
 BatchHandler = Callable[[list[bytes]], Awaitable[None]]
 
 
-class _FinishBeforeRevoke(ConsumerRebalanceListener):
-    def __init__(self, name: str, busy: asyncio.Lock, wait: float) -> None:
-        self.name, self.busy, self.wait = name, busy, wait
+#: Told (partitions owned, partitions of the topic) after every assignment, (0, n) on revocation.
+AssignmentHook = Callable[[int, int], None]
+
+
+class _Listener(ConsumerRebalanceListener):
+    """Waits for the batch under way before partitions go (``wait`` seconds at most) and
+    tells ``on_assignment`` what this member owns."""
+
+    def __init__(self, name: str, busy: asyncio.Lock, wait: float | None, on_assignment: AssignmentHook | None,
+                 total: Callable[[], int]) -> None:
+        self.name, self.busy, self.wait, self.on_assignment, self.total = name, busy, wait, on_assignment, total
 
     async def on_partitions_revoked(self, revoked: Any) -> None:
-        try:
-            async with asyncio.timeout(self.wait):
-                async with self.busy:
-                    pass
-        except TimeoutError:
-            log.warning("%s: a batch is still under way after %.0f s; its partitions move on, "
-                        "their next owner handles it again", self.name, self.wait)
+        if self.wait:
+            try:
+                async with asyncio.timeout(self.wait):
+                    async with self.busy:
+                        pass
+            except TimeoutError:
+                log.warning("%s: a batch is still under way after %.0f s; its partitions move on, "
+                            "their next owner handles it again", self.name, self.wait)
+        if self.on_assignment is not None:
+            self.on_assignment(0, self.total())
 
     async def on_partitions_assigned(self, assigned: Any) -> None:
         log.info("%s: handling partitions %s", self.name, sorted(tp.partition for tp in assigned))
+        if self.on_assignment is not None:
+            self.on_assignment(len(assigned), self.total())
 
 
 class BatchConsumer:
     """``handle`` every batch of ``topic`` as group ``group_id``; ``connected`` while consuming."""
 
     def __init__(self, name: str, options: dict[str, Any], topic: str, group_id: str, handle: BatchHandler, *,
-                 max_records: int, revoke_wait: float | None = None, **settings: Any) -> None:
+                 max_records: int, revoke_wait: float | None = None, on_assignment: AssignmentHook | None = None,
+                 **settings: Any) -> None:
         self.name = name
         self.options = options
         self.topic = topic
@@ -61,6 +77,7 @@ class BatchConsumer:
         self.handle = handle
         self.max_records = max_records
         self.revoke_wait = revoke_wait
+        self.on_assignment = on_assignment
         self.settings = settings
         self.connected = False
         self._busy = asyncio.Lock()
@@ -80,7 +97,8 @@ class BatchConsumer:
             fetch_max_wait_ms=FETCH_MAX_WAIT_MS,  # a catching-up stage never idles on a long poll
             **self.settings,
         )
-        listener = _FinishBeforeRevoke(self.name, self._busy, self.revoke_wait) if self.revoke_wait else None
+        listener = _Listener(self.name, self._busy, self.revoke_wait, self.on_assignment,
+                             lambda: len(consumer.partitions_for_topic(self.topic) or ()))
         consumer.subscribe([self.topic], listener=listener)
         try:
             await consumer.start()
@@ -95,6 +113,8 @@ class BatchConsumer:
                     backoff.reset()
         finally:
             self.connected = False
+            if self.on_assignment is not None:  # out of the group: its partitions are someone else's soon
+                self.on_assignment(0, 1)
             await close_quietly(consumer, self.name)
 
     async def _commit(self, consumer: AIOKafkaConsumer, fetched: dict[Any, list[Any]]) -> None:

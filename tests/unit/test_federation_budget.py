@@ -1,0 +1,122 @@
+"""Federation scale, without brokers: one API budget per site across workers (the token
+bucket's share), and one live read of a source shared by every link it feeds."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+from streams.adapters.memory import FixedClock, MemoryEmit, MemoryOfferingUsers
+from streams.adapters.waldur import TokenBucket
+from streams.contract.config import Endpoint, Link
+from streams.contract.schema import CorrectionRequest, OutcomeAction
+from streams.metrics import Metrics
+from streams.stages.correct import Corrector
+from streams.stages.fold import correction_key
+from streams.core import Row, compile_routes
+from tests.unit.test_fold import B_TO_A, B_TO_C, OFF_A, OFF_B, OFF_C, OU_A, OU_B, record
+
+OU_C = "6" * 32
+B_TO_D = Link(name="b-to-d", source=Endpoint("b", OFF_B), target=Endpoint("d", "d" * 32))
+
+
+async def _acquired_within(bucket: TokenBucket, seconds: float) -> int:
+    count = 0
+
+    async def take() -> None:
+        nonlocal count
+        while True:
+            await bucket.acquire()
+            count += 1
+
+    task = asyncio.create_task(take())
+    await asyncio.sleep(seconds)  # the measured window itself, not a synchronisation
+    task.cancel()
+    return count
+
+
+async def test_three_shares_of_a_bucket_add_up_to_its_rate():
+    buckets = [TokenBucket(rate=50, burst=5) for _ in range(3)]
+    for bucket, owned in zip(buckets, (3, 3, 2)):
+        bucket.set_share(owned / 8)
+    counts = await asyncio.gather(*(_acquired_within(b, 1.0) for b in buckets))
+    # the three together: the full rate over the second plus the three shares' bursts (>= 1 token each)
+    assert sum(counts) <= 50 + 5 + 3
+    assert sum(counts) >= 35  # and the budget is really used
+    assert counts[0] > counts[2]  # a larger share sends more
+
+
+async def test_no_share_sends_nothing_until_one_is_given():
+    bucket = TokenBucket(rate=100, burst=10)
+    bucket.set_share(0.0)
+    waiter = asyncio.create_task(bucket.acquire())
+    await asyncio.sleep(0.05)
+    assert not waiter.done()
+    bucket.set_share(0.5)
+    await asyncio.wait_for(waiter, 1.0)
+    assert bucket.burst == 5.0 and bucket.rate == 50.0
+
+
+def test_a_small_share_of_a_small_burst_still_banks_one_token():
+    bucket = TokenBucket(rate=20, burst=2)
+    bucket.set_share(1 / 8)
+    assert bucket.burst == 1.0 and bucket.rate == 2.5
+
+
+def test_requests_of_every_link_of_one_source_share_a_key():
+    routes = compile_routes([B_TO_A, B_TO_C, B_TO_D])
+    keys = {correction_key(Row(link=link.name, user_username="alice"), routes) for link in (B_TO_A, B_TO_C, B_TO_D)}
+    assert keys == {f"b:{OFF_B}:alice".encode()}
+    assert correction_key(Row(link="b-to-a", user_username="bob"), routes) != keys.pop()
+
+
+class FanOut:
+    """B feeds a, c and d; alice is "alice_b" on B and "old" on each target."""
+
+    def __init__(self) -> None:
+        self.b = MemoryOfferingUsers("b", [record(OU_B, username="alice_b")])
+        self.targets = {
+            "a": MemoryOfferingUsers("a", [record(OU_A, username="old", offering=OFF_A)]),
+            "c": MemoryOfferingUsers("c", [record(OU_C, username="old", offering=OFF_C)]),
+            "d": MemoryOfferingUsers("d", [record("7" * 32, username="old", offering="d" * 32)]),
+        }
+        self.clock = FixedClock()
+        journal: list = []
+        self.metrics = Metrics()
+        links = {link.name: link for link in (B_TO_A, B_TO_C, B_TO_D)}
+        self.corrector = Corrector(links, {"b": self.b, **self.targets}, self.metrics, MemoryEmit("events", journal),
+                                   MemoryEmit("outcomes", journal), self.clock)
+
+    def requests(self, observed_at: int) -> list[CorrectionRequest]:
+        uuids = {"b-to-a": OU_A, "b-to-c": OU_C, "b-to-d": "7" * 32}
+        return [CorrectionRequest(link=link, user_username="alice", a_offering_user_uuid=uuid, b_offering_user_uuid=OU_B,
+                                  desired="alice_b", observed_at=observed_at) for link, uuid in uuids.items()]
+
+
+async def test_one_change_on_a_source_is_read_once_for_all_its_links():
+    world = FanOut()
+    outcomes = await world.corrector.handle_batch(world.requests(observed_at=world.clock.micros() - 10))
+    assert [o.action for o in outcomes] == [OutcomeAction.CORRECTED] * 3
+    assert world.b.calls == [("get", OU_B)]  # one read of B for three links
+    assert all(len(t.called("patch")) == 1 for t in world.targets.values())  # each target read live and PATCHed
+    assert all(t.calls[0][0] == "get" for t in world.targets.values())
+    assert world.metrics.registry.get_sample_value("usync_source_reads_shared_total", {"site": "b"}) == 2
+
+
+async def test_a_read_sent_before_the_newest_fact_is_not_reused():
+    world = FanOut()
+    first = world.requests(observed_at=world.clock.micros() - 10)[0]
+    await world.corrector.handle(first)
+    world.clock.advance(0.000_02)  # a newer fact on B, observed after that read was sent
+    later = world.requests(observed_at=world.clock.micros() - 5)[1]
+    await world.corrector.handle(later)
+    assert world.b.calls == [("get", OU_B), ("get", OU_B)]
+
+
+async def test_a_read_older_than_the_reuse_window_is_not_reused():
+    world = FanOut()
+    sent = world.clock.micros()
+    await world.corrector.handle(world.requests(observed_at=sent - 10)[0])
+    world.clock.advance(6.0)
+    await world.corrector.handle(world.requests(observed_at=sent - 10)[1])
+    assert len(world.b.calls) == 2
