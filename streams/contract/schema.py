@@ -243,6 +243,9 @@ class CorrectionRequest(msgspec.Struct, kw_only=True, omit_defaults=True):
     # When the newest fact behind the request was observed (µs since the epoch): a live
     # read sent after that already covers it.
     observed_at: int = 0
+    # When B was read live, if that read is B's newest fact (the row's ``b_read_at``): the
+    # request then carries B as read (``desired``, state OK, not restricted).
+    b_read_at: int = 0
 
     @property
     def key(self) -> str:

@@ -20,7 +20,9 @@ snapshot record, 200 lookup   username, state, restricted (B), and the identity 
 404/410 lookup                state = "Deleted" if the index knew the user
 ============================  =======================================================
 
-(every write also sets the side's offering_user_uuid, event id and observation time; a
+(every write also sets the side's offering_user_uuid, event id and observation time, and
+on B's side ``b_read_at``: the observation time for a snapshot record or lookup, 0 for an
+event; a
 field an event leaves out is left alone). Because a write depends only on the fact and
 the side's observation time, re-reading any stretch of the topic (at-least-once
 redelivery, a consumer restarting from an older offset) changes nothing: older facts are
@@ -98,13 +100,14 @@ class _SideFields(NamedTuple):
     observed_at: str
     username_at: str
     state_at: str
+    read_at: str | None
 
 
 _FIELDS: Final[dict[str, _SideFields]] = {
     SOURCE: _SideFields("b_offering_user_uuid", "b_username", "b_state", "b_event_id", "b_restricted", "b_observed_at",
-                          "b_username_at", "b_state_at"),
+                          "b_username_at", "b_state_at", "b_read_at"),
     TARGET: _SideFields("a_offering_user_uuid", "a_username", "a_state", "a_event_id", None, "a_observed_at",
-                          "a_username_at", "a_state_at"),
+                          "a_username_at", "a_state_at", None),
 }
 
 
@@ -220,7 +223,7 @@ def _fold_record(batch: _Batch, link: str, side: Side, record: OfferingUserRecor
     restricted = record.is_restricted if side == SOURCE else None
     _write(
         batch, link, side, record.user_username, offering_user_uuid, event_id, seen,
-        record.username or "", state_display(record.state), restricted,
+        record.username or "", state_display(record.state), restricted, read=True,
     )
     if parked is not None:  # the events that waited for this identity: newer ones still win
         _write_parked(batch, record.user_username, parked)
@@ -237,7 +240,8 @@ def _fold_lookup(batch: _Batch, link: str, side: Side, envelope: Envelope, looku
     batch.state.pending.pop(key, None)
     user = batch.state.index.get(key)
     if user is not None:
-        _write(batch, link, side, user, offering_user_uuid, envelope.event_id, observed_at(envelope), None, DELETED, None)
+        _write(batch, link, side, user, offering_user_uuid, envelope.event_id, observed_at(envelope), None, DELETED, None,
+               read=True)
 
 
 # -- writes -------------------------------------------------------------------------
@@ -317,11 +321,14 @@ def observed_at(envelope: Envelope) -> int:
 def _write(
     batch: _Batch, link: str, side: Side, user: str, offering_user_uuid: str, event_id: str, seen: int,
     username: str | None, state: str | None, restricted: bool | None, *, strictly_newer: bool = False,
+    read: bool = False,
 ) -> None:
     """Set one side's fields of (link, user) unless the side holds a newer observation
     (with ``strictly_newer``, unless it holds one as new: a tie goes to what came first);
     a None value leaves its field alone. The row is dirty if its values changed, or
-    always while a snapshot is folded (see :class:`FoldResult`)."""
+    always while a snapshot is folded (see :class:`FoldResult`). ``read``: the fact is a
+    live read of the whole offering user (snapshot record or lookup), so while it is
+    B's newest fact, ``b_read_at`` says when B was last seen as the row says."""
     key = row_key(link, user)
     rows = batch.state.rows
     row = rows.get(key)
@@ -344,6 +351,8 @@ def _write(
         changes[fields.observed_at] = seen
         if restricted is not None and fields.restricted:
             changes[fields.restricted] = restricted
+        if fields.read_at:
+            changes[fields.read_at] = seen if read else 0
     if not changes:
         return
     new = replace(row, **changes)

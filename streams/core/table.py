@@ -44,6 +44,10 @@ class Row(msgspec.Struct, frozen=True, kw_only=True, gc=False, omit_defaults=Tru
     b_observed_at: int = 0  # of the side's newest fact (uuid, event id, restricted)
     b_username_at: int = 0
     b_state_at: int = 0
+    # When B was read live (a snapshot record or a lookup), while that read is B's newest
+    # fact; 0 once an event is newer. A correction may then trust B as the row has it
+    # instead of reading B again (one identity site feeding many: see streams.stages.correct).
+    b_read_at: int = 0
     a_offering_user_uuid: str | None = None
     a_username: str | None = None
     a_state: str | None = None

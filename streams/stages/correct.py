@@ -17,6 +17,7 @@ from datetime import datetime
 from streams.contract.config import Link
 from streams.contract.schema import CorrectionRequest, OfferingUserRecord, Outcome, OutcomeAction, outcome_encoder
 from streams.core import Verdict, decide
+from streams.core.table import OK
 from streams.errors import GaveUp
 from streams.metrics import Metrics
 from streams.ports import Clock, Emit, OfferingUsers, SystemClock
@@ -119,9 +120,16 @@ class Corrector:
     async def _read_source(self, link: Link, request: CorrectionRequest,
                            writes: list[asyncio.Future]) -> OfferingUserRecord | None:
         """B's offering user, read live -- or the read another link of the same source sent
-        after every fact behind this request (fresh enough: it can only be newer)."""
+        after every fact behind this request (fresh enough: it can only be newer), or the
+        live read the request carries (an identity lookup or a snapshot made it, and no
+        event on B is newer), when it is as recent as that."""
         key = (link.source.site, link.source.offering, request.user_username)
         now = self.clock.micros()
+        if request.b_read_at and now - request.b_read_at < SOURCE_READ_REUSE_MICROS and request.b_offering_user_uuid \
+                and request.desired:
+            self.metrics.source_reads_shared.labels(link.source.site).inc()
+            return OfferingUserRecord(uuid=request.b_offering_user_uuid, user_uuid="", user_username=request.user_username,
+                                      offering_uuid=link.source.offering, username=request.desired, state=OK)
         shared = self.source_reads.get(key)
         if shared is not None:
             sent, read, its_writes = shared

@@ -28,7 +28,7 @@ def correction_request(row: Row) -> CorrectionRequest:
         link=row.link, user_username=row.user_username,
         a_offering_user_uuid=row.a_offering_user_uuid, b_offering_user_uuid=row.b_offering_user_uuid,
         desired=row.b_username, cause_event_id=row.b_event_id or row.a_event_id or "",
-        observed_at=max(row.b_observed_at, row.a_observed_at),
+        observed_at=max(row.b_observed_at, row.a_observed_at), b_read_at=row.b_read_at,
     )
 
 

@@ -120,3 +120,30 @@ async def test_a_read_older_than_the_reuse_window_is_not_reused():
     world.clock.advance(6.0)
     await world.corrector.handle(world.requests(observed_at=sent - 10)[1])
     assert len(world.b.calls) == 2
+
+
+async def test_a_request_carrying_a_recent_live_read_of_b_does_not_read_b_again():
+    world = FanOut()
+    now = world.clock.micros()
+    [fresh, stale, _] = world.requests(observed_at=now - 10)
+    fresh.b_read_at = now - 1_000  # an identity lookup of B a millisecond ago, B's newest fact
+    outcome = await world.corrector.handle(fresh)
+    assert outcome.action is OutcomeAction.CORRECTED and world.b.calls == []
+    stale.b_read_at = now - 6_000_000  # too old to stand for a live read
+    await world.corrector.handle(stale)
+    assert world.b.calls == [("get", OU_B)]
+
+
+def test_b_read_at_is_the_newest_read_of_b_and_an_event_clears_it():
+    from streams.core import TableState, fold_many, row_key
+    from tests.unit.test_fold import event, on_b, page
+
+    state = TableState()
+    snapshot = on_b(page(record(OU_B, username="alice_b")), "snap")
+    fold_many(state, [B_TO_A], [snapshot])
+    row = state.rows[row_key("b-to-a", "alice")]
+    assert row.b_read_at == row.b_observed_at > 0
+    later = on_b(event("update", OU_B, username="alice_c", state="OK"), "u1")
+    later.received_at = later.received_at.replace(year=2027)
+    fold_many(state, [B_TO_A], [later])
+    assert state.rows[row_key("b-to-a", "alice")].b_read_at == 0
