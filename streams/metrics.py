@@ -19,6 +19,10 @@ class Metrics:
         self.reconcile_passes = Counter("usync_reconcile_passes", "Reconcile passes", ["result"], registry=registry)
         self.snapshot_pages = Counter("usync_snapshot_pages", "Snapshot pages written", ["link", "site"], registry=registry)
         self.table_rows = Gauge("usync_table_rows", "Rows in this worker's partitions of the table", registry=registry)
+        self.dead_lettered = Counter("usync_dead_lettered", "Records the worker wrote to the DLQ (poison records)",
+                                     ["topic", "reason_class"], registry=registry)
+        self.tables_waiting = Gauge("usync_tables_waiting_for_kafka",
+                                    "1 while this worker's table recovery cannot reach Kafka", registry=registry)
         self.drift = Gauge("usync_drift", "Rows whose A side differs from B (this worker's partitions)", ["link"], registry=registry)
 
     def exposition(self) -> bytes:
