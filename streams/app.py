@@ -31,11 +31,11 @@ from streams.adapters.kafka.producers import RecordSender
 from streams.adapters.kafka.topics import by_link_topic, corrections_topic, ensure_topics
 from streams.adapters.waldur import Clients
 from streams.contract.config import Config
+from streams.contract.schema import OutcomeAction
 from streams.core import compile_routes
 from streams.metrics import Metrics
-from streams.stages import correct_loop, fold, lookups, reraise, route
+from streams.stages import correct_loop, dead_letter, fold, lookups, reraise, route
 from streams.stages.correct import Corrector
-from streams.stages.dead_letter import DeadLetters
 from streams.stages.reconcile import Reconcile
 from streams.stages.web import Views
 
@@ -93,7 +93,7 @@ def create_app(config: Config, *, store: str = "rocksdb", web_port: int | None =
     # path costs more per record than the stage spends on a whole correction.
     records = RecordSender(options)
     emit_event = records.emitter(kafka.events_topic)
-    dead = DeadLetters(records.emitter(kafka.dlq_topic), metrics)
+    dead = dead_letter.DeadLetters(records.emitter(kafka.dlq_topic), metrics)
     request = fold.RequestCorrection(topic_emitter(corrections), metrics)
     finder = lookups.Lookups(clients, emit_event, metrics, state)
     folder_tables = FaustFoldTables(tables, options)
@@ -129,6 +129,7 @@ def create_app(config: Config, *, store: str = "rocksdb", web_port: int | None =
     if reconcile:
         app.timer(1.0, on_leader=True)(crash_on_error(app, reconciler.tick))
 
+    _known_series(metrics, config, by_link.get_topic_name(), corrections.get_topic_name())
     metrics.tables_waiting.set_function(lambda: tables_state(app) == "waiting-for-kafka")
 
     def health() -> dict[str, Any]:  # degraded: a record was dead-lettered in the last DEGRADED_FOR s
@@ -138,6 +139,12 @@ def create_app(config: Config, *, store: str = "rocksdb", web_port: int | None =
     register_views(app, Views(config.links, state, metrics, reconciler.run_pass, health))
     return Usync(config=config, app=app, metrics=metrics, clients=clients, tables=tables, router=router,
                  sink_loop=sink, records=records)
+
+
+def _known_series(metrics: Metrics, config: Config, by_link: str, corrections: str) -> None:
+    metrics.known(config.sites, [link.name for link in config.links], [config.kafka.events_topic, by_link, corrections],
+                  [action.value for action in OutcomeAction])
+    metrics.dead_lettered.labels(corrections, dead_letter.HANDLER_ERROR)
 
 
 def _running(records: RecordSender) -> Any:
