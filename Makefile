@@ -16,6 +16,7 @@ $(STAMP): pyproject.toml requirements.lock
 install: $(STAMP)
 	@services/rabbitmq.sh install
 	@services/kafka.sh install
+	@services/prometheus.sh install
 
 services: install
 	@services/rabbitmq.sh start

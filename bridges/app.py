@@ -74,6 +74,7 @@ class Bridge:
         return credentials
 
     async def _run_site(self, site_name: str) -> None:
+        self.metrics.for_site(site_name)
         site = self.config.sites[site_name]
         credentials = await self._credentials(site_name)
 

@@ -20,3 +20,9 @@ class BridgeMetrics:
             "usync_bridge_kafka_send_seconds", "Time from send to Kafka acknowledgement", registry=r,
             buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
         )
+
+    def for_site(self, site: str) -> None:
+        """Every per-site series at 0 from the start: ``increase()`` in an alert sees the
+        first dead letter or reconnect only if the series existed before it."""
+        for counter in (self.received, self.redelivered, self.relayed, self.dead_lettered, self.reconnects):
+            counter.labels(site)

@@ -31,9 +31,10 @@ from streams.adapters.kafka.producers import RecordSender
 from streams.adapters.kafka.topics import by_link_topic, corrections_topic, ensure_topics
 from streams.adapters.waldur import Clients
 from streams.contract.config import Config
+from streams.contract.schema import OutcomeAction
 from streams.core import compile_routes
 from streams.metrics import Metrics
-from streams.stages import correct_loop, fold, lookups, reraise, route
+from streams.stages import correct_loop, dead_letter, fold, lookups, reraise, route
 from streams.stages.correct import Corrector
 from streams.stages.reconcile import Reconcile
 from streams.stages.web import Views
@@ -92,18 +93,20 @@ def create_app(config: Config, *, store: str = "rocksdb", web_port: int | None =
     # path costs more per record than the stage spends on a whole correction.
     records = RecordSender(options)
     emit_event = records.emitter(kafka.events_topic)
+    dead = dead_letter.DeadLetters(records.emitter(kafka.dlq_topic), metrics)
     request = fold.RequestCorrection(topic_emitter(corrections), metrics, routes)
     finder = lookups.Lookups(clients, emit_event, metrics, state)
     folder_tables = FaustFoldTables(tables, options)
-    folder = fold.Fold(routes, folder_tables, request, finder, metrics)
+    folder = fold.Fold(routes, folder_tables, request, finder, metrics, dead)
     corrector = Corrector(routes.by_name, clients, metrics, emit_event, records.emitter(kafka.outcomes_topic))
     reconciler = Reconcile(config.links, clients, metrics, emit_event, config.reconcile_interval)
     reraiser = reraise.Reraiser(config.links, state, request)
     router = BatchConsumer("router", options, kafka.events_topic, f"{config.app_id}-route",
-                           route.Route(routes, metrics, lambda pairs: records.send_all(by_link.get_topic_name(), pairs)).handle,
+                           route.Route(routes, metrics, lambda pairs: records.send_all(by_link.get_topic_name(), pairs),
+                                       dead).handle,
                            max_records=route.FETCH_RECORDS, max_partition_fetch_bytes=8 << 20, fetch_max_bytes=64 << 20)
     sink = BatchConsumer("sink", options, corrections.get_topic_name(), f"{config.app_id}-sink",
-                         correct_loop.CorrectLoop(corrector).handle, max_records=correct_loop.BATCH,
+                         correct_loop.CorrectLoop(corrector, dead).handle, max_records=correct_loop.BATCH,
                          revoke_wait=correct_loop.REVOKE_WAIT, on_assignment=clients.set_share)
     clients.set_share(0, 1)  # each site's budget is shared by the workers: nothing until the group assigns
     app.task(crash_on_error(app, router.run))
@@ -128,13 +131,23 @@ def create_app(config: Config, *, store: str = "rocksdb", web_port: int | None =
     if reconcile:
         app.timer(1.0, on_leader=True)(crash_on_error(app, reconciler.tick))
 
-    def health() -> dict[str, Any]:
-        return {"status": "ok", "router_connected": router.connected, "sink_connected": sink.connected,
-                "tables": tables_state(app), "paused_sites": clients.paused()}
+    _known_series(metrics, config, by_link.get_topic_name(), corrections.get_topic_name())
+    metrics.tables_waiting.set_function(lambda: tables_state(app) == "waiting-for-kafka")
+
+    def health() -> dict[str, Any]:  # degraded: a record was dead-lettered in the last DEGRADED_FOR s
+        return {"status": "degraded" if dead.degraded() else "ok", "dead_lettered": dead.count,
+                "router_connected": router.connected, "sink_connected": sink.connected, "tables": tables_state(app),
+                "paused_sites": clients.paused()}
 
     register_views(app, Views(config.links, state, metrics, reconciler.run_pass, health))
     return Usync(config=config, app=app, metrics=metrics, clients=clients, tables=tables, router=router,
                  sink_loop=sink, records=records)
+
+
+def _known_series(metrics: Metrics, config: Config, by_link: str, corrections: str) -> None:
+    metrics.known(config.sites, [link.name for link in config.links], [config.kafka.events_topic, by_link, corrections],
+                  [action.value for action in OutcomeAction])
+    metrics.dead_lettered.labels(corrections, dead_letter.HANDLER_ERROR)
 
 
 def _running(records: RecordSender) -> Any:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
 
 
@@ -21,7 +23,25 @@ class Metrics:
         self.reconcile_passes = Counter("usync_reconcile_passes", "Reconcile passes", ["result"], registry=registry)
         self.snapshot_pages = Counter("usync_snapshot_pages", "Snapshot pages written", ["link", "site"], registry=registry)
         self.table_rows = Gauge("usync_table_rows", "Rows in this worker's partitions of the table", registry=registry)
+        self.dead_lettered = Counter("usync_dead_lettered", "Records the worker wrote to the DLQ (poison records)",
+                                     ["topic", "reason_class"], registry=registry)
+        self.tables_waiting = Gauge("usync_tables_waiting_for_kafka",
+                                    "1 while this worker's table recovery cannot reach Kafka", registry=registry)
         self.drift = Gauge("usync_drift", "Rows whose A side differs from B (this worker's partitions)", ["link"], registry=registry)
+
+    def known(self, sites: Iterable[str], links: Iterable[str], topics: Iterable[str], actions: Iterable[str]) -> None:
+        """The configured sites', links' and topics' series at 0 from the start: an alert on
+        ``increase()`` sees the first gave-up or dead letter only if the series existed
+        before it, and ``usync_site_paused == 1`` has a series to compare."""
+        for site in sites:
+            self.site_paused.labels(site).set(0)
+        for link in links:
+            self.events_folded.labels(link)
+            self.corrections.labels(link)
+            for action in actions:
+                self.outcomes.labels(link, action)
+        for topic in topics:
+            self.dead_lettered.labels(topic, "undecodable")
 
     def exposition(self) -> bytes:
         return generate_latest(self.registry)

@@ -63,11 +63,22 @@ class SystemClock:
 
 
 class LinkGroup(Protocol):
-    """One link's share of a fold batch: its name, its envelopes' raw bytes, and where
-    its state lives (the adapter's handle on the link's partition)."""
+    """One link's share of a fold batch: its name, its envelopes' raw bytes, where each
+    value was read (``places``: (topic, partition, offset), for the DLQ), and where its
+    state lives (the adapter's handle on the link's partition)."""
 
     link: str
     values: list[bytes]
+    places: list[tuple[str, int, int]]
+
+
+class Record(Protocol):
+    """One consumed Kafka record (an aiokafka ``ConsumerRecord`` is one)."""
+
+    topic: str
+    partition: int
+    offset: int
+    value: bytes
 
 
 class FoldTables(Protocol):

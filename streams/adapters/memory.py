@@ -179,6 +179,10 @@ class MemoryLinkGroup:
 
     link: str
     values: list[bytes] = field(default_factory=list)
+    places: list[tuple[str, int, int]] = field(default_factory=list)  # empty: ("by-link", 0, i)
+
+    def __post_init__(self) -> None:
+        self.places = self.places or [("by-link", 0, i) for i in range(len(self.values))]
 
     @classmethod
     def of(cls, link: str, *envelopes: Envelope) -> MemoryLinkGroup:

@@ -199,6 +199,9 @@ class OutcomeAction(str, enum.Enum):
     SKIPPED = "skipped"
     REJECTED = "rejected"
     GAVE_UP = "gave-up"
+    # handling the request raised something that is neither transient nor a decision (a
+    # bug, or a site answer that is not what its schema says): the request is on the DLQ
+    DEAD_LETTERED = "dead-lettered"
 
 
 class Outcome(msgspec.Struct, kw_only=True, omit_defaults=True):
@@ -219,7 +222,15 @@ class Outcome(msgspec.Struct, kw_only=True, omit_defaults=True):
 
 
 class DeadLetter(msgspec.Struct, kw_only=True, omit_defaults=True):
-    """A message that could not be decoded or routed; kept whole, never dropped."""
+    """A message that could not be decoded or routed; kept whole, never dropped.
+
+    The bridge writes broker messages (``site``, ``queue``, broker ``headers``). The worker
+    writes Kafka records it cannot use (``topic``, ``partition``, ``offset`` of the poison
+    record; ``site`` and ``queue`` empty; ``event_id`` is ``<topic>/<partition>/<offset>``):
+    an undecodable record on an internal topic or on the events topic, and a correction
+    request whose handling raised. The three fields are optional, so older readers and
+    older letters still decode.
+    """
 
     schema_version: int = SCHEMA_VERSION
     event_id: str
@@ -229,6 +240,9 @@ class DeadLetter(msgspec.Struct, kw_only=True, omit_defaults=True):
     raw: bytes  # base64 in JSON
     headers: dict[str, str] = {}
     received_at: datetime
+    topic: str = ""
+    partition: int = -1
+    offset: int = -1
 
 
 class CorrectionRequest(msgspec.Struct, kw_only=True, omit_defaults=True):
@@ -275,6 +289,7 @@ outcome_decoder = msgspec.json.Decoder(Outcome)
 outcome_encoder = msgspec.json.Encoder()
 request_encoder = msgspec.json.Encoder()
 request_decoder = msgspec.json.Decoder(CorrectionRequest)
+dead_letter_decoder = msgspec.json.Decoder(DeadLetter)
 
 
 def decode_payload(raw: bytes) -> OfferingUserEvent:

@@ -21,6 +21,7 @@ from streams.core.table import OK
 from streams.errors import GaveUp
 from streams.metrics import Metrics
 from streams.ports import Clock, Emit, OfferingUsers, SystemClock
+from streams.retry import retry_forever
 from streams.stages.facts import lookup_envelope
 
 log = logging.getLogger("usync.correct")
@@ -84,6 +85,14 @@ class Corrector:
             if outcome.action in (OutcomeAction.CORRECTED, OutcomeAction.ALREADY_EQUAL):
                 self._verified(request.key, started)
         await self.emit_outcome(request.key.encode(), outcome_encoder.encode(outcome))
+        self.metrics.outcomes.labels(request.link, outcome.action.value).inc()
+        return outcome
+
+    async def dead_lettered(self, request: CorrectionRequest, reason: str) -> Outcome:
+        """The outcome of a request whose handling raised (it is on the DLQ): acknowledged, counted."""
+        outcome = self._outcome(request, OutcomeAction.DEAD_LETTERED, reason=reason)
+        value = outcome_encoder.encode(outcome)
+        await retry_forever(lambda: self.emit_outcome(request.key.encode(), value), f"outcome of {request.key}")
         self.metrics.outcomes.labels(request.link, outcome.action.value).inc()
         return outcome
 

@@ -10,17 +10,50 @@ verifies before it PATCHes).
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
+from collections.abc import Awaitable, Sequence
 
-from streams.contract.schema import CorrectionRequest, request_encoder
+import msgspec
+
+from streams.contract.schema import CorrectionRequest, Envelope, request_encoder
 from streams.core import FoldResult, LookupNeeded, Routes, Row, fold_by_link, needing_correction
 from streams.metrics import Metrics
 from streams.ports import Emit, FoldTables, LinkGroup
 from streams.retry import retry_forever
+from streams.stages.dead_letter import UNDECODABLE, DeadLetters
 from streams.stages.lookups import Lookups
 from streams.stages.route import unpack
 
 FOLD_BATCH = 64  # by-link records, each an array of up to route.MAX_RECORD_ENVELOPES
+
+_raw_list = msgspec.json.Decoder(list[msgspec.Raw])
+_envelope = msgspec.json.Decoder(Envelope)
+
+
+def envelopes_of(group: LinkGroup, dead: DeadLetters, letters: list[Awaitable[None]]) -> list[tuple[str, Envelope]]:
+    """The group's envelopes; what does not decode goes to ``letters`` (DLQ writes to await).
+
+    The route stage checks only an envelope's address, so one bad envelope can share a
+    record with good ones: a record that does not decode whole is decoded envelope by
+    envelope, and only the bad ones are dead-lettered (the fast path stays one decode).
+    """
+    items: list[tuple[str, Envelope]] = []
+    for value, (topic, partition, offset) in zip(group.values, group.places):
+        try:
+            items.extend((group.link, envelope) for envelope in unpack(value))
+            continue
+        except msgspec.DecodeError:
+            pass
+        try:
+            parts = _raw_list.decode(value)
+        except msgspec.DecodeError as exc:
+            letters.append(dead.send(topic, partition, offset, value, UNDECODABLE, f"not a list of envelopes: {exc}"))
+            continue
+        for part in parts:
+            try:
+                items.append((group.link, _envelope.decode(part)))
+            except msgspec.DecodeError as exc:
+                letters.append(dead.send(topic, partition, offset, bytes(part), UNDECODABLE, f"envelope: {exc}"))
+    return items
 
 
 def correction_request(row: Row) -> CorrectionRequest:
@@ -59,21 +92,23 @@ class RequestCorrection:
 
 class Fold:
     def __init__(self, routes: Routes, tables: FoldTables, request: RequestCorrection, lookups: Lookups,
-                 metrics: Metrics) -> None:
+                 metrics: Metrics, dead: DeadLetters) -> None:
         self.routes = routes
         self.tables = tables
         self.request = request
         self.lookups = lookups
         self.metrics = metrics
+        self.dead = dead
 
     async def fold_batch(self, groups: Sequence[LinkGroup]) -> None:
-        """Fold each link's envelopes into its partition; requests, then state, then lookups."""
+        """Fold each link's envelopes into its partition; requests and dead letters, then
+        state, then lookups (the batch is committed after this returned)."""
         tables, state, routes = self.tables, self.tables.state, self.routes
         needs: list[LookupNeeded] = []
-        requests = []
+        requests: list[Awaitable[None]] = []
         folded = []  # (group, its changes), written below
         for group in groups:
-            items = [(group.link, envelope) for value in group.values for envelope in unpack(value)]
+            items = envelopes_of(group, self.dead, requests)
             with tables.partition(group):
                 result: FoldResult = fold_by_link(state, routes, items)
                 rows = needing_correction(state, routes, result.dirty)

@@ -7,8 +7,12 @@ does; so this stage runs on a consumer group of its own (``BatchConsumer``, batc
 ``getmany``) and writes one record per link per batch: a JSON array of the envelopes'
 original bytes. The fold agent then pays faust's per-record cost once per array.
 
+An envelope that does not decode (not even its address) goes to the DLQ with its topic,
+partition and offset (``streams.stages.dead_letter``); one that no link takes is counted
+as unrouted (another offering's traffic, not an error).
+
 At-least-once: the batch's offsets are committed only after Kafka acknowledged every
-record it produced. A crash re-routes the uncommitted tail; the fold ignores the
+record it produced, the dead letters included. A crash re-routes the uncommitted tail; the fold ignores the
 duplicates (docs/invariants.md, 1 and 3).
 """
 
@@ -16,12 +20,15 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
 
+import asyncio
+
 import msgspec
 
 from streams.contract.schema import Envelope
 from streams.core import Routes
 from streams.metrics import Metrics
-from streams.ports import EmitAll
+from streams.ports import EmitAll, Record
+from streams.stages.dead_letter import UNDECODABLE, DeadLetters
 
 #: Bounds of one by-link record: well under Kafka's default 1 MB message size.
 MAX_RECORD_BYTES = 512 * 1024
@@ -40,22 +47,24 @@ _address = msgspec.json.Decoder(Address)
 unpack = msgspec.json.Decoder(list[Envelope]).decode
 
 
-def route_values(routes: Routes, values: Iterable[bytes]) -> tuple[dict[str, list[bytes]], int]:
-    """Group raw envelopes by the links they feed, in input order; count the unroutable."""
+def route_values(routes: Routes, values: Iterable[bytes]) -> tuple[dict[str, list[bytes]], int, list[tuple[int, str]]]:
+    """Group raw envelopes by the links they feed, in input order; count the unroutable;
+    list the undecodable as (index in ``values``, reason)."""
     by_link: dict[str, list[bytes]] = {}
     unrouted = 0
-    for value in values:
+    undecodable: list[tuple[int, str]] = []
+    for i, value in enumerate(values):
         try:
             address = _address.decode(value)
-        except msgspec.DecodeError:  # the bridge dead-letters these; a stray writer may not
-            unrouted += 1
+        except msgspec.DecodeError as exc:  # the bridge dead-letters these; a stray writer may not
+            undecodable.append((i, f"not an envelope: {exc}"))
             continue
         found = routes.of(address.site, address.offering_uuid)
         if not found:
             unrouted += 1
         for link, _side in found:
             by_link.setdefault(link.name, []).append(value)
-    return by_link, unrouted
+    return by_link, unrouted, undecodable
 
 
 def pack(values: list[bytes], max_bytes: int = MAX_RECORD_BYTES, max_count: int = MAX_RECORD_ENVELOPES) -> Iterator[bytes]:
@@ -75,14 +84,19 @@ def pack(values: list[bytes], max_bytes: int = MAX_RECORD_BYTES, max_count: int 
 class Route:
     """Routes one fetched batch; returns once every by-link record is acknowledged."""
 
-    def __init__(self, routes: Routes, metrics: Metrics, emit_by_link: EmitAll) -> None:
+    def __init__(self, routes: Routes, metrics: Metrics, emit_by_link: EmitAll, dead: DeadLetters) -> None:
         self.routes = routes
         self.metrics = metrics
         self.emit_by_link = emit_by_link
+        self.dead = dead
 
-    async def handle(self, values: list[bytes]) -> None:
-        by_link, unrouted = route_values(self.routes, values)
-        await self.emit_by_link([(link.encode(), record) for link, linked in by_link.items() for record in pack(linked)])
+    async def handle(self, records: list[Record]) -> None:
+        values = [record.value or b"" for record in records]  # a tombstone is undecodable too
+        by_link, unrouted, undecodable = route_values(self.routes, values)
+        await asyncio.gather(
+            self.emit_by_link([(link.encode(), record) for link, linked in by_link.items() for record in pack(linked)]),
+            *(self.dead.record(records[i], values[i], UNDECODABLE, reason) for i, reason in undecodable),
+        )
         if unrouted:
             self.metrics.events_unrouted.inc(unrouted)
         self.metrics.events_routed.inc(len(values))

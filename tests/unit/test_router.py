@@ -17,15 +17,16 @@ def raw(*envelopes) -> list[bytes]:
     return [envelope_encoder.encode(e) for e in envelopes]
 
 
-def test_envelopes_are_grouped_by_link_in_input_order_and_strays_counted():
+def test_envelopes_are_grouped_by_link_in_input_order_strays_counted_and_garbage_listed():
     b1 = envelope("b", OFF_B, event("update", OU_B, username="x"), "e1")
     a1 = envelope("a", OFF_A, event("update", OU_A, username="y"), "e2")
     b2 = envelope("b", OFF_B, event("update", OU_B, username="z"), "e3")
     stray = envelope("c", OFF_B, event("update", OU_B), "e4")
-    by_link, unrouted = route_values(compile_routes(LINKS), raw(b1, a1, stray, b2) + [b"not json", b"[]"])
+    by_link, unrouted, undecodable = route_values(compile_routes(LINKS), raw(b1, a1, stray, b2) + [b"not json", b"[]"])
     link = LINKS[0].name
     assert [e.event_id for e in unpack(b"[" + b",".join(by_link[link]) + b"]")] == ["e1", "e2", "e3"]
-    assert unrouted == 3
+    assert unrouted == 1
+    assert [i for i, _ in undecodable] == [4, 5] and all(reason.startswith("not an envelope") for _, reason in undecodable)
 
 
 @given(sizes=st.lists(st.integers(1, 300), max_size=60), max_bytes=st.integers(1, 2_000), max_count=st.integers(1, 10))
@@ -45,7 +46,7 @@ def test_folding_the_packed_records_equals_folding_the_topic():
         envelope("a", OFF_A, page(record(OU_A, "alice", "", offering=OFF_A), offering=OFF_A), "s2"),
         envelope("b", OFF_B, event("update", OU_B, username="alice_new", state="OK"), "e1"),
     ]
-    by_link, _ = route_values(compile_routes(LINKS), raw(*history))
+    by_link, _, _ = route_values(compile_routes(LINKS), raw(*history))
     routed = TableState()
     for link, values in by_link.items():
         for packed in pack(values, max_bytes=200):

@@ -18,6 +18,7 @@ from streams.core import LookupNeeded, Pending, SkipReason, compile_routes, inde
 from streams.errors import GaveUp
 from streams.metrics import Metrics
 from streams.stages.correct import Corrector
+from streams.stages.dead_letter import DeadLetters
 from streams.stages.fold import Fold, RequestCorrection
 from streams.stages.lookups import Lookups
 from streams.stages.reconcile import Reconcile
@@ -297,8 +298,9 @@ class FoldWorld:
         self.metrics = Metrics()
         self.written_when_requested: list[int] = []
         self.lookups = Lookups({"b": self.b}, self.events, self.metrics, lambda: self.tables.state, FixedClock())
-        self.fold = Fold(self.routes, self.tables, RequestCorrection(self.emit_request, self.metrics, self.routes), self.lookups,
-                         self.metrics)
+        self.dlq = MemoryEmit("dlq")
+        self.fold = Fold(self.routes, self.tables, RequestCorrection(self.emit_request, self.metrics, self.routes),
+                         self.lookups, self.metrics, DeadLetters(self.dlq, self.metrics))
 
     async def emit_request(self, key: bytes, value: bytes) -> None:
         self.written_when_requested.append(len(self.tables.written))

@@ -279,11 +279,12 @@ def write_changes(writer: ChangelogWriter, taken: list[dict[bytes, bytes | None]
 class FaustLinkGroup:
     """One link's events of a fold batch (``streams.ports.LinkGroup``): all from one partition."""
 
-    __slots__ = ("link", "values", "event")
+    __slots__ = ("link", "values", "places", "event")
 
     def __init__(self, link: str, events: list[Any]) -> None:
         self.link = link
         self.values = [event.value for event in events]
+        self.places = [(event.message.topic, event.message.partition, event.message.offset) for event in events]
         self.event = events[0]
 
 
@@ -291,8 +292,8 @@ def link_groups(batch: list[Any]) -> list[FaustLinkGroup]:
     """A faust batch by link, in order of first appearance."""
     by_link: dict[bytes, list[Any]] = {}
     for event in batch:
-        by_link.setdefault(event.key, []).append(event)
-    return [FaustLinkGroup(key.decode(), events) for key, events in by_link.items()]
+        by_link.setdefault(event.key or b"", []).append(event)  # a keyless stray folds as no link
+    return [FaustLinkGroup(key.decode(errors="replace"), events) for key, events in by_link.items()]
 
 
 class FaustFoldTables:

@@ -30,8 +30,9 @@ from streams.retry import Backoff, retry_forever
 
 log = logging.getLogger("usync.kafka")
 
-#: Handles the values of one fetched batch; returns once everything they imply is durable.
-BatchHandler = Callable[[list[bytes]], Awaitable[None]]
+#: Handles the records of one fetched batch (``streams.ports.Record``: topic, partition,
+#: offset, value); returns once everything they imply is durable.
+BatchHandler = Callable[[list[Any]], Awaitable[None]]
 
 
 #: Told (partitions owned, partitions of the topic) after every assignment, (0, n) on revocation.
@@ -108,7 +109,7 @@ class BatchConsumer:
                 fetched = await consumer.getmany(timeout_ms=500, max_records=self.max_records)
                 if fetched:
                     async with self._busy:
-                        await self.handle([m.value for messages in fetched.values() for m in messages])
+                        await self.handle([m for messages in fetched.values() for m in messages])
                         await self._commit(consumer, fetched)
                     backoff.reset()
         finally:
