@@ -112,14 +112,18 @@ def create_app(config: Config, *, store: str = "rocksdb", web_port: int | None =
     # A fold that raises takes the worker down rather than only the agent: faust would
     # restart the agent on its buffered stream, past the batch held back, and could then
     # commit past that batch. A restarted worker reads again from the last commit.
+    fold_started = asyncio.Event()
+
     @app.agent(by_link, supervisor_strategy=mode.CrashingSupervisor)
     async def fold_agent(stream: faust.StreamT) -> None:
         await folder_tables.start()
+        fold_started.set()
         try:
             async for batch in stream.take_events(fold.FOLD_BATCH, within=0.02):
                 with held_back_unless_done(batch):
                     await folder.fold_batch(link_groups(batch))
         finally:
+            fold_started.clear()
             await folder_tables.stop()  # the worker is stopping: let its producer close cleanly
 
     app.timer(reraise.RERAISE_INTERVAL)(crash_on_error(app, reraiser.scan))
@@ -129,11 +133,23 @@ def create_app(config: Config, *, store: str = "rocksdb", web_port: int | None =
 
     def health() -> dict[str, Any]:
         return {"status": "ok", "router_connected": router.connected, "sink_connected": sink.connected,
-                "tables": tables_state(app), "paused_sites": clients.paused()}
+                "tables": tables_state(app), "paused_sites": clients.paused(), "sites": clients.health()}
 
-    register_views(app, Views(config.links, state, metrics, reconciler.run_pass, health))
+    def components() -> dict[str, tuple[str, bool]]:
+        tables_now = tables_state(app)
+        return {"router": _consumer_state(router), "sink": _consumer_state(sink),
+                "tables": (tables_now, tables_now == "ready"),
+                "fold": ("started", True) if fold_started.is_set() else ("starting", False)}
+
+    register_views(app, Views(config.links, state, metrics, reconciler.run_pass, health, components))
     return Usync(config=config, app=app, metrics=metrics, clients=clients, tables=tables, router=router,
                  sink_loop=sink, records=records)
+
+
+def _consumer_state(consumer: BatchConsumer) -> tuple[str, bool]:
+    if consumer.joined:
+        return "joined", True
+    return ("joining" if consumer.connected else "disconnected"), False
 
 
 def _running(records: RecordSender) -> Any:

@@ -15,6 +15,8 @@ class Metrics:
         self.outcomes = Counter("usync_outcomes", "Correction outcomes", ["link", "action"], registry=registry)
         self.http_calls = Counter("usync_http_calls", "Waldur API calls", ["site", "method", "status"], registry=registry)
         self.site_paused = Gauge("usync_site_paused", "1 while a site refuses our credentials (alert on it)", ["site"], registry=registry)
+        self.site_up = Gauge("usync_site_up", "0 while a site's calls fail (5xx, 429, timeouts, refused connections) in a row", ["site"], registry=registry)
+        self.rejected_rows = Gauge("usync_rejected_rows", "Rows whose correction A refused (4xx), waiting for a change or their retry window (this worker's partitions)", ["link"], registry=registry)
         self.lookups = Counter("usync_lookups", "Identity-index lookups made", ["site", "status"], registry=registry)
         self.reconcile_passes = Counter("usync_reconcile_passes", "Reconcile passes", ["result"], registry=registry)
         self.snapshot_pages = Counter("usync_snapshot_pages", "Snapshot pages written", ["link", "site"], registry=registry)

@@ -216,6 +216,9 @@ class Outcome(msgspec.Struct, kw_only=True, omit_defaults=True):
     offering_user_uuid: str = ""
     attempts: int = 1
     at: datetime
+    # A refusing site's answer (``rejected``): its body as text, at most 1 KiB, the token
+    # masked. Absent on every other outcome, and on records written before it existed.
+    response: str | None = None
 
 
 class DeadLetter(msgspec.Struct, kw_only=True, omit_defaults=True):

@@ -17,7 +17,7 @@ from datetime import datetime
 from streams.contract.config import Link
 from streams.contract.schema import CorrectionRequest, OfferingUserRecord, Outcome, OutcomeAction, outcome_encoder
 from streams.core import Verdict, decide
-from streams.errors import GaveUp
+from streams.errors import GaveUp, Refused
 from streams.metrics import Metrics
 from streams.ports import Clock, Emit, OfferingUsers, SystemClock
 from streams.stages.facts import lookup_envelope
@@ -126,7 +126,14 @@ class Corrector:
                                  a_uuid=a_live.uuid if a_live else "")
         assert decision.offering_user_uuid is not None and decision.desired is not None
         asked = self.clock.now()
-        status, record = await self.sites[link.target.site].patch_username(decision.offering_user_uuid, decision.desired)
+        try:
+            status, record = await self.sites[link.target.site].patch_username(decision.offering_user_uuid, decision.desired)
+        except Refused as refused:
+            log.warning("%s refused %s's username %r: HTTP %d %s", refused.site, request.key, decision.desired,
+                        refused.status, refused.detail[:200])
+            return self._outcome(request, OutcomeAction.REJECTED, desired=decision.desired, observed=decision.observed,
+                                 http_status=refused.status, reason=f"PATCH answered HTTP {refused.status}",
+                                 a_uuid=decision.offering_user_uuid, response=refused.detail)
         if record is not None:
             self._write_fact(writes, link.target.site, link.target.offering, record.uuid, 200, record, asked)
             action, reason = OutcomeAction.CORRECTED, ""
@@ -137,11 +144,11 @@ class Corrector:
 
     def _outcome(self, request: CorrectionRequest, action: OutcomeAction, *, desired: str | None = None,
                  observed: str | None = None, http_status: int | None = None, reason: str = "",
-                 attempts: int = 1, a_uuid: str = "") -> Outcome:
+                 attempts: int = 1, a_uuid: str = "", response: str | None = None) -> Outcome:
         return Outcome(
             link=request.link, user_username=request.user_username, action=action,
             desired=desired if desired is not None else request.desired, observed=observed,
             http_status=http_status, reason=reason, cause_event_id=request.cause_event_id,
             offering_user_uuid=a_uuid or request.a_offering_user_uuid or "", attempts=attempts,
-            at=self.clock.now(),
+            at=self.clock.now(), response=response,
         )

@@ -33,10 +33,15 @@ BatchHandler = Callable[[list[bytes]], Awaitable[None]]
 
 
 class _FinishBeforeRevoke(ConsumerRebalanceListener):
-    def __init__(self, name: str, busy: asyncio.Lock, wait: float) -> None:
-        self.name, self.busy, self.wait = name, busy, wait
+    """Records that the group gave this consumer its partitions (``BatchConsumer.joined``);
+    with a ``wait``, a revocation waits that long for the batch under way."""
+
+    def __init__(self, name: str, busy: asyncio.Lock, wait: float | None, joined: Callable[[], None]) -> None:
+        self.name, self.busy, self.wait, self.joined = name, busy, wait, joined
 
     async def on_partitions_revoked(self, revoked: Any) -> None:
+        if not self.wait:
+            return
         try:
             async with asyncio.timeout(self.wait):
                 async with self.busy:
@@ -46,11 +51,16 @@ class _FinishBeforeRevoke(ConsumerRebalanceListener):
                         "their next owner handles it again", self.name, self.wait)
 
     async def on_partitions_assigned(self, assigned: Any) -> None:
+        self.joined()
         log.info("%s: handling partitions %s", self.name, sorted(tp.partition for tp in assigned))
 
 
 class BatchConsumer:
-    """``handle`` every batch of ``topic`` as group ``group_id``; ``connected`` while consuming."""
+    """``handle`` every batch of ``topic`` as group ``group_id``; ``connected`` while its
+    consumer runs, ``joined`` once the group also gave it its partitions (none is an
+    answer too: a worker the group has no partition for is ready as well). ``connected``
+    alone turned true ~0.5 s after a restart, while the group join took ~9 s more
+    (issue 19): readiness reads ``joined``."""
 
     def __init__(self, name: str, options: dict[str, Any], topic: str, group_id: str, handle: BatchHandler, *,
                  max_records: int, revoke_wait: float | None = None, **settings: Any) -> None:
@@ -63,6 +73,7 @@ class BatchConsumer:
         self.revoke_wait = revoke_wait
         self.settings = settings
         self.connected = False
+        self.joined = False
         self._busy = asyncio.Lock()
 
     async def run(self) -> None:
@@ -71,7 +82,10 @@ class BatchConsumer:
                             on_retry=lambda _exc, _delay: self._disconnected(), logger=log)
 
     def _disconnected(self) -> None:
-        self.connected = False
+        self.connected = self.joined = False
+
+    def _joined(self) -> None:
+        self.joined = True
 
     async def _serve(self, backoff: Backoff) -> None:
         consumer = AIOKafkaConsumer(
@@ -80,8 +94,7 @@ class BatchConsumer:
             fetch_max_wait_ms=FETCH_MAX_WAIT_MS,  # a catching-up stage never idles on a long poll
             **self.settings,
         )
-        listener = _FinishBeforeRevoke(self.name, self._busy, self.revoke_wait) if self.revoke_wait else None
-        consumer.subscribe([self.topic], listener=listener)
+        consumer.subscribe([self.topic], listener=_FinishBeforeRevoke(self.name, self._busy, self.revoke_wait, self._joined))
         try:
             await consumer.start()
             self.connected = True
@@ -94,7 +107,7 @@ class BatchConsumer:
                         await self._commit(consumer, fetched)
                     backoff.reset()
         finally:
-            self.connected = False
+            self._disconnected()
             await close_quietly(consumer, self.name)
 
     async def _commit(self, consumer: AIOKafkaConsumer, fetched: dict[Any, list[Any]]) -> None:
