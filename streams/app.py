@@ -31,7 +31,7 @@ from streams.adapters.kafka.producers import RecordSender
 from streams.adapters.kafka.topics import by_link_topic, corrections_topic, ensure_topics
 from streams.adapters.waldur import Clients
 from streams.contract.config import Config
-from streams.core import compile_routes
+from streams.core import RetryWindow, compile_routes
 from streams.metrics import Metrics
 from streams.stages import correct_loop, fold, lookups, reraise, route
 from streams.stages.correct import Corrector
@@ -98,7 +98,8 @@ def create_app(config: Config, *, store: str = "rocksdb", web_port: int | None =
     folder = fold.Fold(routes, folder_tables, request, finder, metrics)
     corrector = Corrector(routes.by_name, clients, metrics, emit_event, records.emitter(kafka.outcomes_topic))
     reconciler = Reconcile(config.links, clients, metrics, emit_event, config.reconcile_interval)
-    reraiser = reraise.Reraiser(config.links, state, request)
+    reraiser = reraise.Reraiser(config.links, state, request, window=RetryWindow(config.rejection_retry, config.rejection_retry_max),
+                                settle=config.reraise_interval)
     router = BatchConsumer("router", options, kafka.events_topic, f"{config.app_id}-route",
                            route.Route(routes, metrics, lambda pairs: records.send_all(by_link.get_topic_name(), pairs)).handle,
                            max_records=route.FETCH_RECORDS, max_partition_fetch_bytes=8 << 20, fetch_max_bytes=64 << 20)
@@ -126,7 +127,7 @@ def create_app(config: Config, *, store: str = "rocksdb", web_port: int | None =
             fold_started.clear()
             await folder_tables.stop()  # the worker is stopping: let its producer close cleanly
 
-    app.timer(reraise.RERAISE_INTERVAL)(crash_on_error(app, reraiser.scan))
+    app.timer(config.reraise_interval)(crash_on_error(app, reraiser.scan))
     app.timer(lookups.PENDING_RETRY_INTERVAL)(crash_on_error(app, finder.retry_pending))
     if reconcile:
         app.timer(1.0, on_leader=True)(crash_on_error(app, reconciler.tick))

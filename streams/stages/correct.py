@@ -3,7 +3,11 @@
 Level-triggered (docs/invariants.md, 4): a request only says "look at (link, user)".
 The stage reads both offering users live, writes both answers to the events topic as
 Lookup facts (so the table catches up with what it saw, and replay sees it too), lets
-``decide`` judge, and PATCHes A only if the live users still differ.
+``decide`` judge, and PATCHes A only if the live users still differ. A PATCH that A
+refuses (``Refused``: 400, 409, 422 ...) ends in a ``rejected`` outcome carrying A's
+answer and a Rejection fact on the events topic, which marks the row so that neither
+the fold, a reconcile nor the re-raise timer asks again until B's or A's username
+changes or the retry window passes (``streams.core.decide.refused``).
 """
 
 from __future__ import annotations
@@ -15,12 +19,14 @@ from collections.abc import Iterable, Mapping
 from datetime import datetime
 
 from streams.contract.config import Link
-from streams.contract.schema import CorrectionRequest, OfferingUserRecord, Outcome, OutcomeAction, outcome_encoder
+from streams.contract.schema import (
+    CorrectionRequest, OfferingUserRecord, Outcome, OutcomeAction, Rejection, outcome_encoder,
+)
 from streams.core import Verdict, decide
 from streams.errors import GaveUp, Refused
 from streams.metrics import Metrics
 from streams.ports import Clock, Emit, OfferingUsers, SystemClock
-from streams.stages.facts import lookup_envelope
+from streams.stages.facts import lookup_envelope, rejection_envelope
 
 log = logging.getLogger("usync.correct")
 
@@ -131,6 +137,11 @@ class Corrector:
         except Refused as refused:
             log.warning("%s refused %s's username %r: HTTP %d %s", refused.site, request.key, decision.desired,
                         refused.status, refused.detail[:200])
+            rejection = Rejection(link=link.name, user_username=request.user_username,
+                                  offering_user_uuid=decision.offering_user_uuid, desired=decision.desired,
+                                  observed=decision.observed or "", status=refused.status)
+            writes.append(asyncio.ensure_future(self.emit_event(
+                *rejection_envelope(link.target.site, link.target.offering, rejection, asked))))
             return self._outcome(request, OutcomeAction.REJECTED, desired=decision.desired, observed=decision.observed,
                                  http_status=refused.status, reason=f"PATCH answered HTTP {refused.status}",
                                  a_uuid=decision.offering_user_uuid, response=refused.detail)

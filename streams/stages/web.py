@@ -9,7 +9,7 @@ from typing import Any
 import msgspec
 
 from streams.contract.config import Link
-from streams.core import TableState, as_dict, drift
+from streams.core import TableState, as_dict, drift, rejected
 from streams.metrics import Metrics
 
 DRIFT_MAX_AGE = 10.0  # seconds a /metrics scrape may reuse the drift gauges
@@ -45,9 +45,15 @@ class Views:
         report: dict[str, Any] = {"rows": len(state.rows), "links": {}}
         self.metrics.table_rows.set(report["rows"])
         for link in self.links:
-            rows = drift(state, link)
+            rows, refused = drift(state, link), rejected(state, link)
             self.metrics.drift.labels(link.name).set(len(rows))
-            report["links"][link.name] = {"drift": len(rows), "users": [r.user_username for r in rows[:100]]}
+            self.metrics.rejected_rows.labels(link.name).set(len(refused))
+            report["links"][link.name] = {
+                "drift": len(rows), "users": [r.user_username for r in rows[:100]],
+                "rejected": len(refused), "rejected_users": [
+                    {"user": r.user_username, "desired": r.rejected_desired, "times": r.rejected_count}
+                    for r in refused[:100]],
+            }
         self._drift_cache = (time.monotonic(), report)
         return report
 
