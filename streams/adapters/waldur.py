@@ -131,7 +131,17 @@ class SiteHealth:
 
 
 def _failure_label(exc: BaseException) -> str:
-    """What a call that got no answer ran into, as the ``status`` label of ``usync_http_calls``."""
+    """What a call that got no answer ran into, as the ``status`` label of ``usync_http_calls``.
+
+    httpx-aiohttp maps a refused connection (aiohttp's ``ClientConnectorError``, a
+    ``ClientConnectionError``) to ``httpx.ConnectTimeout``: its map keeps the first match,
+    the broader class. That is why refusals were labelled ``timeout`` (issue 19); the
+    original is the mapped exception's ``__cause__``, so the chain is read first."""
+    cause: BaseException | None = exc
+    while cause is not None:
+        if isinstance(cause, (aiohttp.ClientConnectorError, ConnectionRefusedError)):
+            return "refused"
+        cause = cause.__cause__
     if isinstance(exc, (httpx.TimeoutException, asyncio.TimeoutError, aiohttp.ServerTimeoutError)):
         return "timeout"
     if isinstance(exc, (httpx.ConnectError, aiohttp.ClientConnectorError, ConnectionRefusedError)):

@@ -8,9 +8,12 @@ body, capped and without the token.
 from __future__ import annotations
 
 import logging
+import types
 
+import aiohttp
 import httpx
 import pytest
+from httpx_aiohttp.transport import map_aiohttp_exceptions
 
 from streams.adapters.waldur import DOWN_AFTER, REFUSAL_DETAIL_MAX, SiteClient
 from streams.contract.config import Rates, Secret
@@ -88,10 +91,23 @@ async def test_fewer_failures_than_the_threshold_do_not_say_down(caplog):
     assert site.health.up and site_logs(caplog) == []
 
 
+def refused_as_httpx_aiohttp_maps_it() -> Exception:
+    """What httpx-aiohttp's own exception map makes of aiohttp's refused connection
+    (today an ``httpx.ConnectTimeout`` whose cause is the refusal)."""
+    key = types.SimpleNamespace(host="127.0.0.1", port=1, ssl=True)
+    try:
+        with map_aiohttp_exceptions():
+            raise aiohttp.ClientConnectorError(key, ConnectionRefusedError(111, "Connection refused"))  # type: ignore[arg-type]
+    except Exception as mapped:  # noqa: BLE001 -- whatever the library maps it to
+        return mapped
+    raise AssertionError("not raised")
+
+
 @pytest.mark.parametrize(("failure", "label"), [
     (httpx.ConnectError("Connection refused"), "refused"),
     (httpx.ReadTimeout("timed out"), "timeout"),
     (httpx.RemoteProtocolError("peer closed"), "connection-error"),
+    (refused_as_httpx_aiohttp_maps_it(), "refused"),
 ])
 async def test_each_failure_is_labelled_as_what_it_is(failure, label):
     metrics = Metrics()
