@@ -32,7 +32,7 @@ from streams.adapters.kafka.topics import by_link_topic, corrections_topic, ensu
 from streams.adapters.waldur import Clients
 from streams.contract.config import Config
 from streams.contract.schema import OutcomeAction
-from streams.core import compile_routes
+from streams.core import RetryWindow, compile_routes
 from streams.metrics import Metrics
 from streams.stages import correct_loop, dead_letter, fold, lookups, reraise, route
 from streams.stages.correct import Corrector
@@ -100,7 +100,8 @@ def create_app(config: Config, *, store: str = "rocksdb", web_port: int | None =
     folder = fold.Fold(routes, folder_tables, request, finder, metrics, dead)
     corrector = Corrector(routes.by_name, clients, metrics, emit_event, records.emitter(kafka.outcomes_topic))
     reconciler = Reconcile(config.links, clients, metrics, emit_event, config.reconcile_interval)
-    reraiser = reraise.Reraiser(config.links, state, request)
+    reraiser = reraise.Reraiser(config.links, state, request, settle=config.reraise_interval,
+                                window=RetryWindow(config.rejection_retry, config.rejection_retry_max))
     router = BatchConsumer("router", options, kafka.events_topic, f"{config.app_id}-route",
                            route.Route(routes, metrics, lambda pairs: records.send_all(by_link.get_topic_name(), pairs),
                                        dead).handle,
@@ -116,17 +117,21 @@ def create_app(config: Config, *, store: str = "rocksdb", web_port: int | None =
     # A fold that raises takes the worker down rather than only the agent: faust would
     # restart the agent on its buffered stream, past the batch held back, and could then
     # commit past that batch. A restarted worker reads again from the last commit.
+    fold_started = asyncio.Event()
+
     @app.agent(by_link, supervisor_strategy=mode.CrashingSupervisor)
     async def fold_agent(stream: faust.StreamT) -> None:
         await folder_tables.start()
+        fold_started.set()
         try:
             async for batch in stream.take_events(fold.FOLD_BATCH, within=0.02):
                 with held_back_unless_done(batch):
                     await folder.fold_batch(link_groups(batch))
         finally:
+            fold_started.clear()
             await folder_tables.stop()  # the worker is stopping: let its producer close cleanly
 
-    app.timer(reraise.RERAISE_INTERVAL)(crash_on_error(app, reraiser.scan))
+    app.timer(config.reraise_interval)(crash_on_error(app, reraiser.scan))
     app.timer(lookups.PENDING_RETRY_INTERVAL)(crash_on_error(app, finder.retry_pending))
     if reconcile:
         app.timer(1.0, on_leader=True)(crash_on_error(app, reconciler.tick))
@@ -137,9 +142,15 @@ def create_app(config: Config, *, store: str = "rocksdb", web_port: int | None =
     def health() -> dict[str, Any]:  # degraded: a record was dead-lettered in the last DEGRADED_FOR s
         return {"status": "degraded" if dead.degraded() else "ok", "dead_lettered": dead.count,
                 "router_connected": router.connected, "sink_connected": sink.connected, "tables": tables_state(app),
-                "paused_sites": clients.paused()}
+                "paused_sites": clients.paused(), "sites": clients.health()}
 
-    register_views(app, Views(config.links, state, metrics, reconciler.run_pass, health))
+    def components() -> dict[str, tuple[str, bool]]:
+        tables_now = tables_state(app)
+        return {"router": _consumer_state(router), "sink": _consumer_state(sink),
+                "tables": (tables_now, tables_now == "ready"),
+                "fold": ("started", True) if fold_started.is_set() else ("starting", False)}
+
+    register_views(app, Views(config.links, state, metrics, reconciler.run_pass, health, components))
     return Usync(config=config, app=app, metrics=metrics, clients=clients, tables=tables, router=router,
                  sink_loop=sink, records=records)
 
@@ -148,6 +159,12 @@ def _known_series(metrics: Metrics, config: Config, by_link: str, corrections: s
     metrics.known(config.sites, [link.name for link in config.links], [config.kafka.events_topic, by_link, corrections],
                   [action.value for action in OutcomeAction])
     metrics.dead_lettered.labels(corrections, dead_letter.HANDLER_ERROR)
+
+
+def _consumer_state(consumer: BatchConsumer) -> tuple[str, bool]:
+    if consumer.joined:
+        return "joined", True
+    return ("joining" if consumer.connected else "disconnected"), False
 
 
 def _running(records: RecordSender) -> Any:

@@ -10,6 +10,7 @@ what to do from the class alone:
     │   └── SiteUnavailable       a Waldur API answered 5xx/429, timed out or refused the connection
     │       └── GaveUp            one call's attempts ran out (its caller records gave-up)
     └── PermanentError            retrying cannot help: recorded, never retried
+        ├── Refused               a site answered a request 4xx as wrong (400, 409, 422 ...)
         └── Undecodable           a record on a topic that is not what its schema says
 
 Anything that is not a :class:`TransientError` (or one of the library failures an
@@ -56,6 +57,18 @@ class GaveUp(SiteUnavailable):
 
 class PermanentError(UsyncError):
     """Retrying the same input cannot help: the failure is recorded, never retried."""
+
+
+class Refused(PermanentError):
+    """A site refused a request as wrong (a 4xx that is not about credentials or a missing
+    object): sending it again cannot help. ``detail`` is the site's answer, capped and
+    scrubbed of the token by the adapter."""
+
+    def __init__(self, site: str, status: int, detail: str) -> None:
+        super().__init__(f"{site} answered HTTP {status}")
+        self.site = site
+        self.status = status
+        self.detail = detail
 
 
 class Undecodable(PermanentError):

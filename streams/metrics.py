@@ -19,6 +19,10 @@ class Metrics:
         self.site_paused = Gauge("usync_site_paused", "1 while a site refuses our credentials (alert on it)", ["site"], registry=registry)
         self.source_reads_shared = Counter("usync_source_reads_shared", "Live reads of a source site answered by a "
                                            "read another link of that source had just sent", ["site"], registry=registry)
+        self.site_up = Gauge("usync_site_up", "0 while a site's calls fail (5xx, 429, timeouts, refused connections) in a row",
+                             ["site"], registry=registry)
+        self.rejected_rows = Gauge("usync_rejected_rows", "Rows whose correction A refused (4xx), waiting for a change or "
+                                   "their retry window (this worker's partitions)", ["link"], registry=registry)
         self.lookups = Counter("usync_lookups", "Identity-index lookups made", ["site", "status"], registry=registry)
         self.reconcile_passes = Counter("usync_reconcile_passes", "Reconcile passes", ["result"], registry=registry)
         self.snapshot_pages = Counter("usync_snapshot_pages", "Snapshot pages written", ["link", "site"], registry=registry)

@@ -33,6 +33,9 @@ class Faults(msgspec.Struct, kw_only=True):
     latency: float = 0.0  # seconds added to every API call
     latency_jitter: float = 0.0  # plus uniform(0, jitter)
     methods: list[str] = msgspec.field(default_factory=list)  # empty: all methods
+    # usernames a PATCH/PUT of an offering user is refused with 400, as Waldur refuses a
+    # reserved one: {"username": ["This username is reserved and cannot be used."]}
+    reserved_usernames: list[str] = msgspec.field(default_factory=list)
     seed: int = 0
 
     def validate(self) -> "Faults":

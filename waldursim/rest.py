@@ -21,6 +21,8 @@ from aiohttp import web
 
 from .broker import BrokerError
 from .faults import Faults
+
+RESERVED_USERNAME = "This username is reserved and cannot be used."
 from .models import (
     BY_DISPLAY,
     DISPLAY,
@@ -486,6 +488,8 @@ class Api:
             username = data["username"]
             if username is not None and not isinstance(username, str):
                 raise ValidationError({"username": ["Not a valid string."]})
+            if username in self.site.faults.faults.reserved_usernames:
+                raise ValidationError({"username": [RESERVED_USERNAME]})
             self.store.set_username(ou, username)
         return json_response(self.render_ou(ou, self.api(request)))
 

@@ -30,7 +30,7 @@ from streams.contract.schema import (
     state_display,
 )
 from streams.core import TableState
-from streams.errors import GaveUp
+from streams.errors import GaveUp, Refused
 from streams.ports import Answer, Page
 
 PAGE_SIZE = 300  # as streams.adapters.waldur
@@ -39,7 +39,8 @@ PAGE_SIZE = 300  # as streams.adapters.waldur
 class SiteScript:
     """What a test scripts for a site, and every call the site was asked, as ``(method, what)``.
 
-    :meth:`refuse_patch`: a status for every PATCH of one uuid; :meth:`fail`: the next calls
+    :meth:`refuse_patch`: a status for every PATCH of one uuid (404/410 answered, any
+    other raised as :class:`Refused` with ``detail``, as the HTTP client does); :meth:`fail`: the next calls
     raise :class:`GaveUp`; :meth:`hold`: calls wait until :meth:`release` (``reached`` is set
     when one arrives).
     """
@@ -48,13 +49,13 @@ class SiteScript:
 
     def __init__(self) -> None:
         self.calls: list[tuple[str, Any]] = []
-        self.refused: dict[str, int] = {}
+        self.refused: dict[str, tuple[int, str]] = {}
         self.failures: list[tuple[int | None, int]] = []  # (status, attempts) per failing call to come
         self.reached = asyncio.Event()
         self.gate: asyncio.Event | None = None
 
-    def refuse_patch(self, uuid: str, status: int = 400) -> None:
-        self.refused[normalize_uuid(uuid)] = status
+    def refuse_patch(self, uuid: str, status: int = 400, detail: str = "") -> None:
+        self.refused[normalize_uuid(uuid)] = status, detail
 
     def fail(self, times: int = 1, status: int | None = 503, attempts: int = 8) -> None:
         """The next ``times`` calls give up as the HTTP client does once its attempts ran out."""
@@ -120,7 +121,10 @@ class MemoryOfferingUsers(SiteScript):
         await self._call("patch", (uuid, username))
         key = normalize_uuid(uuid)
         if key in self.refused:
-            return self.refused[key], None
+            status, detail = self.refused[key]
+            if status in (404, 410):
+                return status, None
+            raise Refused(self.name, status, detail)
         if key not in self.records:
             return 404, None
         self.records[key] = record = replace(self.records[key], username=username)

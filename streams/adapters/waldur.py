@@ -12,8 +12,10 @@ Retries follow the project's one policy (``streams.retry.Backoff``), honour
 ``Retry-After`` and are bounded per call (``max_attempts``): past them the call raises
 :class:`streams.errors.GaveUp`, the caller records a gave-up outcome and the row is
 raised again later. 401/403 pause the site: every call to it waits out the pause (a
-gauge says so, the log says it once). The token is only ever in the Authorization
-header: never in logs, errors or outcomes.
+gauge says so, the log says it once). A site whose calls fail (:class:`SiteHealth`) is
+reported down once, up once, on ``/health`` and in ``usync_site_up``. The token is only
+ever in the Authorization header: never in logs, errors or outcomes; a body a site sends
+back is scrubbed of it before it goes anywhere (:meth:`SiteClient.refusal_detail`).
 
 The HTTP transport is injectable (``transport=``, any ``httpx.AsyncBaseTransport``:
 ``httpx.MockTransport`` in unit tests); by default it is aiohttp's pool (below).
@@ -40,13 +42,18 @@ from httpx_aiohttp import AiohttpTransport
 from streams.contract.config import Config, Rates, Secret
 from streams.contract.schema import OfferingUserRecord
 from streams.core import HttpClass, classify_http, parse_retry_after
-from streams.errors import GaveUp
+from streams.errors import GaveUp, Refused
 from streams.metrics import Metrics
 from streams.retry import Backoff
 
 log = logging.getLogger("usync.waldur")
 
 PAGE_SIZE = 300
+#: Bytes of a refusing answer kept in the outcome: Waldur's validation errors are a few
+#: dozen bytes ({"username": ["This username is reserved and cannot be used."]}); an
+#: HTML error page is not worth more than its start on a topic kept forever.
+REFUSAL_DETAIL_MAX = 1024
+GONE = frozenset({404, 410})
 OFFERING_USERS = "marketplace-offering-users/"
 _records = msgspec.json.Decoder(list[OfferingUserRecord])
 _record = msgspec.json.Decoder(OfferingUserRecord)
@@ -102,6 +109,75 @@ class TokenBucket:
                 await asyncio.sleep(min(1.0, (1.0 - self.tokens) / self.rate) if self.rate > 0 else 0.1)
 
 
+#: Consecutive failed attempts (5xx, 429, timeout, refused or broken connection, with no
+#: answer of the site in between) that make a site *down*. One is not enough: a single
+#: 503 or 429 that the next attempt gets past is what the retries are for, and saying
+#: "down" for it would flap. Three is reached within ~1.5 s by one call's own retries
+#: (backoff base 0.5 s), at once when several calls are in flight, and never by a
+#: throttled site that still serves (its 429s are broken by successes).
+DOWN_AFTER = 3
+
+
+class SiteHealth:
+    """Whether one site answers: down after :data:`DOWN_AFTER` failed attempts in a row,
+    up again at its first answer. Logged once per transition (WARNING down, INFO up),
+    not per call; the gauge ``usync_site_up{site}`` and ``/health`` read it."""
+
+    def __init__(self, site: str, metrics: Metrics, down_after: int = DOWN_AFTER,
+                 clock: Any = time.time) -> None:
+        self.site = site
+        self.down_after = down_after
+        self.clock = clock
+        self.gauge = metrics.site_up.labels(site)
+        self.gauge.set(1)
+        self.up = True
+        self.reason = ""
+        self.since = clock()
+        self.failures = 0
+
+    def failed(self, reason: str) -> None:
+        self.failures += 1
+        self.reason = reason
+        if self.up and self.failures >= self.down_after:
+            self.up, self.since = False, self.clock()
+            self.gauge.set(0)
+            log.warning("site %s is failing: %d calls in a row without an answer (last: %s); "
+                        "retrying with backoff, no PATCH without a fresh read", self.site, self.failures, reason)
+
+    def answered(self) -> None:
+        self.failures = 0
+        if not self.up:
+            now = self.clock()
+            log.info("site %s answers again after %.1f s (it failed with: %s)", self.site, now - self.since, self.reason)
+            self.up, self.since, self.reason = True, now, ""
+            self.gauge.set(1)
+
+    def report(self) -> dict[str, Any]:
+        report: dict[str, Any] = {"up": self.up, "since": self.since}
+        if not self.up:
+            report["reason"] = self.reason
+        return report
+
+
+def _failure_label(exc: BaseException) -> str:
+    """What a call that got no answer ran into, as the ``status`` label of ``usync_http_calls``.
+
+    httpx-aiohttp maps a refused connection (aiohttp's ``ClientConnectorError``, a
+    ``ClientConnectionError``) to ``httpx.ConnectTimeout``: its map keeps the first match,
+    the broader class. That is why refusals were labelled ``timeout`` (issue 19); the
+    original is the mapped exception's ``__cause__``, so the chain is read first."""
+    cause: BaseException | None = exc
+    while cause is not None:
+        if isinstance(cause, (aiohttp.ClientConnectorError, ConnectionRefusedError)):
+            return "refused"
+        cause = cause.__cause__
+    if isinstance(exc, (httpx.TimeoutException, asyncio.TimeoutError, aiohttp.ServerTimeoutError)):
+        return "timeout"
+    if isinstance(exc, (httpx.ConnectError, aiohttp.ClientConnectorError, ConnectionRefusedError)):
+        return "refused"
+    return "connection-error"
+
+
 @dataclass(slots=True)
 class Answer:
     """A final HTTP answer (success or a non-retryable status)."""
@@ -129,6 +205,8 @@ class SiteClient:
         self.bucket = TokenBucket(rates.requests_per_second, rates.burst)
         self.slots = asyncio.Semaphore(rates.concurrency)
         self.paused_until = 0.0
+        self.health = SiteHealth(name, metrics)
+        self._token = token
         self._pause = Backoff()
         self._rng = random.Random()
         self._base = httpx.URL(api_url if api_url.endswith("/") else api_url + "/")
@@ -170,22 +248,23 @@ class SiteClient:
                 await self.bucket.acquire()
                 try:
                     status, body, headers = await self._send(method, path, params, json)
-                except (httpx.TimeoutException, asyncio.TimeoutError):
-                    status, reason = None, "timeout"
-                except (httpx.TransportError, aiohttp.ClientError, OSError) as exc:
-                    status, reason = None, f"connection error: {type(exc).__name__}"
+                except (httpx.TransportError, aiohttp.ClientError, asyncio.TimeoutError, OSError) as exc:
+                    status, label = None, _failure_label(exc)
+                    reason = label if label == "timeout" else f"{label}: {type(exc).__name__}"
                 else:
-                    retry_after = parse_retry_after(headers.get("Retry-After"))
-            self.metrics.http_calls.labels(self.name, method, str(status or "timeout")).inc()
+                    label, retry_after = str(status), parse_retry_after(headers.get("Retry-After"))
+            self.metrics.http_calls.labels(self.name, method, label).inc()
             verdict = classify_http(status)
             if verdict is HttpClass.SUCCESS or verdict is HttpClass.REJECT:
                 self._resume()
+                self.health.answered()
                 return Answer(status, body, headers, attempt)  # type: ignore[arg-type]
             if verdict is HttpClass.PAUSE_SITE:
                 self._pause_site(status)  # type: ignore[arg-type]
                 reason = f"HTTP {status}"
                 continue
             reason = reason if status is None else f"HTTP {status}"
+            self.health.failed(reason)
             if attempt < self.max_attempts:
                 await asyncio.sleep(backoff.next_delay(retry_after))
         raise GaveUp(self.name, status, self.max_attempts, f"{method} gave up after {self.max_attempts} attempts ({reason})")
@@ -226,8 +305,20 @@ class SiteClient:
         return (200, found[0]) if found else (404, None)
 
     async def patch_username(self, uuid: str, username: str) -> tuple[int, OfferingUserRecord | None]:
+        """The patched offering user; (404 or 410, None) when it is gone. Any other refusal
+        raises :class:`Refused` carrying the site's answer (:meth:`refusal_detail`)."""
         answer = await self.request("PATCH", f"{OFFERING_USERS}{uuid}/", json={"username": username})
-        return answer.status, _record.decode(answer.body) if answer.ok else None
+        if answer.ok:
+            return answer.status, _record.decode(answer.body)
+        if answer.status in GONE:
+            return answer.status, None
+        raise Refused(self.name, answer.status, self.refusal_detail(answer.body))
+
+    def refusal_detail(self, body: bytes) -> str:
+        """A refusing answer as text: the token masked first (a site may echo the request),
+        then cut to :data:`REFUSAL_DETAIL_MAX` bytes (cutting first could leave half a token)."""
+        text = self._token.scrub(body.decode("utf-8", errors="replace"))
+        return text.encode()[:REFUSAL_DETAIL_MAX].decode("utf-8", errors="ignore")
 
     async def list_offering_users(
         self, offering_uuid: str, states: list[str], page_size: int = PAGE_SIZE,
@@ -313,6 +404,10 @@ class Clients(Mapping[str, SiteClient]):
         self.share = share
         log.info("API budget: this worker owns %d of %d correction partitions (%.0f %% of each site's rates)",
                  owned, total, share * 100)
+
+    def health(self) -> dict[str, dict[str, Any]]:
+        """Each site's up/down, its reason and since when (``/health``)."""
+        return {name: client.health.report() for name, client in self.by_site.items()}
 
     def paused(self) -> list[str]:
         """The sites whose calls wait out a credentials pause now."""

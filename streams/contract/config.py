@@ -134,6 +134,14 @@ class Config(msgspec.Struct, kw_only=True, forbid_unknown_fields=True, dict=True
     kafka: Kafka = msgspec.field(default_factory=Kafka)
     rabbitmq: RabbitMQ = msgspec.field(default_factory=RabbitMQ)
     reconcile_interval: Positive = 900.0
+    # A row whose PATCH A refused (400, 409, 422 ...) is tried again only when B's or A's
+    # username changes, or after this many seconds, doubling per refusal in a row up to
+    # rejection_retry_max (streams.core.decide.RetryWindow).
+    rejection_retry: Positive = 3600.0
+    rejection_retry_max: Positive = 86400.0
+    # Seconds between the re-raise timer's scans, and how old a drifting row's newest fact
+    # must be before it is raised again (streams.stages.reraise).
+    reraise_interval: Positive = 30.0
     app_id: str = "usync"
     web_host: str = "127.0.0.1"  # 0.0.0.0 in a container, so health and metrics are reachable
     web_port: int = 6066

@@ -1,13 +1,16 @@
 """The records usync writes to Kafka, as msgspec Structs.
 
 Every inbound fact is an :class:`Envelope` on the events topic; its ``body`` is one of
-three kinds, told apart by the ``kind`` tag:
+four kinds, told apart by the ``kind`` tag:
 
 - :class:`OfferingUserEvent`: a Waldur broker message, decoded as Waldur sends it
   (all five actions, unknown extra keys tolerated, ``state`` a display string or the
   integer that ``username_set`` carries);
 - :class:`SnapshotPage`: one page of a REST listing taken by the reconciler;
-- :class:`Lookup`: the answer to a single-object GET made on an identity-index miss.
+- :class:`Lookup`: the answer to a single-object GET made on an identity-index miss;
+- :class:`Rejection`: Waldur A refused the correct stage's PATCH (a 4xx that is not
+  about credentials or a missing object), so the fold can mark the row and the worker
+  back off (see ``streams.core.decide``).
 
 Correction attempts are :class:`Outcome` records on the outcomes topic, and messages
 that cannot be decoded are :class:`DeadLetter` records on the DLQ topic.
@@ -92,6 +95,7 @@ class Origin(str, enum.Enum):
     AMQP = "amqp"
     SNAPSHOT = "snapshot"
     LOOKUP = "lookup"
+    REJECTION = "rejection"
 
 
 class Action(str, enum.Enum):
@@ -171,7 +175,20 @@ class Lookup(msgspec.Struct, kw_only=True, tag="lookup", tag_field="kind", omit_
     user: OfferingUserRecord | None = None
 
 
-Body = OfferingUserEvent | SnapshotPage | Lookup
+class Rejection(msgspec.Struct, kw_only=True, tag="rejection", tag_field="kind", omit_defaults=True):
+    """Site A refused to set ``user_username``'s username on ``link`` to ``desired`` while
+    it was ``observed`` (HTTP ``status``); the envelope's ``received_at`` is when the
+    PATCH was sent. The refusing answer itself is in the outcome record."""
+
+    link: str
+    user_username: str
+    offering_user_uuid: str
+    desired: str
+    observed: str = ""
+    status: int
+
+
+Body = OfferingUserEvent | SnapshotPage | Lookup | Rejection
 
 
 class Envelope(msgspec.Struct, kw_only=True, omit_defaults=True):
@@ -219,6 +236,9 @@ class Outcome(msgspec.Struct, kw_only=True, omit_defaults=True):
     offering_user_uuid: str = ""
     attempts: int = 1
     at: datetime
+    # A refusing site's answer (``rejected``): its body as text, at most 1 KiB, the token
+    # masked. Absent on every other outcome, and on records written before it existed.
+    response: str | None = None
 
 
 class DeadLetter(msgspec.Struct, kw_only=True, omit_defaults=True):

@@ -4,7 +4,19 @@ No I/O here: plain functions over msgspec Structs (the records of ``streams.cont
 shared by the worker's stages and replay. tests/unit/test_architecture.py holds it to that.
 """
 
-from streams.core.decide import Decision, SkipReason, Verdict, correction_needed, decide, drift, needing_correction
+from streams.core.decide import (
+    Decision,
+    RetryWindow,
+    SkipReason,
+    Verdict,
+    correction_needed,
+    decide,
+    drift,
+    needing_correction,
+    refused,
+    rejected,
+    retry_due,
+)
 from streams.core.http import HttpClass, classify_http, parse_retry_after
 from streams.core.fold import FoldResult, LookupNeeded, fold, fold_by_link, fold_many
 from streams.core.routing import SOURCE, TARGET, Routes, Side, compile_routes, routes, side_of
@@ -24,9 +36,9 @@ from streams.core.table import (
 )
 
 __all__ = [
-    "SOURCE", "TARGET", "Decision", "FoldResult", "HttpClass", "LookupNeeded", "Pending", "Routes", "Row",
+    "SOURCE", "TARGET", "Decision", "FoldResult", "HttpClass", "LookupNeeded", "Pending", "RetryWindow", "Routes", "Row",
     "Side", "SkipReason", "TableState", "Verdict", "actual", "as_dict", "classify_http",
     "compile_routes", "correction_needed", "decide", "desired", "drift", "eligible", "empty_state", "fold",
-    "fold_by_link", "fold_many", "index_key", "link_rows", "needing_correction", "parse_retry_after", "routes", "row_key",
+    "fold_by_link", "fold_many", "index_key", "link_rows", "needing_correction", "parse_retry_after", "refused", "rejected", "retry_due", "routes", "row_key",
     "side_of", "split_row_key",
 ]

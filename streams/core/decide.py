@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import enum
 from collections.abc import Iterable, Sequence
-from typing import Final
+from typing import Final, NamedTuple
 
 import msgspec
 
@@ -18,7 +18,8 @@ from streams.contract.schema import OfferingUserRecord, OutcomeAction, state_dis
 from streams.core.routing import Routes, compile_routes
 from streams.core.table import OK, Row, TableState, desired, eligible, link_rows
 
-__all__ = ["Decision", "SkipReason", "Verdict", "correction_needed", "decide", "drift", "needing_correction"]
+__all__ = ["Decision", "RetryWindow", "SkipReason", "Verdict", "correction_needed", "decide", "drift",
+           "needing_correction", "refused", "rejected", "retry_due"]
 
 
 def correction_needed(row: Row, link: Link) -> bool:
@@ -27,21 +28,60 @@ def correction_needed(row: Row, link: Link) -> bool:
     return wanted is not None and eligible(row, link) and (row.a_username or "") != wanted
 
 
+def refused(row: Row) -> bool:
+    """A refused to set B's current username while holding its current one.
+
+    The mark is a fact on the events topic (a :class:`~streams.contract.schema.Rejection`
+    the correct stage writes, folded into the row), not state of the correct stage: a
+    replay, a restarted worker or a partition's next owner rebuilds it (invariant 2).
+    It stops holding as soon as B's or A's username changes; the table, not a timer of
+    the stage, says so. Measured before (issue 19): without it, the re-raise timer sent
+    one GET on B, one GET and one refused PATCH on A per minute per such user, forever.
+    """
+    return row.rejected_count > 0 and row.rejected_desired == desired(row) \
+        and row.rejected_observed == (row.a_username or "")
+
+
+class RetryWindow(NamedTuple):
+    """How long a refused row waits before it is tried once more: ``first`` seconds after
+    the first refusal, doubling with every refusal in a row, at most ``cap``. A refusal
+    may be lifted on A's side (a reserved name released, a conflict removed) without any
+    event usync would see; the doubling keeps the cost of finding out at a few calls a day."""
+
+    first: float = 3600.0
+    cap: float = 86400.0
+
+    def seconds(self, count: int) -> float:
+        return min(self.first * 2.0 ** max(0, count - 1), self.cap)
+
+
+def retry_due(row: Row, now_micros: int, window: RetryWindow) -> bool:
+    """A refused row's retry window has passed."""
+    return now_micros >= row.rejected_at + int(window.seconds(row.rejected_count) * 1_000_000)
+
+
 def needing_correction(state: TableState, links: Sequence[Link] | Routes, keys: Iterable[str]) -> list[Row]:
-    """The rows among ``keys`` (a fold's ``dirty``) that should become correction requests."""
+    """The rows among ``keys`` (a fold's ``dirty``) that should become correction requests
+    (not the refused ones: a reconcile restating them changes nothing A would accept)."""
     by_name = compile_routes(links).by_name
     found = []
     for key in keys:
         row = state.rows.get(key)
         link = by_name.get(row.link) if row is not None else None
-        if link is not None and correction_needed(row, link):  # type: ignore[arg-type]
+        if link is not None and correction_needed(row, link) and not refused(row):  # type: ignore[arg-type]
             found.append(row)
     return found
 
 
 def drift(state: TableState, link: Link) -> list[Row]:
-    """The rows of ``link`` whose A side the table says is wrong (metrics, replay report)."""
-    return [row for row in link_rows(state, link.name) if correction_needed(row, link)]
+    """The rows of ``link`` whose A side the table says is wrong and that usync will
+    correct (metrics, replay report); refused rows are :func:`rejected`, not drift."""
+    return [row for row in link_rows(state, link.name) if correction_needed(row, link) and not refused(row)]
+
+
+def rejected(state: TableState, link: Link) -> list[Row]:
+    """The rows of ``link`` whose A side differs from B because A refused B's username."""
+    return [row for row in link_rows(state, link.name) if correction_needed(row, link) and refused(row)]
 
 
 class Verdict(str, enum.Enum):

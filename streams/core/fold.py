@@ -18,12 +18,17 @@ event ``delete``              state = "Deleted"
 any other action              nothing (a newer Waldur must not break the fold)
 snapshot record, 200 lookup   username, state, restricted (B), and the identity index
 404/410 lookup                state = "Deleted" if the index knew the user
+rejection (A side, its link)  rejected_desired, rejected_observed, rejected_at and
+                              rejected_count (+1 if desired and observed are the
+                              mark's, else 1), unless not newer than rejected_at
 ============================  =======================================================
 
-(every write also sets the side's offering_user_uuid, event id and observation time, and
-on B's side ``b_read_at``: the observation time for a snapshot record or lookup, 0 for an
-event; a
-field an event leaves out is left alone). Because a write depends only on the fact and
+(every write but a rejection's also sets the side's offering_user_uuid, event id and
+observation time, and on B's side ``b_read_at``: the observation time for a snapshot
+record or lookup, 0 for an event; a field an event leaves out is left alone). A
+rejection is the one fact whose write depends on the row (its count): taking only facts
+strictly newer than the mark keeps it idempotent, since a redelivered or re-read
+rejection is never newer than the mark it already made. Because a write depends only on the fact and
 the side's observation time, re-reading any stretch of the topic (at-least-once
 redelivery, a consumer restarting from an older offset) changes nothing: older facts are
 ignored and the newest ones rewrite the same values. No event-id dedupe is needed --
@@ -55,6 +60,7 @@ from streams.contract.schema import (
     Envelope,
     Lookup,
     OfferingUserEvent,
+    Rejection,
     OfferingUserRecord,
     SnapshotPage,
     normalize_uuid,
@@ -186,6 +192,8 @@ def _fold_routed(batch: _Batch, link: Link, side: Side, envelope: Envelope) -> N
             batch.restating = False
     elif kind is Lookup:
         _fold_lookup(batch, link.name, side, envelope, body)  # type: ignore[arg-type]
+    elif kind is Rejection and side == TARGET and body.link == link.name:  # type: ignore[union-attr]
+        _fold_rejection(batch, body, observed_at(envelope))  # type: ignore[arg-type]
 
 
 def _event_effect(event: OfferingUserEvent) -> tuple[str | None, str | None] | None:
@@ -242,6 +250,20 @@ def _fold_lookup(batch: _Batch, link: str, side: Side, envelope: Envelope, looku
     if user is not None:
         _write(batch, link, side, user, offering_user_uuid, envelope.event_id, observed_at(envelope), None, DELETED, None,
                read=True)
+
+
+def _fold_rejection(batch: _Batch, rejection: Rejection, seen: int) -> None:
+    """Mark the row refused for (desired, observed). Not dirty: a refusal is no reason to
+    look at the row again (``streams.core.decide.refused`` says when it is)."""
+    key = row_key(rejection.link, rejection.user_username)
+    row = batch.state.rows.get(key) or Row(link=rejection.link, user_username=rejection.user_username)
+    if seen <= row.rejected_at:
+        return
+    again = (row.rejected_desired, row.rejected_observed) == (rejection.desired, rejection.observed)
+    batch.state.rows[key] = replace(
+        row, rejected_desired=rejection.desired, rejected_observed=rejection.observed, rejected_at=seen,
+        rejected_count=row.rejected_count + 1 if again else 1,
+    )
 
 
 # -- writes -------------------------------------------------------------------------

@@ -55,6 +55,13 @@ class Row(msgspec.Struct, frozen=True, kw_only=True, gc=False, omit_defaults=Tru
     a_observed_at: int = 0
     a_username_at: int = 0
     a_state_at: int = 0
+    # The newest Rejection fact: A refused ``rejected_desired`` while holding
+    # ``rejected_observed``, ``rejected_count`` times in a row, the last at
+    # ``rejected_at`` (µs). Not a side's observation: it never moves ``*_observed_at``.
+    rejected_desired: str | None = None
+    rejected_observed: str | None = None
+    rejected_at: int = 0
+    rejected_count: int = 0
 
 
 class Pending(msgspec.Struct, frozen=True, kw_only=True, gc=False):

@@ -1,6 +1,6 @@
 """``usync status``: per link, what the workers hold and how far behind they are.
 
-- users and drift: the workers' web views (``/usync/table/``, ``/usync/drift/``); each worker
+- users, drift and rejected rows (A refused B's username; the first users named): the workers' web views (``/usync/table/``, ``/usync/drift/``); each worker
   holds the links of its partitions, so the answers of every worker given are merged;
 - last event, last reconcile, last outcome: the tails of the events and outcomes topics
   (``scan`` records per partition; older facts show as unknown);
@@ -39,6 +39,8 @@ class LinkStatus(msgspec.Struct, kw_only=True):
     reconcile: bool
     users: int | None = None
     drift: int | None = None
+    rejected: int | None = None
+    rejected_users: list[str] = []
     last_event: datetime | None = None
     last_reconcile: datetime | None = None
     last_outcome: datetime | None = None
@@ -73,22 +75,33 @@ def _later(seen: dict[str, datetime], name: str, moment: datetime) -> None:
 
 # -- the workers' views ----------------------------------------------------------------
 
-async def _worker_view(client: httpx.AsyncClient, url: str) -> tuple[dict[str, int], dict[str, int]]:
-    """(users per link, drift per link) of one worker."""
+class _View(msgspec.Struct):
+    """One link as one worker holds it."""
+
+    users: int = 0
+    drift: int = 0
+    rejected: int = 0
+    rejected_users: list[str] = []
+
+
+async def _worker_view(client: httpx.AsyncClient, url: str) -> dict[str, _View]:
+    """Per link: users, drift and rejected rows of one worker."""
     table = (await client.get(url.rstrip("/") + "/usync/table/")).raise_for_status().json()
-    users: dict[str, int] = {}
+    views: dict[str, _View] = {}
     for key in table.get("rows", {}):
-        link = key.split(":", 1)[0]
-        users[link] = users.get(link, 0) + 1
+        views.setdefault(key.split(":", 1)[0], _View()).users += 1
     drift_view = (await client.get(url.rstrip("/") + "/usync/drift/")).raise_for_status().json()
-    drift = {name: int(d.get("drift", 0)) for name, d in drift_view.get("links", {}).items()}
-    return users, drift
+    for name, d in drift_view.get("links", {}).items():
+        view = views.setdefault(name, _View())
+        view.drift, view.rejected = int(d.get("drift", 0)), int(d.get("rejected", 0))
+        view.rejected_users = [r["user"] for r in d.get("rejected_users", [])]
+    return views
 
 
-async def worker_views(urls: list[str]) -> tuple[dict[str, tuple[int, int]], dict[str, str]]:
-    """Per link (users, drift) from the worker holding it (most rows wins: a standby may
-    hold a stale copy); and each worker's state."""
-    merged: dict[str, tuple[int, int]] = {}
+async def worker_views(urls: list[str]) -> tuple[dict[str, _View], dict[str, str]]:
+    """Per link the view of the worker holding it (most rows wins: a standby may hold a
+    stale copy); and each worker's state."""
+    merged: dict[str, _View] = {}
     states: dict[str, str] = {}
     async with httpx.AsyncClient(timeout=HTTP_TIMEOUT) as client:
         results = await asyncio.gather(*(_worker_view(client, u) for u in urls), return_exceptions=True)
@@ -97,10 +110,8 @@ async def worker_views(urls: list[str]) -> tuple[dict[str, tuple[int, int]], dic
             states[url] = f"unreachable: {type(result).__name__}: {result}"
             continue
         states[url] = "ok"
-        users, drift = result
-        for link in set(users) | set(drift):
-            candidate = (users.get(link, 0), drift.get(link, 0))
-            if link not in merged or candidate[0] > merged[link][0]:
+        for link, candidate in result.items():
+            if link not in merged or candidate.users > merged[link].users:
                 merged[link] = candidate
     return merged, states
 
@@ -200,11 +211,13 @@ async def gather_status(config: Config, workers: list[str], scan: int = 2000, ti
     )
     links = []
     for link in config.links:
-        users, drift = views.get(link.name, (None, None))
+        view = views.get(link.name)
         links.append(LinkStatus(
             link=link.name, target=f"{link.target.site}:{link.target.offering}",
             source=f"{link.source.site}:{link.source.offering}", reconcile=link.reconcile,
-            users=users, drift=drift, last_event=tails.last_event.get(link.name),
+            users=view.users if view else None, drift=view.drift if view else None,
+            rejected=view.rejected if view else None, rejected_users=view.rejected_users if view else [],
+            last_event=tails.last_event.get(link.name),
             last_reconcile=tails.last_reconcile.get(link.name), last_outcome=tails.last_outcome.get(link.name),
             lag=None if lag is None else link_lag(config, link, lag),
         ))
@@ -222,10 +235,13 @@ def _count(value: int | None) -> str:
 
 def status_table(report: StatusReport) -> Table:
     table = Table(title=f"usync status (group {report.group}, lag {_count(report.group_lag)})")
-    for column in ("link", "target ← source", "users", "drift", "last event", "last reconcile", "last outcome", "lag"):
+    for column in ("link", "target ← source", "users", "drift", "rejected", "last event", "last reconcile",
+                   "last outcome", "lag"):
         table.add_column(column, justify="right" if column in ("users", "drift", "lag") else "left")
     for s in report.links:
         drift = _count(s.drift) if not s.drift else f"[red]{s.drift:,}[/red]"
-        table.add_row(s.link, f"{s.target}\n← {s.source}", _count(s.users), drift, _when(s.last_event),
+        refused = _count(s.rejected) if not s.rejected else \
+            f"[red]{s.rejected:,}[/red]\n" + ", ".join(s.rejected_users[:5]) + (" …" if s.rejected > 5 else "")
+        table.add_row(s.link, f"{s.target}\n← {s.source}", _count(s.users), drift, refused, _when(s.last_event),
                       _when(s.last_reconcile) if s.reconcile else "off", _when(s.last_outcome), _count(s.lag))
     return table

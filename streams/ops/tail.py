@@ -25,6 +25,7 @@ from streams.contract.schema import (
     DeadLetter,
     Envelope,
     Lookup,
+    Rejection,
     OfferingUserEvent,
     Outcome,
     SnapshotPage,
@@ -59,7 +60,9 @@ class Facts:
     text: str = ""  # dead letters: the raw bytes, searched for the user
 
 
-def _envelope_users(body: OfferingUserEvent | SnapshotPage | Lookup) -> set[str]:
+def _envelope_users(body: OfferingUserEvent | SnapshotPage | Lookup | Rejection) -> set[str]:
+    if isinstance(body, Rejection):
+        return {body.user_username, normalize_uuid(body.offering_user_uuid)}
     if isinstance(body, OfferingUserEvent):
         return {normalize_uuid(body.offering_user_uuid), normalize_uuid(body.user_uuid)}
     if isinstance(body, SnapshotPage):

@@ -3,7 +3,11 @@
 Level-triggered (docs/invariants.md, 4): a request only says "look at (link, user)".
 The stage reads both offering users live, writes both answers to the events topic as
 Lookup facts (so the table catches up with what it saw, and replay sees it too), lets
-``decide`` judge, and PATCHes A only if the live users still differ.
+``decide`` judge, and PATCHes A only if the live users still differ. A PATCH that A
+refuses (``Refused``: 400, 409, 422 ...) ends in a ``rejected`` outcome carrying A's
+answer and a Rejection fact on the events topic, which marks the row so that neither
+the fold, a reconcile nor the re-raise timer asks again until B's or A's username
+changes or the retry window passes (``streams.core.decide.refused``).
 """
 
 from __future__ import annotations
@@ -15,14 +19,16 @@ from collections.abc import Iterable, Mapping
 from datetime import datetime
 
 from streams.contract.config import Link
-from streams.contract.schema import CorrectionRequest, OfferingUserRecord, Outcome, OutcomeAction, outcome_encoder
+from streams.contract.schema import (
+    CorrectionRequest, OfferingUserRecord, Outcome, OutcomeAction, Rejection, outcome_encoder,
+)
 from streams.core import Verdict, decide
 from streams.core.table import OK
-from streams.errors import GaveUp
+from streams.errors import GaveUp, Refused
 from streams.metrics import Metrics
 from streams.ports import Clock, Emit, OfferingUsers, SystemClock
 from streams.retry import retry_forever
-from streams.stages.facts import lookup_envelope
+from streams.stages.facts import lookup_envelope, rejection_envelope
 
 log = logging.getLogger("usync.correct")
 
@@ -180,7 +186,19 @@ class Corrector:
                                  a_uuid=a_live.uuid if a_live else "")
         assert decision.offering_user_uuid is not None and decision.desired is not None
         asked = self.clock.now()
-        status, record = await self.sites[link.target.site].patch_username(decision.offering_user_uuid, decision.desired)
+        try:
+            status, record = await self.sites[link.target.site].patch_username(decision.offering_user_uuid, decision.desired)
+        except Refused as refused:
+            log.warning("%s refused %s's username %r: HTTP %d %s", refused.site, request.key, decision.desired,
+                        refused.status, refused.detail[:200])
+            rejection = Rejection(link=link.name, user_username=request.user_username,
+                                  offering_user_uuid=decision.offering_user_uuid, desired=decision.desired,
+                                  observed=decision.observed or "", status=refused.status)
+            writes.append(asyncio.ensure_future(self.emit_event(
+                *rejection_envelope(link.target.site, link.target.offering, rejection, asked))))
+            return self._outcome(request, OutcomeAction.REJECTED, desired=decision.desired, observed=decision.observed,
+                                 http_status=refused.status, reason=f"PATCH answered HTTP {refused.status}",
+                                 a_uuid=decision.offering_user_uuid, response=refused.detail)
         if record is not None:
             self._write_fact(writes, link.target.site, link.target.offering, record.uuid, 200, record, asked)
             action, reason = OutcomeAction.CORRECTED, ""
@@ -191,11 +209,11 @@ class Corrector:
 
     def _outcome(self, request: CorrectionRequest, action: OutcomeAction, *, desired: str | None = None,
                  observed: str | None = None, http_status: int | None = None, reason: str = "",
-                 attempts: int = 1, a_uuid: str = "") -> Outcome:
+                 attempts: int = 1, a_uuid: str = "", response: str | None = None) -> Outcome:
         return Outcome(
             link=request.link, user_username=request.user_username, action=action,
             desired=desired if desired is not None else request.desired, observed=observed,
             http_status=http_status, reason=reason, cause_event_id=request.cause_event_id,
             offering_user_uuid=a_uuid or request.a_offering_user_uuid or "", attempts=attempts,
-            at=self.clock.now(),
+            at=self.clock.now(), response=response,
         )

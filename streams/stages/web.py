@@ -9,22 +9,28 @@ from typing import Any
 import msgspec
 
 from streams.contract.config import Link
-from streams.core import TableState, as_dict, drift
+from streams.core import TableState, as_dict, drift, rejected
 from streams.metrics import Metrics
 
 DRIFT_MAX_AGE = 10.0  # seconds a /metrics scrape may reuse the drift gauges
 
+#: What readiness reads: component name -> (its state, whether that state is ready).
+Components = Callable[[], dict[str, tuple[str, bool]]]
+
 
 class Views:
-    """``/usync/table/``, ``/usync/drift/``, ``POST /usync/reconcile/``, ``/metrics``, ``/health``."""
+    """``/usync/table/``, ``/usync/drift/``, ``POST /usync/reconcile/``, ``/metrics``,
+    ``/health``, ``/health/live``, ``/health/ready``."""
 
     def __init__(self, links: Sequence[Link], state: Callable[[], TableState], metrics: Metrics,
-                 reconcile: Callable[[], Awaitable[dict[str, int]]], health: Callable[[], dict[str, Any]]) -> None:
+                 reconcile: Callable[[], Awaitable[dict[str, int]]], health: Callable[[], dict[str, Any]],
+                 components: Components = dict) -> None:
         self.links = links
         self.state = state
         self.metrics = metrics
         self.reconcile = reconcile
         self.health_report = health
+        self.components = components
         self._drift_cache: tuple[float, dict[str, Any]] | None = None
 
     def table(self) -> bytes:
@@ -39,9 +45,15 @@ class Views:
         report: dict[str, Any] = {"rows": len(state.rows), "links": {}}
         self.metrics.table_rows.set(report["rows"])
         for link in self.links:
-            rows = drift(state, link)
+            rows, refused = drift(state, link), rejected(state, link)
             self.metrics.drift.labels(link.name).set(len(rows))
-            report["links"][link.name] = {"drift": len(rows), "users": [r.user_username for r in rows[:100]]}
+            self.metrics.rejected_rows.labels(link.name).set(len(refused))
+            report["links"][link.name] = {
+                "drift": len(rows), "users": [r.user_username for r in rows[:100]],
+                "rejected": len(refused), "rejected_users": [
+                    {"user": r.user_username, "desired": r.rejected_desired, "times": r.rejected_count}
+                    for r in refused[:100]],
+            }
         self._drift_cache = (time.monotonic(), report)
         return report
 
@@ -54,4 +66,19 @@ class Views:
         return self.metrics.exposition()
 
     def health(self) -> dict[str, Any]:
-        return self.health_report()
+        """As before, plus ``ready`` and ``sites``; ``status`` is ``degraded`` while a site is
+        down or paused, or the report says so (a record dead-lettered lately); always HTTP
+        200: whether to route traffic is ``/health/ready``."""
+        report = self.health_report()
+        sites = report.get("sites", {})
+        down = [name for name, site in sites.items() if not site.get("up", True)]
+        degraded = bool(down or report.get("paused_sites")) or report.get("status") == "degraded"
+        return {**report, "status": "degraded" if degraded else "ok", "ready": self.readiness()[1]["ready"]}
+
+    def readiness(self) -> tuple[int, dict[str, Any]]:
+        """``/health/ready``: 200 once every component is ready, else 503; the bridge's shape
+        (``{"ready": ..., "components": {name: {"state": ...}}}``)."""
+        components = self.components()
+        ready = bool(components) and all(ok for _state, ok in components.values())
+        body = {"ready": ready, "components": {name: {"state": state} for name, (state, _ok) in components.items()}}
+        return (200 if ready else 503), body

@@ -72,7 +72,7 @@ class Setup:
         return {**os.environ, "USYNC_TOKEN_A": self.a.staff_token, "USYNC_TOKEN_B": self.b.staff_token}
 
     def write_config(self, links: list[LinkSpec], *, broker: bool = True, rates: str = "", partitions: int = 4,
-                     reconcile_interval: float = 3600.0, kafka_extra: str = "") -> Path:
+                     reconcile_interval: float = 3600.0, kafka_extra: str = "", top: str = "") -> Path:
         def site(s: Any, env: str) -> str:
             text = f'[sites.{s.name}]\napi_url = "{s.url}"\ntoken_env = "{env}"\n'
             if broker:
@@ -82,7 +82,7 @@ class Setup:
             return text
 
         text = (
-            f'app_id = "usync-test-{self.suffix}"\nreconcile_interval = {reconcile_interval}\n'
+            f'app_id = "usync-test-{self.suffix}"\nreconcile_interval = {reconcile_interval}\n{top}'
             f'data_dir = "{self.tmp / "data"}"\n'
             f'[kafka]\nbootstrap_servers = "{KAFKA_BOOTSTRAP}"\nevents_topic = "t-{self.suffix}.events"\ndlq_topic = "t-{self.suffix}.dlq"\n'
             f'outcomes_topic = "t-{self.suffix}.outcomes"\npartitions = {partitions}\n{kafka_extra}'

@@ -8,7 +8,7 @@ filled, X -> Y -> X with a repeated id, a rename -- happen in almost every examp
 from __future__ import annotations
 
 import hashlib
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 
 import msgspec
 from hypothesis import given, settings
@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 
 from streams.contract.config import Endpoint, Link
 from streams.core import as_dict, desired, drift, empty_state, fold, fold_by_link, fold_many, routes
-from streams.contract.schema import Envelope, Lookup, OfferingUserEvent, OfferingUserRecord, SnapshotPage, Origin
+from streams.contract.schema import Envelope, Lookup, OfferingUserEvent, OfferingUserRecord, Rejection, SnapshotPage, Origin
 
 OFF_A, OFF_B, OFF_C, OFF_D = ("a" * 32, "b" * 32, "c" * 32, "d" * 32)
 B_TO_A = Link(name="b-to-a", source=Endpoint("b", OFF_B), target=Endpoint("a", OFF_A))
@@ -42,9 +42,11 @@ def content_id(site: str, body) -> str:
     return hashlib.sha256(site.encode() + msgspec.json.encode(body)).hexdigest()[:32]
 
 
-def envelope(site: str, offering: str, body, event_id: str) -> Envelope:
-    source = {OfferingUserEvent: Origin.STOMP, SnapshotPage: Origin.SNAPSHOT, Lookup: Origin.LOOKUP}[type(body)]
-    return Envelope(event_id=event_id, site=site, origin=source, offering_uuid=offering, received_at=T0, body=body)
+def envelope(site: str, offering: str, body, event_id: str, received_at: datetime = T0) -> Envelope:
+    source = {OfferingUserEvent: Origin.STOMP, SnapshotPage: Origin.SNAPSHOT, Lookup: Origin.LOOKUP,
+              Rejection: Origin.REJECTION}[type(body)]
+    return Envelope(event_id=event_id, site=site, origin=source, offering_uuid=offering, received_at=received_at,
+                    body=body)
 
 
 def record(uuid: str, user: str, offering: str, username: str | None, state: str, restricted: bool = False):
@@ -67,7 +69,7 @@ def any_envelope(draw) -> Envelope:
     e = draw(st.integers(0, len(ENDPOINTS) - 1))
     site, offering = ENDPOINTS[e]
     uuid = ou(e, draw(st.integers(0, 2)))
-    kind = draw(st.sampled_from(["event", "event", "snapshot", "lookup"]))
+    kind = draw(st.sampled_from(["event", "event", "snapshot", "lookup", "rejection"]))
     if kind == "event":
         body = OfferingUserEvent(
             action=draw(st.sampled_from(ACTIONS)), offering_user_uuid=uuid, user_uuid="9" * 32,
@@ -79,6 +81,12 @@ def any_envelope(draw) -> Envelope:
             st.sampled_from([None, *USERNAMES]), _record_state, st.booleans(),
         ), max_size=3))
         body = page(offering, records)
+    elif kind == "rejection":  # its link may not be this endpoint's, as the fold must ignore
+        body = Rejection(link=draw(st.sampled_from([link.name for link in LINKS])), user_username=draw(st.sampled_from(USERS)),
+                         offering_user_uuid=uuid, desired=draw(st.sampled_from(USERNAMES)),
+                         observed=draw(st.sampled_from(USERNAMES)), status=400)
+        at = T0 + timedelta(seconds=draw(st.integers(0, 3)))  # the count depends on order: times vary
+        return envelope(site, offering, body, draw(st.sampled_from(["e0", "e1", "e2"])), at)
     else:
         status = draw(st.sampled_from([200, 404, 500]))
         user = None

@@ -151,3 +151,12 @@ def register_views(app: faust.App, views: Any) -> None:
     @app.page("/health")
     async def health_view(web: Any, request: Any) -> Any:
         return web.json(views.health())
+
+    @app.page("/health/live")
+    async def live_view(web: Any, request: Any) -> Any:
+        return web.json({"live": True})
+
+    @app.page("/health/ready")
+    async def ready_view(web: Any, request: Any) -> Any:
+        status, body = views.readiness()
+        return web.json(body, status=status)
