@@ -48,7 +48,8 @@ AUTH_BACKOFF_BASE = 15.0
 # on the broker, its consumer cancelled, web-STOMP closing on SUBSCRIBE) is fixed by the
 # registration itself (Waldur's create_queue declares it again), so it re-registers at
 # once and reconnects on the ordinary 1 s backoff, not the credentials' 15 s one: measured,
-# the queue is back and consumed 1-2 s after its deletion on every transport.
+# the queue is consumed again 0.8-2.9 s after its deletion on every transport
+# (tests/bridge/test_queue_recovery.py; docs/operator-guide.md has the table).
 REREGISTER = (AuthenticationError, SubscriptionRefused)
 
 
