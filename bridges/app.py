@@ -6,10 +6,12 @@ import asyncio
 import logging
 import random
 import signal
+from collections.abc import Awaitable, Callable
 
 from aiohttp import web
 
 from streams.contract.config import Config, Secret
+from streams.errors import UsyncError
 from streams.retry import Backoff, retry_forever
 
 from bridges.health import Health, health_app
@@ -45,9 +47,24 @@ def configured_credentials(config: Config, site_name: str) -> list[Credential]:
     ]
 
 
+#: ``on_resubscribed(site, offerings)``: called (as a task) once a relay consumes again after
+#: a missing queue; the offerings are those whose queues the relay consumes.
+Resubscribed = Callable[[str, list[str]], Awaitable[object]]
+
+
 class Bridge:
-    def __init__(self, config: Config, health_port: int | None = None, rng: random.Random | None = None) -> None:
+    """Every site's relays, the Kafka outlet and the health server.
+
+    ``on_resubscribed`` repairs what a missing queue lost (events published while it was
+    gone were unroutable at Waldur): ``usync bridge`` passes one reconcile pass of the
+    links touching those offerings (streams/cli.py); bridges/ itself knows no stage."""
+
+    def __init__(self, config: Config, health_port: int | None = None, rng: random.Random | None = None,
+                 on_resubscribed: Resubscribed | None = None) -> None:
         self.config = config
+        self.on_resubscribed = on_resubscribed
+        self._repairs: set[asyncio.Task] = set()
+        self._bug: BaseException | None = None
         self.health_port = config.web_port if health_port is None else health_port
         self.rng = rng or random.Random()
         self.health = Health()
@@ -88,12 +105,36 @@ class Bridge:
                 outlet=self.outlet, health=self.health, metrics=self.metrics,
                 prefetch=self.config.rabbitmq.prefetch, heartbeat=self.config.rabbitmq.heartbeat,
                 refresh_credential=refresh if site.register and len(credentials) == 1 else None,
+                on_resubscribed=lambda credential: self._repair(site_name, credential),
                 rng=random.Random(self.rng.random()),
             )
             for credential in credentials
         ]
         self.relays.extend(relays)
         await asyncio.gather(*(relay.run() for relay in relays))
+
+    def _repair(self, site_name: str, credential: Credential) -> None:
+        if self.on_resubscribed is None or self._stopping.is_set():
+            return
+        offerings = credential.offerings or site_offerings(self.config, site_name)
+        log.info("%s: repairing the window a queue was missing: offerings %s", site_name, ", ".join(offerings))
+        task = asyncio.create_task(self.on_resubscribed(site_name, offerings), name=f"repair {site_name}")
+        self._repairs.add(task)
+        task.add_done_callback(self._repaired)
+
+    def _repaired(self, task: asyncio.Task) -> None:
+        """A site or Kafka failing the repair is logged (the periodic reconcile still repairs);
+        anything else is a bug: it stops the bridge loudly, like a failed site task."""
+        self._repairs.discard(task)
+        if task.cancelled() or task.exception() is None:
+            return
+        exc = task.exception()
+        if isinstance(exc, UsyncError):
+            log.warning("%s failed: %s: %s; the periodic reconcile repairs it", task.get_name(), type(exc).__name__, exc)
+            return
+        log.critical("%s failed: %r; stopping the bridge", task.get_name(), exc)
+        self._bug = exc
+        self.stop()
 
     async def _serve_health(self) -> None:
         self._runner = web.AppRunner(health_app(self.health, self.metrics.registry), access_log=None)
@@ -134,10 +175,16 @@ class Bridge:
         tasks = [asyncio.create_task(self._run_site(name), name=f"site {name}") for name in sites]
         await self._until_stopped(tasks)
         await asyncio.gather(*(relay_stop_wait(t) for t in tasks))
+        repairs = list(self._repairs)
+        for repair in repairs:
+            repair.cancel()
+        await asyncio.gather(*repairs, return_exceptions=True)
         await self.outlet.stop()
         if self._runner is not None:
             await self._runner.cleanup()
         log.info("bridge stopped")
+        if self._bug is not None:
+            raise self._bug
 
 
 async def relay_stop_wait(task: asyncio.Task) -> None:

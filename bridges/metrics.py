@@ -14,6 +14,7 @@ class BridgeMetrics:
         self.relayed = Counter("usync_bridge_relayed", "Messages written to the events topic and acked", ["site"], registry=r)
         self.dead_lettered = Counter("usync_bridge_dead_lettered", "Messages written to the DLQ topic and acked", ["site"], registry=r)
         self.reconnects = Counter("usync_bridge_reconnects", "Broker reconnect attempts", ["site"], registry=r)
+        self.queue_recoveries = Counter("usync_bridge_queue_recoveries", "Subscriptions made again after a queue went missing (re-registered)", ["site"], registry=r)
         self.in_flight = Gauge("usync_bridge_in_flight", "Messages sent to Kafka and not yet confirmed", registry=r)
         self.kafka_up = Gauge("usync_bridge_kafka_up", "1 when the Kafka producer is connected", registry=r)
         self.send_seconds = Histogram(

@@ -74,5 +74,7 @@ async def _register(site_name: str, site: Site, token: Secret, offerings: list[s
             )
             if queue["queue_name"] not in credential.queues:
                 credential.queues.append(queue["queue_name"])
+            if offering not in credential.offerings:
+                credential.offerings.append(offering)
     log.info("%s: registered %d queues under %d subscriptions", site_name, len(offerings), len(by_subscription))
     return list(by_subscription.values())

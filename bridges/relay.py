@@ -35,6 +35,7 @@ from bridges.transports.base import (
     BrokerMessage,
     QueueNotFound,
     BrokerConnection,
+    SubscriptionRefused,
     TransportError,
 )
 from bridges.transports.registry import open_connection, origin_of
@@ -43,8 +44,13 @@ log = logging.getLogger("usync.bridge")
 
 # Credentials rejected is rarely fixed by the next attempt: retry, but more slowly.
 AUTH_BACKOFF_BASE = 15.0
-# Refusals that a new registration through the Waldur API can fix.
-REREGISTER = (AuthenticationError, QueueNotFound)
+# Refusals that a new registration through the Waldur API can fix. A missing queue (deleted
+# on the broker, its consumer cancelled, web-STOMP closing on SUBSCRIBE) is fixed by the
+# registration itself (Waldur's create_queue declares it again), so it re-registers at
+# once and reconnects on the ordinary 1 s backoff, not the credentials' 15 s one: measured,
+# the queue is consumed again 0.8-2.9 s after its deletion on every transport
+# (tests/bridge/test_queue_recovery.py; docs/operator-guide.md has the table).
+REREGISTER = (AuthenticationError, SubscriptionRefused)
 
 
 def _relayable(exc: BaseException) -> bool:
@@ -66,6 +72,7 @@ class Credential:
     passcode: Secret
     vhost: str
     queues: list[str]
+    offerings: list[str] = field(default_factory=list)  # registered ones: whose queues these are
 
 
 @dataclass
@@ -82,8 +89,12 @@ class SubscriptionRelay:
     heartbeat: float = 10.0
     # Called when the broker rejects the credential; returns a fresh one (re-registration).
     refresh_credential: Callable[[], Awaitable[Credential]] | None = None
+    # Called once subscribed again after a missing queue was re-registered: events published
+    # while it was missing were unroutable at Waldur, so the caller repairs that window.
+    on_resubscribed: Callable[[Credential], None] | None = None
     rng: random.Random = field(default_factory=random.Random)
     stopping: asyncio.Event = field(default_factory=asyncio.Event)  # set by stop()
+    queue_lost_at: float | None = None  # monotonic time a missing queue was first seen
 
     @property
     def name(self) -> str:
@@ -102,7 +113,7 @@ class SubscriptionRelay:
         backoff = Backoff(rng=self.rng)
         auth_backoff = Backoff(base=AUTH_BACKOFF_BASE, rng=self.rng)
         await retry_forever(lambda: self._connected_until_stopped(backoff), self.name, transient=_relayable,
-                            backoff_for=lambda exc: auth_backoff if isinstance(exc, REREGISTER) else backoff,
+                            backoff_for=lambda exc: auth_backoff if isinstance(exc, AuthenticationError) else backoff,
                             on_retry=self._failed, sleep=self._sleep, logger=log)
         self.health.set(self.name, "stopped")
 
@@ -115,8 +126,11 @@ class SubscriptionRelay:
         """Say why on /health; re-register after a refusal; drop a producer that failed."""
         if isinstance(exc, AuthenticationError):
             self._down(f"credentials rejected: {exc.message}")
-        elif isinstance(exc, QueueNotFound):
-            self._down(f"queue not found: {exc.message}")
+        elif isinstance(exc, SubscriptionRefused):
+            missing = "not found" if isinstance(exc, QueueNotFound) else "refused"
+            self._down(f"queue {exc.queue or '(unnamed)'} {missing}: {exc.message}; re-registering")
+            if self.queue_lost_at is None:
+                self.queue_lost_at = time.monotonic()
         elif isinstance(exc, SendFailed):
             self._down(f"Kafka: {exc}")
             await self.outlet.reset(exc)
@@ -138,9 +152,21 @@ class SubscriptionRelay:
             backoff.reset()
             self.health.set(self.name, "connected", f"{len(self.credential.queues)} queues")
             log.info("%s: connected, %d queues", self.name, len(self.credential.queues))
+            self._resubscribed()
             await _Pump(self, source).run()
         finally:
             await source.close()
+
+    def _resubscribed(self) -> None:
+        """After a missing queue: say how long it was gone and let the caller repair the gap."""
+        if self.queue_lost_at is None:
+            return
+        gap, self.queue_lost_at = time.monotonic() - self.queue_lost_at, None
+        log.warning("%s: subscribed again %.1f s after a queue went missing; events published "
+                    "meanwhile were unroutable at Waldur", self.name, gap)
+        self.metrics.queue_recoveries.labels(self.site).inc()
+        if self.on_resubscribed is not None:
+            self.on_resubscribed(self.credential)
 
     def _down(self, reason: str) -> None:
         self.health.set(self.name, "disconnected", reason)

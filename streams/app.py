@@ -28,7 +28,7 @@ from streams.adapters.faust.tables import FaustFoldTables, LinkTable, define_tab
 from streams.adapters.kafka.client import client_options
 from streams.adapters.kafka.consumer import BatchConsumer
 from streams.adapters.kafka.producers import RecordSender
-from streams.adapters.kafka.topics import by_link_topic, corrections_topic, ensure_topics
+from streams.adapters.kafka.topics import by_link_topic, corrections_topic
 from streams.adapters.waldur import Clients
 from streams.contract.config import Config
 from streams.contract.schema import OutcomeAction
@@ -175,18 +175,3 @@ def _running(records: RecordSender) -> Any:
         finally:
             await records.stop()
     return record_sender
-
-
-async def reconcile_once(config: Config) -> dict[str, int]:
-    """``usync reconcile``: one pass outside the worker (ops, tests), then exit."""
-    await ensure_topics(config)
-    metrics = Metrics()
-    clients = Clients(config, metrics)
-    records = RecordSender(client_options(config), "reconcile")
-    await records.start()
-    try:
-        return await Reconcile(config.links, clients, metrics, records.emitter(config.kafka.events_topic),
-                               config.reconcile_interval).run_pass()
-    finally:
-        await records.stop()
-        await clients.close()

@@ -6,8 +6,9 @@ import argparse
 import asyncio
 import os
 import sys
+from collections.abc import Awaitable, Callable, Sequence
 
-from streams.contract.config import Config, ConfigError, load_config
+from streams.contract.config import Config, ConfigError, Link, load_config
 
 
 def _load(path: str) -> Config:
@@ -21,8 +22,48 @@ def _cmd_bridge(args: argparse.Namespace) -> int:
     from bridges.app import Bridge
 
     config = _load(args.config)
-    asyncio.run(Bridge(config, health_port=args.health_port).run())
+    asyncio.run(Bridge(config, health_port=args.health_port, on_resubscribed=reconcile_touching(config)).run())
     return 0
+
+
+def links_touching(config: Config, site: str, offerings: Sequence[str]) -> list[Link]:
+    """The links that read or write one of ``site``'s ``offerings``."""
+    return [link for link in config.links
+            if any(end.site == site and end.offering in offerings for end in (link.source, link.target))]
+
+
+def reconcile_touching(config: Config) -> Callable[[str, list[str]], Awaitable[dict[str, int]]]:
+    """The bridge's ``on_resubscribed``: one reconcile pass of the links touching the
+    offerings whose queue went missing, right away. The events published while the queue was
+    gone were unroutable at Waldur: only a listing of both sites finds what they changed,
+    and the periodic pass may be an hour away (reconcile_interval)."""
+    async def reconcile(site: str, offerings: list[str]) -> dict[str, int]:
+        links = links_touching(config, site, offerings)
+        return await reconcile_links(config, links) if links else {}
+
+    return reconcile
+
+
+async def reconcile_links(config: Config, links: Sequence[Link] | None = None) -> dict[str, int]:
+    """One reconcile pass over ``links`` (default: every link) outside the worker, then close."""
+    from streams.adapters.kafka.client import client_options
+    from streams.adapters.kafka.producers import RecordSender
+    from streams.adapters.kafka.topics import ensure_topics
+    from streams.adapters.waldur import Clients
+    from streams.metrics import Metrics
+    from streams.stages.reconcile import Reconcile
+
+    await ensure_topics(config)
+    metrics = Metrics()
+    clients = Clients(config, metrics)
+    records = RecordSender(client_options(config), "reconcile")
+    await records.start()
+    try:
+        return await Reconcile(config.links if links is None else links, clients, metrics,
+                               records.emitter(config.kafka.events_topic), config.reconcile_interval).run_pass()
+    finally:
+        await records.stop()
+        await clients.close()
 
 
 def _cmd_config_check(args: argparse.Namespace) -> int:
@@ -43,10 +84,8 @@ def _cmd_worker(args: argparse.Namespace) -> int:
 
 
 def _cmd_reconcile(args: argparse.Namespace) -> int:
-    from streams.app import reconcile_once
-
     config = _load(args.config)
-    done = asyncio.run(reconcile_once(config))
+    done = asyncio.run(reconcile_links(config))
     for link, users in done.items():
         print(f"{link}: {users} users listed")
     return 0

@@ -125,6 +125,7 @@ class AmqpConnection:
         self._channel: Channel | None = None
         self._inbox = Inbox()
         self._queues: dict[str, str] = {}  # consumer tag -> queue
+        self._subscribing = ""  # the queue being declared or consumed (named in its refusal)
         self._pending: set[asyncio.Future[Any]] = set()
         self._failure: TransportError | None = None
         self._closing = False
@@ -176,6 +177,7 @@ class AmqpConnection:
             self._abort()
             raise
         channel.add_on_close_callback(self._on_channel_closed)
+        channel.add_on_cancel_callback(self._on_cancelled)
         self._channel = channel
         log.info("AMQP connected to %s:%d vhost %r", self._host, self._port, self.vhost)
 
@@ -184,18 +186,22 @@ class AmqpConnection:
         (0: unbounded). The queue is only declared passively: Waldur owns its queues and
         their arguments. Returns the consumer tag."""
         channel = self._live()
-        declared: asyncio.Future[Any] = self._future()
-        channel.queue_declare(queue, passive=True, callback=lambda frame: _resolve(declared, frame))
-        await self._wait(declared, self._op_timeout, f"declaring {queue}")
-        qos: asyncio.Future[Any] = self._future()
-        channel.basic_qos(prefetch_count=prefetch, callback=lambda frame: _resolve(qos, frame))
-        await self._wait(qos, self._op_timeout, "basic.qos")
-        consumed: asyncio.Future[Any] = self._future()
-        tag = channel.basic_consume(
-            queue, self._on_message, auto_ack=False, callback=lambda frame: _resolve(consumed, frame)
-        )
-        self._queues[tag] = queue
-        await self._wait(consumed, self._op_timeout, f"consuming {queue}")
+        self._subscribing = queue
+        try:
+            declared: asyncio.Future[Any] = self._future()
+            channel.queue_declare(queue, passive=True, callback=lambda frame: _resolve(declared, frame))
+            await self._wait(declared, self._op_timeout, f"declaring {queue}")
+            qos: asyncio.Future[Any] = self._future()
+            channel.basic_qos(prefetch_count=prefetch, callback=lambda frame: _resolve(qos, frame))
+            await self._wait(qos, self._op_timeout, "basic.qos")
+            consumed: asyncio.Future[Any] = self._future()
+            tag = channel.basic_consume(
+                queue, self._on_message, auto_ack=False, callback=lambda frame: _resolve(consumed, frame)
+            )
+            self._queues[tag] = queue
+            await self._wait(consumed, self._op_timeout, f"consuming {queue}")
+        finally:
+            self._subscribing = ""
         return tag
 
     def messages(self) -> AsyncIterator[BrokerMessage]:
@@ -278,11 +284,25 @@ class AmqpConnection:
             error = ConnectionLost(f"cannot connect to {self._host}:{self._port}: {type(exc).__name__}")
         self._fail(error)
 
+    def _on_cancelled(self, frame: Any) -> None:
+        """The broker cancelled a consumer (``basic.cancel``): its queue was deleted. Without
+        this the channel stays open consuming nothing, a silent stall (measured: 186 of 186
+        later events lost, /health/ready "connected"). The connection fails with
+        :class:`QueueNotFound`, so the bridge re-registers, which re-creates the queue."""
+        queue = self._queues.get(frame.method.consumer_tag, "")
+        if self._closing:
+            return
+        self._fail(QueueNotFound(f"broker cancelled the consumer of {queue or 'a queue'}",
+                                 "basic.cancel: the queue was deleted", queue=queue))
+        conn = self._conn
+        if conn is not None and not (conn.is_closed or conn.is_closing):
+            conn.close()
+
     def _on_channel_closed(self, channel: Channel, reason: BaseException) -> None:
         self._channel = None
         if self._closing:
             return
-        self._fail(_close_error(reason, "channel closed"))
+        self._fail(_close_error(reason, "channel closed", self._subscribing))
         conn = self._conn
         if conn is not None and not (conn.is_closed or conn.is_closing):
             conn.close()
@@ -426,12 +446,13 @@ def _resolve(fut: asyncio.Future[Any], value: Any) -> None:
         fut.set_result(value)
 
 
-def _close_error(reason: BaseException, what: str) -> TransportError:
-    """Map pika's close reasons (reply code + text) to our exceptions."""
+def _close_error(reason: BaseException, what: str, queue: str = "") -> TransportError:
+    """Map pika's close reasons (reply code + text) to our exceptions (``queue``: the one
+    being declared or consumed, if any)."""
     code = getattr(reason, "reply_code", 0)
     text = getattr(reason, "reply_text", "") or str(reason)
     if code == 404:
-        return QueueNotFound(f"{what}: {text}", str(code))
+        return QueueNotFound(f"{what}: {text}", str(code), queue=queue)
     if code in (403, 530):
         return AuthenticationError(f"{what}: {text}", str(code))
     if code in (320, 0) or isinstance(reason, pex.StreamLostError | pex.ConnectionClosedByClient):

@@ -12,8 +12,8 @@ Each transport maps its library's failures onto this tree, rooted in
     │   └── ProtocolError       bytes that are not the protocol
     └── BrokerError             the broker refused something
         ├── AuthenticationError credentials rejected: re-register, back off slowly
-        └── SubscriptionRefused may not consume the queue
-            └── QueueNotFound   the queue does not exist
+        └── SubscriptionRefused may not (or no longer) consume the queue: re-register now
+            └── QueueNotFound   the queue does not exist (deleted, or consumer cancelled)
 
 One connection object covers one connection lifetime at a time. Messages carry the
 *epoch* of the connection that delivered them: acking a message from an earlier
@@ -100,10 +100,16 @@ class AuthenticationError(BrokerError):
 
 
 class SubscriptionRefused(BrokerError):
-    """The broker would not let us consume a queue.
+    """The broker would not let us consume a queue (``queue``, when known), or stopped
+    letting us: the bridge re-registers through the Waldur API at once, which re-creates
+    the queue (Waldur's ``create_queue`` is idempotent).
 
     RabbitMQ's web-STOMP closes the connection without an ERROR frame when the queue is
     missing or not readable, so over WebSocket this is all we can know."""
+
+    def __init__(self, message: str, details: str = "", queue: str = "") -> None:
+        self.queue = queue
+        super().__init__(message, details)
 
 
 class QueueNotFound(SubscriptionRefused):

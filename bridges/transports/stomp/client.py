@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
+import re
 import ssl
 from collections.abc import AsyncIterator
 from urllib.parse import urlsplit
@@ -39,6 +40,11 @@ log = logging.getLogger(__name__)
 # Words in RabbitMQ's ERROR frames that mean "your credentials or permissions".
 _AUTH_WORDS = ("access refused", "access_refused", "access denied", "not authori", "authenticat", "login")
 _NOT_FOUND_WORDS = ("not_found", "no queue")
+# RabbitMQ's ERROR frame when a subscribed queue is deleted (measured, 3.10 over ws:// and
+# stomp://): "Server cancelled subscription", body naming "id='sub-1'". The queue is gone:
+# QueueNotFound, so the bridge re-registers at once instead of reconnecting into a refusal.
+_CANCELLED_WORDS = ("cancelled subscription", "canceled a subscription")
+_SUBSCRIPTION_ID = re.compile(r"id='([^']*)'")
 # Heartbeat slack: the spec leaves it open; 2.5 intervals survive one late beat and a GC pause.
 _RX_GRACE = 2.5
 # Stop reading from the socket when this many messages wait for the consumer.
@@ -354,11 +360,19 @@ class StompConnection:
                 self._connected.set_result(frame)
         elif command == "ERROR":
             connected = self._connected is not None and self._connected.done()
-            self._fail(_broker_error(frame, self._passcode, connected))
+            self._fail(_broker_error(frame, self._passcode, connected, self._queue_of(frame)))
             self._abort()
         else:
             self._fail(ProtocolError(f"unexpected {command} frame from the broker"))
             self._abort()
+
+    def _queue_of(self, frame: Frame) -> str:
+        """The queue an ERROR frame is about: the one being subscribed, or the one whose
+        subscription id it names (a cancelled subscription)."""
+        if self._subscribing is not None:
+            return self._subscribing
+        found = _SUBSCRIPTION_ID.search(frame.body.decode("utf-8", "replace"))
+        return self._subs.get(found.group(1), "") if found else ""
 
     def _on_lost(self, exc: BaseException | None) -> None:
         if self._closing and exc is None and self._disconnecting is not None:
@@ -374,12 +388,12 @@ class StompConnection:
                 SubscriptionRefused(
                     f"broker closed the connection in answer to SUBSCRIBE {self._subscribing}",
                     "web-STOMP does this, without an ERROR frame, when the queue does not exist or is not readable",
+                    queue=self._subscribing,
                 )
             )
         detail = f": {exc}" if exc else ""
         self._fail(ConnectionLost(f"connection to {_safe_url(self.url)} lost{detail}"))
-        self._transport = None
-        self._stop_heartbeat()
+        self._abort()  # the transport's own tasks end with it (close() finds nothing to do)
 
     def _on_pressure(self, high: bool) -> None:
         transport = self._transport
@@ -430,15 +444,18 @@ def _negotiate(ours_ms: int, theirs: str) -> tuple[int, int]:
     return send, expect
 
 
-def _broker_error(frame: Frame, passcode: Secret, connected: bool) -> BrokerError:
-    """A typed exception for an ERROR frame; never carries the passcode."""
+def _broker_error(frame: Frame, passcode: Secret, connected: bool, queue: str = "") -> BrokerError:
+    """A typed exception for an ERROR frame (``queue``: the queue it is about, if known);
+    never carries the passcode."""
     message = passcode.scrub(frame.headers.get("message", "ERROR"))
     details = passcode.scrub(frame.body.decode("utf-8", "replace").strip())
     text = f"{message} {details}".lower()
     cls: type[BrokerError] = BrokerError
     if any(word in text for word in _AUTH_WORDS):
         cls = AuthenticationError
-    elif any(word in text for word in _NOT_FOUND_WORDS):
+    elif any(word in text for word in _NOT_FOUND_WORDS + _CANCELLED_WORDS):
         cls = QueueNotFound
     prefix = "broker refused the connection" if not connected else "broker error"
+    if cls is QueueNotFound:
+        return QueueNotFound(f"{prefix}: {message}", details, queue=queue)
     return cls(f"{prefix}: {message}", details)

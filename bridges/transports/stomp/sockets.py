@@ -250,9 +250,19 @@ class WsTransport(_Flusher):
             self._lost_once(error)
 
     def _lost_once(self, exc: BaseException | None) -> None:
+        """Report the loss once and end the other loop: a writer left waiting on a transport
+        nobody references any more is destroyed pending ("Task was destroyed but it is
+        pending! stomp-ws-writer", once per connection web-STOMP refused)."""
+        self._cancel_loops()
         if not self._lost:
             self._lost = True
             self._on_lost(exc)
+
+    def _cancel_loops(self) -> None:
+        current = asyncio.current_task()
+        for task in (self._reader, self._writer):
+            if task is not current:  # the reader ends by itself after its loss callback
+                task.cancel()
 
     def pause_reading(self) -> None:
         self._readable.clear()
@@ -262,8 +272,7 @@ class WsTransport(_Flusher):
 
     def abort(self) -> None:
         self._out.clear()
-        self._writer.cancel()
-        self._reader.cancel()
+        self._cancel_loops()
         if self._ws.transport is not None:
             self._ws.transport.abort()
         self._lost = True  # the caller asked for it: no loss callback
