@@ -9,6 +9,7 @@ import signal
 
 from aiohttp import web
 
+from streams.adapters.tls import site_broker_context
 from streams.contract.config import Config, Secret
 from streams.retry import Backoff, retry_forever
 
@@ -87,7 +88,7 @@ class Bridge:
                 outlet=self.outlet, health=self.health, metrics=self.metrics,
                 prefetch=self.config.rabbitmq.prefetch, heartbeat=self.config.rabbitmq.heartbeat,
                 refresh_credential=refresh if site.register and len(credentials) == 1 else None,
-                rng=random.Random(self.rng.random()),
+                rng=random.Random(self.rng.random()), ssl_context=site_broker_context(site),
             )
             for credential in credentials
         ]

@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+import ssl
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -83,6 +84,7 @@ class SubscriptionRelay:
     # Called when the broker rejects the credential; returns a fresh one (re-registration).
     refresh_credential: Callable[[], Awaitable[Credential]] | None = None
     rng: random.Random = field(default_factory=random.Random)
+    ssl_context: ssl.SSLContext | None = None  # the site's broker CA / client certificate (None: the system's)
     stopping: asyncio.Event = field(default_factory=asyncio.Event)  # set by stop()
 
     @property
@@ -129,7 +131,7 @@ class SubscriptionRelay:
     async def _session(self, backoff: Backoff) -> None:
         source = open_connection(
             self.broker_url, self.credential.login, self.credential.passcode.reveal(),
-            self.credential.vhost, heartbeat=self.heartbeat,
+            self.credential.vhost, heartbeat=self.heartbeat, ssl_context=self.ssl_context,
         )
         try:
             await source.connect()

@@ -129,7 +129,8 @@ def create_app(config: Config, *, store: str = "rocksdb", web_port: int | None =
 
     def health() -> dict[str, Any]:
         return {"status": "ok", "router_connected": router.connected, "sink_connected": sink.connected,
-                "tables": tables_state(app), "paused_sites": clients.paused()}
+                "tables": tables_state(app), "paused_sites": clients.paused(),
+                "tls_refused": clients.tls_refused()}
 
     register_views(app, Views(config.links, state, metrics, reconciler.run_pass, health))
     return Usync(config=config, app=app, metrics=metrics, clients=clients, tables=tables, router=router,

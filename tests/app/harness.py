@@ -72,9 +72,10 @@ class Setup:
         return {**os.environ, "USYNC_TOKEN_A": self.a.staff_token, "USYNC_TOKEN_B": self.b.staff_token}
 
     def write_config(self, links: list[LinkSpec], *, broker: bool = True, rates: str = "", partitions: int = 4,
-                     reconcile_interval: float = 3600.0, kafka_extra: str = "") -> Path:
+                     reconcile_interval: float = 3600.0, kafka_extra: str = "", site_extra: str = "") -> Path:
+        """``site_extra``: TOML lines added to every site (e.g. ``ca_file = "..."``)."""
         def site(s: Any, env: str) -> str:
-            text = f'[sites.{s.name}]\napi_url = "{s.url}"\ntoken_env = "{env}"\n'
+            text = f'[sites.{s.name}]\napi_url = "{s.url}"\ntoken_env = "{env}"\n{site_extra}'
             if broker:
                 text += f'broker_url = "{RABBITMQ.web_stomp_url}"\nregister = true\n'
             if rates:
