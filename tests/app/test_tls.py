@@ -1,5 +1,6 @@
 """Waldur over HTTPS with the test CA (tests/support/tls.py): A converges with B with every
-API call (registration, lookups, reconciler, the correct stage) over ``https://``; a
+API call (registration, lookups, reconciler, the correct stage) over ``https://``, A
+requiring a client certificate (mutual TLS); a
 refused handshake (unknown CA, expired, wrong host) is one ERROR line naming the site and
 the reason, ``/health`` names the site, the worker keeps retrying and recovers once the
 site serves the right certificate."""
@@ -26,9 +27,12 @@ def sim_federation(sim_federation, pki):  # noqa: F811  (the conftest's, every s
 async def test_a_converges_with_b_over_https(setup, pki, bridge):  # noqa: F811
     s = setup
     assert s.a.url.startswith("https://") and s.b.url.startswith("https://")
+    await s.a.restart_listener(pki.server.server_context(client_ca=pki.ca))  # A wants a client certificate
     a_ou, b_ou = s.add_user("alice")
     s.b.set_username(b_ou, "alice_b")  # before start: found by the start-up reconcile
-    path = s.write_config([LinkSpec("hpc", s.offering_a, s.offering_b)], site_extra=f'ca_file = "{pki.ca}"\n')
+    trust = (f'ca_file = "{pki.ca}"\nclient_cert_file = "{pki.client.cert}"\n'
+             f'client_key_file = "{pki.client.key}"\n')
+    path = s.write_config([LinkSpec("hpc", s.offering_a, s.offering_b)], site_extra=trust)
     _, worker = await bridge_and_worker(s, bridge, path)  # the bridge registered over https://
 
     await until(lambda: s.a.offering_user(a_ou).username == "alice_b", 60, "A to follow B (reconciler, correct stage)")
