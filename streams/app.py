@@ -132,7 +132,10 @@ def create_app(config: Config, *, store: str = "rocksdb", web_port: int | None =
                 "tables": tables_state(app), "paused_sites": clients.paused(),
                 "tls_refused": clients.tls_refused()}
 
-    register_views(app, Views(config.links, state, metrics, reconciler.run_pass, health))
+    if config.web_token_env is None:
+        log.warning("web_token_env is not configured: /usync/table/, /usync/drift/ and POST /usync/reconcile/ "
+                    "answer anyone who reaches port %s", app.conf.web_port)
+    register_views(app, Views(config.links, state, metrics, reconciler.run_pass, health, token=config.web_token()))
     return Usync(config=config, app=app, metrics=metrics, clients=clients, tables=tables, router=router,
                  sink_loop=sink, records=records)
 

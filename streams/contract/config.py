@@ -142,6 +142,10 @@ class Config(msgspec.Struct, kw_only=True, forbid_unknown_fields=True, dict=True
     app_id: str = "usync"
     web_host: str = "127.0.0.1"  # 0.0.0.0 in a container, so health and metrics are reachable
     web_port: int = 6066
+    # Environment variable holding the bearer token of the worker's operator views
+    # (/usync/table/, /usync/drift/, POST /usync/reconcile/). Unset: those stay open and
+    # the worker says so in one WARNING at start. /health and /metrics are always open.
+    web_token_env: str | None = None
     data_dir: str = ".local/usync-data"
 
     def secret(self, env_name: str) -> Secret:
@@ -151,6 +155,15 @@ class Config(msgspec.Struct, kw_only=True, forbid_unknown_fields=True, dict=True
 
     def site_token(self, site: str) -> Secret:
         return self.secret(self.sites[site].token_env)
+
+    def web_token(self) -> Secret | None:
+        """The operator views' bearer token, None when ``web_token_env`` is not configured."""
+        return self.secret(self.web_token_env) if self.web_token_env else None
+
+    def web_headers(self) -> dict[str, str]:
+        """What a client of the operator views sends (``usync status``, ``replay --compare``)."""
+        token = self.web_token()
+        return {"Authorization": f"Bearer {token.reveal()}"} if token else {}
 
 
 #: Every broker URL scheme the bridge speaks: scheme -> (protocol family, origin of the
@@ -189,6 +202,8 @@ def _problems(config: Config, environ: Mapping[str, str]) -> list[str]:
             if env_name not in environ:
                 problems.append(f"{where}.{field}: environment variable {env_name} is not set")
     problems += _kafka_problems(config.kafka)
+    if config.web_token_env and not environ.get(config.web_token_env):
+        problems.append(f"$.web_token_env: environment variable {config.web_token_env} is not set (or empty)")
     if config.kafka.sasl_password_env and config.kafka.sasl_password_env not in environ:
         problems.append(f"$.kafka.sasl_password_env: environment variable {config.kafka.sasl_password_env} is not set")
     seen: set[str] = set()

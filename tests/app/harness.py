@@ -143,6 +143,8 @@ class WorkerProcess:
         self.args = [USYNC, "worker", "--config", str(config_path), "--store", "memory",
                      "--web-port", str(self.port), "--data-dir", str(tmp / f"data-{n}"), *extra]
         self.env = env
+        #: Sent with every request: the operator token when the config names one (``web_token_env``).
+        self.headers: dict[str, str] = {}
         self.proc = subprocess.Popen(self.args, env=env, stdout=self.log, stderr=subprocess.STDOUT, cwd=ROOT)
 
     @property
@@ -151,7 +153,7 @@ class WorkerProcess:
 
     async def get(self, path: str) -> httpx.Response | None:
         try:
-            async with httpx.AsyncClient(timeout=5) as client:
+            async with httpx.AsyncClient(timeout=5, headers=self.headers) as client:
                 return await client.get(self.url + path)
         except httpx.HTTPError:
             return None

@@ -7,6 +7,7 @@ import subprocess
 from tests.app.harness import ROOT, USYNC
 
 BAD = """
+web_token_env = "USYNC_TEST_WEB_TOKEN_MISSING"
 [kafka]
 security_protocol = "SASL_SSL"
 ssl_cafile = "/nonexistent/ca.pem"
@@ -42,6 +43,7 @@ def test_every_problem_reported_at_once(tmp_path):
                      "$.sites.a.ca_file: no such file /nonexistent/a-ca.pem",
                      "$.sites.a.client_cert_file: no such file", "$.sites.a: client_cert_file and client_key_file go together",
                      "$.sites.b.broker_ca_file: no such file /nonexistent/b-broker-ca.pem",
+                     "$.web_token_env: environment variable USYNC_TEST_WEB_TOKEN_MISSING is not set",
                      "$.links[0].source.site: unknown site 'nowhere'", "$.links[1].name: duplicate",
                      "$.links[1]: target and source are the same offering"):
         assert expected in run.stderr, (expected, run.stderr)
