@@ -22,6 +22,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 
+from streams.adapters.tls import tls_reason
 from streams.contract.config import Secret
 from streams.contract.schema import Origin
 
@@ -122,6 +123,8 @@ class SubscriptionRelay:
         elif isinstance(exc, SendFailed):
             self._down(f"Kafka: {exc}")
             await self.outlet.reset(exc)
+        elif (tls := tls_reason(exc)) is not None:
+            self._down(f"TLS handshake with {self.broker_url} refused: {tls}")
         else:
             self._down(f"{type(exc).__name__}: {exc}")
         self.metrics.reconnects.labels(self.site).inc()

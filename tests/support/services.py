@@ -68,6 +68,9 @@ AMQP_PORT = port("RABBITMQ_AMQP_PORT", 5672)
 STOMP_PORT = port("RABBITMQ_STOMP_PORT", 61613)
 WEB_STOMP_PORT = port("RABBITMQ_WEB_STOMP_PORT", 15674)
 MGMT_PORT = port("RABBITMQ_MGMT_PORT", 15672)
+AMQPS_PORT = port("RABBITMQ_AMQPS_PORT", 5671)
+STOMPS_PORT = port("RABBITMQ_STOMPS_PORT", 61614)
+WEB_STOMPS_PORT = port("RABBITMQ_WEB_STOMPS_PORT", 15673)
 
 
 @dataclass(frozen=True)
@@ -77,6 +80,9 @@ class RabbitMQEndpoints:
     stomp_port: int = STOMP_PORT
     web_stomp_port: int = WEB_STOMP_PORT
     management_port: int = MGMT_PORT
+    amqps_port: int = AMQPS_PORT  # the TLS listeners, with $USYNC_DATA/tls/server.pem
+    stomps_port: int = STOMPS_PORT
+    web_stomps_port: int = WEB_STOMPS_PORT
     admin_user: str = "guest"
     admin_password: str = "guest"
 
@@ -91,6 +97,12 @@ class RabbitMQEndpoints:
     @property
     def web_stomp_url(self) -> str:
         return f"ws://{self.host}:{self.web_stomp_port}/ws"
+
+    @property
+    def tls_urls(self) -> dict[str, str]:
+        """The TLS listeners' broker URLs by scheme (``wss``, ``stomp+ssl``, ``amqps``)."""
+        return {"wss": f"wss://{self.host}:{self.web_stomps_port}/ws", "stomp+ssl": f"stomp+ssl://{self.host}:{self.stomps_port}",
+                "amqps": f"amqps://{self.host}:{self.amqps_port}"}
 
     @property
     def management_url(self) -> str:

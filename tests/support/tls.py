@@ -12,13 +12,17 @@
 
 EC P-256 keys: generating the whole set takes ~20 ms (RSA-2048 would take ~0.5 s).
 The ``pki`` session fixture makes one set per test run under pytest's temporary folder.
+``python -m tests.support.tls DIR`` writes a set for the brokers: ``services/rabbitmq.sh``
+serves its TLS listeners with ``$USYNC_DATA/tls/server.pem`` (:func:`broker_pki` finds it).
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import ipaddress
+import os
 import ssl
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -128,18 +132,50 @@ def make_pki(folder: Path) -> Pki:
     _write_cert(ca[0], folder / "ca.pem")
     _write_key(ca[1], folder / "ca.key")
     _write_cert(other[0], folder / "other-ca.pem")
-    return Pki(
-        ca=folder / "ca.pem", ca_key=folder / "ca.key",
-        server=_leaf(folder, "server", ca, LOCAL_NAMES),
-        client=_leaf(folder, "client", ca, ("usync-client",), client=True),
-        other_ca=folder / "other-ca.pem",
-        stranger=_leaf(folder, "stranger", other, LOCAL_NAMES),
-        expired=_leaf(folder, "expired", ca, LOCAL_NAMES, expired=True),
-        wrong_host=_leaf(folder, "wrong-host", ca, ("wrong.example",)),
-    )
+    _leaf(folder, "server", ca, LOCAL_NAMES)
+    _leaf(folder, "client", ca, ("usync-client",), client=True)
+    _leaf(folder, "stranger", other, LOCAL_NAMES)
+    _leaf(folder, "expired", ca, LOCAL_NAMES, expired=True)
+    _leaf(folder, "wrong-host", ca, ("wrong.example",))
+    return pki_in(folder)
+
+
+def pki_in(folder: Path) -> Pki:
+    """The paths of a set :func:`make_pki` wrote into ``folder``."""
+    def pair(stem: str) -> Pair:
+        return Pair(folder / f"{stem}.pem", folder / f"{stem}.key")
+    return Pki(ca=folder / "ca.pem", ca_key=folder / "ca.key", server=pair("server"), client=pair("client"),
+               other_ca=folder / "other-ca.pem", stranger=pair("stranger"), expired=pair("expired"),
+               wrong_host=pair("wrong-host"))
+
+
+def broker_pki() -> Pki:
+    """The set the local RabbitMQ serves (``$USYNC_DATA/tls``, written by services/rabbitmq.sh)."""
+    root = Path(__file__).resolve().parents[2]
+    folder = Path(os.environ.get("USYNC_DATA") or root / ".local") / "tls"
+    found = pki_in(folder)
+    if not found.ca.is_file():
+        raise FileNotFoundError(f"{found.ca}: no broker PKI (services/rabbitmq.sh install writes it)")
+    return found
 
 
 @pytest.fixture(scope="session")
 def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
     """One test PKI per run (import into a conftest.py: ``from tests.support.tls import pki``)."""
     return make_pki(tmp_path_factory.mktemp("tls"))
+
+
+def ensure_pki(folder: Path, margin: dt.timedelta = dt.timedelta(days=7)) -> bool:
+    """Write a set into ``folder`` unless its server certificate is still valid for ``margin``
+    (a running broker keeps serving the one it loaded); True if it wrote one."""
+    server = folder / "server.pem"
+    if server.is_file():
+        cert = x509.load_pem_x509_certificate(server.read_bytes())
+        if cert.not_valid_after_utc - margin > dt.datetime.now(dt.timezone.utc):
+            return False
+    make_pki(folder)
+    return True
+
+
+if __name__ == "__main__":
+    print("written" if ensure_pki(Path(sys.argv[1])) else "kept")
