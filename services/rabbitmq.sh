@@ -25,7 +25,6 @@ export RABBITMQ_NODE_PORT="$RABBITMQ_AMQP_PORT"
 export RABBITMQ_DIST_PORT="${RABBITMQ_DIST_PORT:-$((RABBITMQ_AMQP_PORT + 20000))}"
 export USYNC_RMQ_PORTS="$RABBITMQ_AMQP_PORT $RABBITMQ_STOMP_PORT $RABBITMQ_WEB_STOMP_PORT $RABBITMQ_MGMT_PORT"
 USYNC_RMQ_PORTS+=" $RABBITMQ_AMQPS_PORT $RABBITMQ_STOMPS_PORT $RABBITMQ_WEB_STOMPS_PORT"
-TLS_DIR="$USYNC_DATA/tls"
 export ERL_EPMD_ADDRESS=127.0.0.1
 export HOME="${HOME:-/root}"   # the Erlang cookie lives in $HOME
 
@@ -63,14 +62,6 @@ CONF
   if [ ! -f "$RABBITMQ_ENABLED_PLUGINS_FILE" ]; then
     "$RMQ_BIN/rabbitmq-plugins" enable --offline rabbitmq_management rabbitmq_stomp rabbitmq_web_stomp >/dev/null
   fi
-}
-
-# The TLS listeners' certificates: written once, again when the server's expires within a week.
-test_pki() {
-  local python="$USYNC_ROOT/.local/venv/bin/python" result
-  [ -x "$python" ] || { log "no $python: run make install first (it makes the test CA)"; return 1; }
-  result=$(cd "$USYNC_ROOT" && "$python" -m tests.support.tls "$TLS_DIR")
-  if [ "$result" = written ]; then log "wrote the test CA and certificates to $TLS_DIR"; fi
 }
 
 ctl() { "$RMQ_BIN/rabbitmqctl" -q "$@"; }

@@ -72,7 +72,8 @@ class Setup:
         return {**os.environ, "USYNC_TOKEN_A": self.a.staff_token, "USYNC_TOKEN_B": self.b.staff_token}
 
     def write_config(self, links: list[LinkSpec], *, broker: bool = True, rates: str = "", partitions: int = 4,
-                     reconcile_interval: float = 3600.0, kafka_extra: str = "", site_extra: str = "") -> Path:
+                     reconcile_interval: float = 3600.0, kafka_extra: str = "", site_extra: str = "",
+                     bootstrap: str = KAFKA_BOOTSTRAP) -> Path:
         """``site_extra``: TOML lines added to every site (e.g. ``ca_file = "..."``)."""
         def site(s: Any, env: str) -> str:
             text = f'[sites.{s.name}]\napi_url = "{s.url}"\ntoken_env = "{env}"\n{site_extra}'
@@ -85,7 +86,7 @@ class Setup:
         text = (
             f'app_id = "usync-test-{self.suffix}"\nreconcile_interval = {reconcile_interval}\n'
             f'data_dir = "{self.tmp / "data"}"\n'
-            f'[kafka]\nbootstrap_servers = "{KAFKA_BOOTSTRAP}"\nevents_topic = "t-{self.suffix}.events"\ndlq_topic = "t-{self.suffix}.dlq"\n'
+            f'[kafka]\nbootstrap_servers = "{bootstrap}"\nevents_topic = "t-{self.suffix}.events"\ndlq_topic = "t-{self.suffix}.dlq"\n'
             f'outcomes_topic = "t-{self.suffix}.outcomes"\npartitions = {partitions}\n{kafka_extra}'
             + site(self.a, "USYNC_TOKEN_A") + site(self.b, "USYNC_TOKEN_B")
         )

@@ -117,6 +117,10 @@ class RabbitMQEndpoints:
 
 
 KAFKA_BOOTSTRAP = f"127.0.0.1:{KAFKA_PORT}"
+#: Kafka's SASL_SSL listener (services/kafka.sh): SCRAM-SHA-512, the test CA's certificate.
+KAFKA_SASL_SSL_BOOTSTRAP = f"127.0.0.1:{port('KAFKA_SASL_SSL_PORT', 9094)}"
+KAFKA_SASL_USER = os.environ.get("KAFKA_SASL_USER") or "usync"
+KAFKA_SASL_PASSWORD = os.environ.get("KAFKA_SASL_PASSWORD") or "usync-test-password"
 RABBITMQ = RabbitMQEndpoints()
 kafka_broker = Broker("kafka")
 rabbitmq_broker = Broker("rabbitmq")
