@@ -154,10 +154,13 @@ class Site:
 
     async def restart_listener(self, tls: ssl.SSLContext | None) -> None:
         """Serve the API again on the same port with another TLS context (a certificate
-        swapped at run time); state, publisher and broker provisioning are kept."""
-        if self._runner is not None:
-            await self._runner.cleanup()
-            self._runner = None
+        swapped at run time); state, publisher and broker provisioning are kept. A site
+        not started yet only takes the context for its start."""
+        if self._runner is None:
+            self.tls = tls
+            return
+        await self._runner.cleanup()
+        self._runner = None
         self.tls = tls
         await self._listen()
 
