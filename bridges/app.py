@@ -10,6 +10,7 @@ from collections.abc import Awaitable, Callable
 
 from aiohttp import web
 
+from streams.adapters.tls import site_broker_context
 from streams.contract.config import Config, Secret
 from streams.errors import UsyncError
 from streams.retry import Backoff, retry_forever
@@ -106,7 +107,7 @@ class Bridge:
                 prefetch=self.config.rabbitmq.prefetch, heartbeat=self.config.rabbitmq.heartbeat,
                 refresh_credential=refresh if site.register and len(credentials) == 1 else None,
                 on_resubscribed=lambda credential: self._repair(site_name, credential),
-                rng=random.Random(self.rng.random()),
+                rng=random.Random(self.rng.random()), ssl_context=site_broker_context(site),
             )
             for credential in credentials
         ]

@@ -12,6 +12,7 @@ import logging
 
 import httpx
 
+from streams.adapters.tls import site_api_context, tls_reason
 from streams.contract.config import Secret, Site
 from streams.errors import TransientError
 
@@ -45,13 +46,16 @@ async def register(site_name: str, site: Site, token: Secret, offerings: list[st
     try:
         return await _register(site_name, site, token, offerings)
     except httpx.HTTPError as exc:  # mapped at the adapter: the API away or too slow
-        raise RegistrationError(f"{type(exc).__name__} from {site.api_url}") from exc
+        tls = tls_reason(exc)
+        detail = f"TLS handshake refused: {tls}" if tls else type(exc).__name__
+        raise RegistrationError(f"{detail} from {site.api_url}") from exc
 
 
 async def _register(site_name: str, site: Site, token: Secret, offerings: list[str]) -> list[Credential]:
     headers = {"Authorization": f"Token {token.reveal()}"}
     by_subscription: dict[str, Credential] = {}
-    async with httpx.AsyncClient(base_url=site.api_url, headers=headers, timeout=site.rates.timeout) as client:
+    async with httpx.AsyncClient(base_url=site.api_url, headers=headers, timeout=site.rates.timeout,
+                                 verify=site_api_context(site)) as client:
         for offering in offerings:
             identity = await _identity(client, offering, site.agent_name)
             subscription = _check(

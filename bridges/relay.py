@@ -16,11 +16,13 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+import ssl
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 
+from streams.adapters.tls import tls_reason
 from streams.contract.config import Secret
 from streams.contract.schema import Origin
 
@@ -93,6 +95,7 @@ class SubscriptionRelay:
     # while it was missing were unroutable at Waldur, so the caller repairs that window.
     on_resubscribed: Callable[[Credential], None] | None = None
     rng: random.Random = field(default_factory=random.Random)
+    ssl_context: ssl.SSLContext | None = None  # the site's broker CA / client certificate (None: the system's)
     stopping: asyncio.Event = field(default_factory=asyncio.Event)  # set by stop()
     queue_lost_at: float | None = None  # monotonic time a missing queue was first seen
 
@@ -134,6 +137,8 @@ class SubscriptionRelay:
         elif isinstance(exc, SendFailed):
             self._down(f"Kafka: {exc}")
             await self.outlet.reset(exc)
+        elif (tls := tls_reason(exc)) is not None:
+            self._down(f"TLS handshake with {self.broker_url} refused: {tls}")
         else:
             self._down(f"{type(exc).__name__}: {exc}")
         self.metrics.reconnects.labels(self.site).inc()
@@ -143,7 +148,7 @@ class SubscriptionRelay:
     async def _session(self, backoff: Backoff) -> None:
         source = open_connection(
             self.broker_url, self.credential.login, self.credential.passcode.reveal(),
-            self.credential.vhost, heartbeat=self.heartbeat,
+            self.credential.vhost, heartbeat=self.heartbeat, ssl_context=self.ssl_context,
         )
         try:
             await source.connect()

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Local Apache Kafka (KRaft, single node) on 127.0.0.1:9092, from the jars on Maven
-# Central. Usage: services/kafka.sh install|start|stop|status|restart
+# Central, and a SASL_SSL listener on 9094 (SCRAM-SHA-512 user usync, the test CA's
+# certificate from $USYNC_DATA/tls). Usage: services/kafka.sh install|start|stop|status|restart
 # Environment (defaults unchanged; see common.sh): USYNC_DATA (data under
 # $USYNC_DATA/kafka), KAFKA_PORT (9092), KAFKA_CONTROLLER_PORT (9093), or
 # USYNC_PORT_OFFSET added to both.
@@ -30,15 +31,22 @@ install() {
     cp "$POM" "$KAFKA_LIB/.pom"
   fi
   mkdir -p "$KAFKA_DIR/logs" "$KAFKA_DIR/data"
+  test_pki
+  cat "$TLS_DIR/server.key" "$TLS_DIR/server.pem" > "$KAFKA_DIR/keystore.pem"  # Kafka's PEM keystore: key + chain
+  chmod 600 "$KAFKA_DIR/keystore.pem"
   cat > "$KAFKA_DIR/server.properties" <<PROPS
 process.roles=broker,controller
 node.id=1
 controller.quorum.voters=1@127.0.0.1:$CONTROLLER_PORT
-listeners=PLAINTEXT://127.0.0.1:$KAFKA_PORT,CONTROLLER://127.0.0.1:$CONTROLLER_PORT
-advertised.listeners=PLAINTEXT://127.0.0.1:$KAFKA_PORT
+listeners=PLAINTEXT://127.0.0.1:$KAFKA_PORT,CONTROLLER://127.0.0.1:$CONTROLLER_PORT,SASL_SSL://127.0.0.1:$KAFKA_SASL_SSL_PORT
+advertised.listeners=PLAINTEXT://127.0.0.1:$KAFKA_PORT,SASL_SSL://127.0.0.1:$KAFKA_SASL_SSL_PORT
 controller.listener.names=CONTROLLER
 inter.broker.listener.name=PLAINTEXT
-listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT
+listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT,SASL_SSL:SASL_SSL
+sasl.enabled.mechanisms=SCRAM-SHA-512
+listener.name.sasl_ssl.scram-sha-512.sasl.jaas.config=org.apache.kafka.common.security.scram.ScramLoginModule required;
+listener.name.sasl_ssl.ssl.keystore.type=PEM
+listener.name.sasl_ssl.ssl.keystore.location=$KAFKA_DIR/keystore.pem
 log.dirs=$KAFKA_DIR/data
 num.partitions=4
 offsets.topic.replication.factor=1
@@ -76,7 +84,17 @@ start() {
     log "Kafka did not answer a metadata request; see $KAFKA_DIR/logs"
     return 1
   fi
-  log "ready: 127.0.0.1:$KAFKA_PORT"
+  scram_user || { log "could not create the SCRAM user $KAFKA_SASL_USER"; return 1; }
+  log "ready: 127.0.0.1:$KAFKA_PORT, SASL_SSL 127.0.0.1:$KAFKA_SASL_SSL_PORT (SCRAM-SHA-512 $KAFKA_SASL_USER)"
+}
+
+# The SASL_SSL listener's SCRAM user, made once per data dir (through the PLAINTEXT listener).
+scram_user() {
+  local marker="$KAFKA_DIR/data/.scram-$KAFKA_SASL_USER"
+  [ -f "$marker" ] && return 0
+  java_cmd kafka.admin.ConfigCommand --bootstrap-server "127.0.0.1:$KAFKA_PORT" --alter \
+    --add-config "SCRAM-SHA-512=[iterations=4096,password=$KAFKA_SASL_PASSWORD]" \
+    --entity-type users --entity-name "$KAFKA_SASL_USER" >/dev/null && touch "$marker"
 }
 
 stop() {

@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Local RabbitMQ on loopback: AMQP 5672, STOMP 61613, web-STOMP 15674 (/ws),
-# management 15672. Usage: services/rabbitmq.sh install|start|stop|status|restart
+# management 15672, and over TLS AMQPS 5671, STOMP 61614, web-STOMP 15673 (/ws) with the
+# test CA's certificate ($USYNC_DATA/tls, written by tests/support/tls.py with the venv's
+# Python: `make install` first). Usage: services/rabbitmq.sh install|start|stop|status|restart
 # Environment (defaults unchanged; see common.sh): USYNC_DATA (node data under
 # $USYNC_DATA/rabbitmq), RABBITMQ_NODENAME (usync@localhost), RABBITMQ_AMQP_PORT,
 # RABBITMQ_STOMP_PORT, RABBITMQ_WEB_STOMP_PORT, RABBITMQ_MGMT_PORT,
@@ -22,6 +24,7 @@ export RABBITMQ_NODE_PORT="$RABBITMQ_AMQP_PORT"
 # so that a second node does not collide with the first.
 export RABBITMQ_DIST_PORT="${RABBITMQ_DIST_PORT:-$((RABBITMQ_AMQP_PORT + 20000))}"
 export USYNC_RMQ_PORTS="$RABBITMQ_AMQP_PORT $RABBITMQ_STOMP_PORT $RABBITMQ_WEB_STOMP_PORT $RABBITMQ_MGMT_PORT"
+USYNC_RMQ_PORTS+=" $RABBITMQ_AMQPS_PORT $RABBITMQ_STOMPS_PORT $RABBITMQ_WEB_STOMPS_PORT"
 export ERL_EPMD_ADDRESS=127.0.0.1
 export HOME="${HOME:-/root}"   # the Erlang cookie lives in $HOME
 
@@ -31,6 +34,7 @@ install() {
     apt_install rabbitmq-server
   fi
   mkdir -p "$RMQ_DIR/log" "$RMQ_DIR/mnesia"
+  test_pki
   cat > "$RMQ_DIR/rabbitmq.conf" <<CONF
 listeners.tcp.default = 127.0.0.1:$RABBITMQ_AMQP_PORT
 stomp.listeners.tcp.1 = 127.0.0.1:$RABBITMQ_STOMP_PORT
@@ -42,6 +46,18 @@ loopback_users = none
 log.console = false
 log.file.level = warning
 disk_free_limit.absolute = 50MB
+listeners.ssl.default = 127.0.0.1:$RABBITMQ_AMQPS_PORT
+stomp.listeners.ssl.1 = 127.0.0.1:$RABBITMQ_STOMPS_PORT
+ssl_options.cacertfile = $TLS_DIR/ca.pem
+ssl_options.certfile = $TLS_DIR/server.pem
+ssl_options.keyfile = $TLS_DIR/server.key
+ssl_options.verify = verify_none
+ssl_options.fail_if_no_peer_cert = false
+web_stomp.ssl.ip = 127.0.0.1
+web_stomp.ssl.port = $RABBITMQ_WEB_STOMPS_PORT
+web_stomp.ssl.cacertfile = $TLS_DIR/ca.pem
+web_stomp.ssl.certfile = $TLS_DIR/server.pem
+web_stomp.ssl.keyfile = $TLS_DIR/server.key
 CONF
   if [ ! -f "$RABBITMQ_ENABLED_PLUGINS_FILE" ]; then
     "$RMQ_BIN/rabbitmq-plugins" enable --offline rabbitmq_management rabbitmq_stomp rabbitmq_web_stomp >/dev/null
@@ -73,7 +89,9 @@ start() {
   wait_until 90 ctl await_startup --timeout 5 || { log "node did not boot; see $RMQ_DIR/log"; return 1; }
   wait_until 60 listeners_up || { log "listeners did not open"; return 1; }
   log "ready: amqp://127.0.0.1:$RABBITMQ_AMQP_PORT stomp://127.0.0.1:$RABBITMQ_STOMP_PORT" \
-    "ws://127.0.0.1:$RABBITMQ_WEB_STOMP_PORT/ws http://127.0.0.1:$RABBITMQ_MGMT_PORT"
+    "ws://127.0.0.1:$RABBITMQ_WEB_STOMP_PORT/ws http://127.0.0.1:$RABBITMQ_MGMT_PORT" \
+    "amqps://127.0.0.1:$RABBITMQ_AMQPS_PORT stomp+ssl://127.0.0.1:$RABBITMQ_STOMPS_PORT" \
+    "wss://127.0.0.1:$RABBITMQ_WEB_STOMPS_PORT/ws (CA $TLS_DIR/ca.pem)"
 }
 
 stop() {

@@ -142,7 +142,7 @@ def create_app(config: Config, *, store: str = "rocksdb", web_port: int | None =
     def health() -> dict[str, Any]:  # degraded: a record was dead-lettered in the last DEGRADED_FOR s
         return {"status": "degraded" if dead.degraded() else "ok", "dead_lettered": dead.count,
                 "router_connected": router.connected, "sink_connected": sink.connected, "tables": tables_state(app),
-                "paused_sites": clients.paused(), "sites": clients.health()}
+                "paused_sites": clients.paused(), "sites": clients.health(), "tls_refused": clients.tls_refused()}
 
     def components() -> dict[str, tuple[str, bool]]:
         tables_now = tables_state(app)
@@ -150,7 +150,11 @@ def create_app(config: Config, *, store: str = "rocksdb", web_port: int | None =
                 "tables": (tables_now, tables_now == "ready"),
                 "fold": ("started", True) if fold_started.is_set() else ("starting", False)}
 
-    register_views(app, Views(config.links, state, metrics, reconciler.run_pass, health, components))
+    if config.web_token_env is None:
+        log.warning("web_token_env is not configured: /usync/table/, /usync/drift/ and POST /usync/reconcile/ "
+                    "answer anyone who reaches port %s", app.conf.web_port)
+    register_views(app, Views(config.links, state, metrics, reconciler.run_pass, health, components,
+                              token=config.web_token()))
     return Usync(config=config, app=app, metrics=metrics, clients=clients, tables=tables, router=router,
                  sink_loop=sink, records=records)
 

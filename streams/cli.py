@@ -113,7 +113,7 @@ def _cmd_replay(args: argparse.Namespace) -> int:
         with open(args.json, "wb") as out:
             out.write(msgspec.json.format(msgspec.json.encode(table)))
     if args.compare:
-        differences = compare(table, args.compare)
+        differences = compare(table, args.compare, headers=config.web_headers())
         if differences:
             console.print(f"[red]replay differs from the live table in {len(differences)} entries[/red]")
             for line in differences[:50]:

@@ -78,9 +78,10 @@ def drift_table(config: Config, state: TableState) -> Table:
     return table
 
 
-def compare(local: dict[str, Any], url: str, timeout: float = 30.0) -> list[str]:
-    """Differences between the replayed table and a live worker's (empty: identical)."""
-    live = msgspec.json.decode(httpx.get(url, timeout=timeout).raise_for_status().content)
+def compare(local: dict[str, Any], url: str, timeout: float = 30.0, headers: dict[str, str] | None = None) -> list[str]:
+    """Differences between the replayed table and a live worker's (empty: identical);
+    ``headers``: the operator token (``Config.web_headers``)."""
+    live = msgspec.json.decode(httpx.get(url, timeout=timeout, headers=headers).raise_for_status().content)
     differences = []
     for part in ("rows", "index", "pending"):
         mine, theirs = local.get(part, {}), live.get(part, {})

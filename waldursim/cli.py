@@ -2,7 +2,8 @@
 
 Prints each site's API URL, admin URL and tokens (as a table, or one JSON document
 with --json), optionally writes the same JSON to --info-file for benchmarks, and on
-SIGINT/SIGTERM stops and deletes what it created on the broker.
+SIGINT/SIGTERM stops and deletes what it created on the broker. ``--tls-cert``/``--tls-key``
+serve every site's API over https:// with that certificate.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import argparse
 import asyncio
 import json
 import signal
+import ssl
 import sys
 import time
 from pathlib import Path
@@ -30,6 +32,8 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--json", action="store_true", help="print one JSON document instead of a table")
     serve.add_argument("--info-file", type=Path, help="also write the JSON document here")
     serve.add_argument("--all-users", action="store_true", help="list generated users' tokens too")
+    serve.add_argument("--tls-cert", type=Path, help="serve the APIs over https:// with this PEM certificate (chain)")
+    serve.add_argument("--tls-key", type=Path, help="the certificate's PEM private key (with --tls-cert)")
     return p
 
 
@@ -39,8 +43,15 @@ async def serve(args: argparse.Namespace) -> int:
     except (OSError, ValueError, msgspec.ValidationError) as exc:
         print(f"waldursim: bad scenario {args.scenario}: {exc}", file=sys.stderr)
         return 2
+    try:
+        tls = _tls(args)
+    except (OSError, ssl.SSLError, ValueError) as exc:
+        print(f"waldursim: bad TLS certificate or key: {exc}", file=sys.stderr)
+        return 2
     t0 = time.monotonic()
     federation = build_federation(scenario, broker_enabled=False if args.no_broker else None)
+    for site in federation.sites.values():
+        site.tls = tls
     loaded = time.monotonic() - t0
     if federation.broker is not None:
         try:
@@ -78,6 +89,16 @@ async def serve(args: argparse.Namespace) -> int:
     finally:
         await federation.stop()
     return 0
+
+
+def _tls(args: argparse.Namespace) -> ssl.SSLContext | None:
+    if not args.tls_cert and not args.tls_key:
+        return None
+    if not (args.tls_cert and args.tls_key):
+        raise ValueError("--tls-cert and --tls-key go together")
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(args.tls_cert, args.tls_key)
+    return context
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -15,6 +15,7 @@ import asyncio
 import logging
 import random
 import socket
+import ssl
 import time
 from collections import deque
 from typing import Any, Iterable, Literal
@@ -80,10 +81,13 @@ class Site:
         port: int = 0,
         events_enabled: bool = True,
         outgoing_log_size: int = 100_000,
+        tls: ssl.SSLContext | None = None,
     ) -> None:
         self.name = name
         self.host = host
         self.port = port
+        #: Server-side TLS context: the API is served over https:// with it (None: http://).
+        self.tls = tls
         self.broker = broker
         self.store = Store(emit=self._route)
         self.faults = FaultInjector(Faults(seed=seed))
@@ -107,8 +111,8 @@ class Site:
 
     @property
     def origin(self) -> str:
-        """`http://127.0.0.1:PORT` (the generated client's base_url)."""
-        return f"http://{self.host}:{self.port}"
+        """`http://127.0.0.1:PORT`, `https://` when served with TLS (the generated client's base_url)."""
+        return f"{'https' if self.tls else 'http'}://{self.host}:{self.port}"
 
     @property
     def url(self) -> str:
@@ -135,15 +139,30 @@ class Site:
         self._stopping = asyncio.Event()
         if self.broker is not None:
             self._mgmt = self.broker.client()
+        await self._listen()
+        self.publisher.start()
+
+    async def _listen(self) -> None:
         runner = web.AppRunner(Api(self).app(), access_log=None, shutdown_timeout=1.0)
         await runner.setup()
         sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.bind((self.host, self.port))
         self.port = sock.getsockname()[1]
-        await web.SockSite(runner, sock).start()
+        await web.SockSite(runner, sock, ssl_context=self.tls).start()
         self._runner = runner
-        self.publisher.start()
+
+    async def restart_listener(self, tls: ssl.SSLContext | None) -> None:
+        """Serve the API again on the same port with another TLS context (a certificate
+        swapped at run time); state, publisher and broker provisioning are kept. A site
+        not started yet only takes the context for its start."""
+        if self._runner is None:
+            self.tls = tls
+            return
+        await self._runner.cleanup()
+        self._runner = None
+        self.tls = tls
+        await self._listen()
 
     async def stop(self, *, cleanup_broker: bool = True) -> None:
         """Stop serving and publishing; delete what this site created on the broker."""
@@ -378,8 +397,10 @@ class Federation:
         seed: int = 0,
         publish_rate: float = 500.0,
         host: str = "127.0.0.1",
+        tls: ssl.SSLContext | None = None,
     ) -> None:
         self.broker: BrokerAdmin | None = (rabbitmq or BrokerAdmin()) if broker_enabled else None
+        self.tls = tls  # every site's API over https:// with this server context (None: http://)
         self.seed = seed
         self.publish_rate = publish_rate
         self.host = host
@@ -393,6 +414,7 @@ class Federation:
         publish_rate: float | None = None,
         seed: int | None = None,
         events_enabled: bool = True,
+        tls: ssl.SSLContext | None = None,
     ) -> Site:
         if name in self.sites:
             raise ValueError(f"site {name!r} exists")
@@ -400,7 +422,7 @@ class Federation:
             name, broker=self.broker, host=self.host, port=port,
             publish_rate=self.publish_rate if publish_rate is None else publish_rate,
             seed=self.seed + len(self.sites) if seed is None else seed,
-            events_enabled=events_enabled,
+            events_enabled=events_enabled, tls=tls or self.tls,
         )
         self.sites[name] = site
         return site

@@ -39,6 +39,7 @@ import httpx
 import msgspec
 from httpx_aiohttp import AiohttpTransport
 
+from streams.adapters.tls import site_api_context, tls_reason
 from streams.contract.config import Config, Rates, Secret
 from streams.contract.schema import OfferingUserRecord
 from streams.core import HttpClass, classify_http, parse_retry_after
@@ -196,6 +197,7 @@ class SiteClient:
     def __init__(
         self, name: str, api_url: str, token: Secret, rates: Rates, metrics: Metrics,
         max_attempts: int = 8, backoff_base: float = 0.5, transport: httpx.AsyncBaseTransport | None = None,
+        ssl_context: ssl.SSLContext | None = None,
     ) -> None:
         self.name = name
         self.rates = rates
@@ -207,6 +209,8 @@ class SiteClient:
         self.paused_until = 0.0
         self.health = SiteHealth(name, metrics)
         self._token = token
+        #: Why the last handshake was refused (expired, unknown CA, wrong host); None once one succeeds.
+        self.tls_refused: str | None = None
         self._pause = Backoff()
         self._rng = random.Random()
         self._base = httpx.URL(api_url if api_url.endswith("/") else api_url + "/")
@@ -217,7 +221,7 @@ class SiteClient:
         # scanning its whole pool (a syscall per connection) and spent ~0.5 ms of CPU per
         # call; this path costs ~0.13 ms, which is what lets one sink reach 1,000 PATCH/s.
         # Requests go to the transport directly: no cookies, no redirects, our own auth.
-        self._transport = transport or _aiohttp_transport(self._base_text, rates)
+        self._transport = transport or _aiohttp_transport(self._base_text, rates, ssl_context)
 
     async def close(self) -> None:
         await self._transport.aclose()
@@ -249,8 +253,8 @@ class SiteClient:
                 try:
                     status, body, headers = await self._send(method, path, params, json)
                 except (httpx.TransportError, aiohttp.ClientError, asyncio.TimeoutError, OSError) as exc:
-                    status, label = None, _failure_label(exc)
-                    reason = label if label == "timeout" else f"{label}: {type(exc).__name__}"
+                    status = None
+                    label, reason = self._connection_failed(exc)
                 else:
                     label, retry_after = str(status), parse_retry_after(headers.get("Retry-After"))
             self.metrics.http_calls.labels(self.name, method, label).inc()
@@ -258,6 +262,7 @@ class SiteClient:
             if verdict is HttpClass.SUCCESS or verdict is HttpClass.REJECT:
                 self._resume()
                 self.health.answered()
+                self._tls_accepted()
                 return Answer(status, body, headers, attempt)  # type: ignore[arg-type]
             if verdict is HttpClass.PAUSE_SITE:
                 self._pause_site(status)  # type: ignore[arg-type]
@@ -268,6 +273,26 @@ class SiteClient:
             if attempt < self.max_attempts:
                 await asyncio.sleep(backoff.next_delay(retry_after))
         raise GaveUp(self.name, status, self.max_attempts, f"{method} gave up after {self.max_attempts} attempts ({reason})")
+
+    def _connection_failed(self, exc: BaseException) -> tuple[str, str]:
+        """(``status`` label, the retry's reason) of a call that got no answer. A refused TLS
+        handshake (checked first: aiohttp's certificate error is a connector error too) is
+        said once per outage, as an ERROR naming the site and the handshake's reason (a
+        configuration problem, not a blip)."""
+        tls = tls_reason(exc)  # httpx_aiohttp raises a refused handshake as ConnectTimeout
+        if tls is None:
+            label = _failure_label(exc)
+            return label, label if label == "timeout" else f"{label}: {type(exc).__name__}"
+        if self.tls_refused != tls:
+            log.error("site %s: TLS handshake with %s failed: %s; retrying with backoff",
+                      self.name, self._base_text, tls)
+        self.tls_refused = tls
+        return "tls", f"TLS: {tls}"
+
+    def _tls_accepted(self) -> None:
+        if self.tls_refused is not None:
+            log.warning("site %s: TLS handshake accepted again", self.name)
+            self.tls_refused = None
 
     async def _wait_unpaused(self) -> None:
         delay = self.paused_until - time.monotonic()
@@ -339,8 +364,8 @@ class SiteClient:
             path, params, page = next_url, None, page + 1
 
 
-def _aiohttp_transport(base_url: str, rates: Rates) -> httpx.AsyncBaseTransport:
-    tls = ssl.create_default_context()
+def _aiohttp_transport(base_url: str, rates: Rates, tls: ssl.SSLContext | None) -> httpx.AsyncBaseTransport:
+    tls = tls or ssl.create_default_context()
     limits = httpx.Limits(max_connections=rates.concurrency, max_keepalive_connections=rates.concurrency)
     return AiohttpTransport(verify=tls, limits=limits, proxy=_env_proxy(base_url), client=lambda: _session(tls, limits))
 
@@ -377,7 +402,7 @@ class Clients(Mapping[str, SiteClient]):
                  transport: httpx.AsyncBaseTransport | None = None) -> None:
         self.by_site = {
             name: SiteClient(name, site.api_url, config.site_token(name), site.rates, metrics, max_attempts,
-                             transport=transport)
+                             transport=transport, ssl_context=site_api_context(site))
             for name, site in config.sites.items()
         }
         self.share = 1.0
@@ -412,6 +437,10 @@ class Clients(Mapping[str, SiteClient]):
     def paused(self) -> list[str]:
         """The sites whose calls wait out a credentials pause now."""
         return [name for name, client in self.by_site.items() if client.paused_until > time.monotonic()]
+
+    def tls_refused(self) -> dict[str, str]:
+        """Site -> why its API's TLS handshake is refused now (for ``/health``)."""
+        return {name: client.tls_refused for name, client in self.by_site.items() if client.tls_refused}
 
     async def close(self) -> None:
         for client in self.by_site.values():

@@ -82,6 +82,11 @@ class Site(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     queue_style: str = "subscription"  # or "consumer"
     subscriptions: list[Subscription] = []
     rates: Rates = msgspec.field(default_factory=Rates)
+    # TLS trust per site (PEM files; default: the system's CA bundle or SSL_CERT_FILE).
+    ca_file: str | None = None  # CA bundle that signed the API's certificate
+    broker_ca_file: str | None = None  # CA bundle that signed the broker's (wss, stomp+ssl, amqps)
+    client_cert_file: str | None = None  # client certificate (mutual TLS), to the API and the broker
+    client_key_file: str | None = None
 
 
 class Endpoint(msgspec.Struct, forbid_unknown_fields=True):
@@ -145,6 +150,10 @@ class Config(msgspec.Struct, kw_only=True, forbid_unknown_fields=True, dict=True
     app_id: str = "usync"
     web_host: str = "127.0.0.1"  # 0.0.0.0 in a container, so health and metrics are reachable
     web_port: int = 6066
+    # Environment variable holding the bearer token of the worker's operator views
+    # (/usync/table/, /usync/drift/, POST /usync/reconcile/). Unset: those stay open and
+    # the worker says so in one WARNING at start. /health and /metrics are always open.
+    web_token_env: str | None = None
     data_dir: str = ".local/usync-data"
 
     def secret(self, env_name: str) -> Secret:
@@ -154,6 +163,15 @@ class Config(msgspec.Struct, kw_only=True, forbid_unknown_fields=True, dict=True
 
     def site_token(self, site: str) -> Secret:
         return self.secret(self.sites[site].token_env)
+
+    def web_token(self) -> Secret | None:
+        """The operator views' bearer token, None when ``web_token_env`` is not configured."""
+        return self.secret(self.web_token_env) if self.web_token_env else None
+
+    def web_headers(self) -> dict[str, str]:
+        """What a client of the operator views sends (``usync status``, ``replay --compare``)."""
+        token = self.web_token()
+        return {"Authorization": f"Bearer {token.reveal()}"} if token else {}
 
 
 #: Every broker URL scheme the bridge speaks: scheme -> (protocol family, origin of the
@@ -185,10 +203,15 @@ def _problems(config: Config, environ: Mapping[str, str]) -> list[str]:
             for i, s in enumerate(site.subscriptions)
             if s.passcode_env
         ]
+        problems += _file_problems(where, site, ("ca_file", "broker_ca_file", "client_cert_file", "client_key_file"))
+        if bool(site.client_cert_file) != bool(site.client_key_file):
+            problems.append(f"{where}: client_cert_file and client_key_file go together")
         for field, env_name in env_fields:
             if env_name not in environ:
                 problems.append(f"{where}.{field}: environment variable {env_name} is not set")
     problems += _kafka_problems(config.kafka)
+    if config.web_token_env and not environ.get(config.web_token_env):
+        problems.append(f"$.web_token_env: environment variable {config.web_token_env} is not set (or empty)")
     if config.kafka.sasl_password_env and config.kafka.sasl_password_env not in environ:
         problems.append(f"$.kafka.sasl_password_env: environment variable {config.kafka.sasl_password_env} is not set")
     seen: set[str] = set()
@@ -227,10 +250,21 @@ def _kafka_problems(kafka: Kafka) -> list[str]:
         problems.append(f"{where}: sasl_mechanism {kafka.sasl_mechanism} needs sasl_username and sasl_password_env")
     if bool(kafka.ssl_certfile) != bool(kafka.ssl_keyfile):
         problems.append(f"{where}: ssl_certfile and ssl_keyfile go together")
-    for field in ("ssl_cafile", "ssl_certfile", "ssl_keyfile"):
-        path = getattr(kafka, field)
-        if path and not Path(path).is_file():
+    return problems + _file_problems(where, kafka, ("ssl_cafile", "ssl_certfile", "ssl_keyfile"))
+
+
+def _file_problems(where: str, section: object, fields: tuple[str, ...]) -> list[str]:
+    """Each configured file that is missing or unreadable, by field (a TLS handshake would
+    otherwise fail only at connect time, and retry forever)."""
+    problems = []
+    for field in fields:
+        path = getattr(section, field)
+        if not path:
+            continue
+        if not Path(path).is_file():
             problems.append(f"{where}.{field}: no such file {path}")
+        elif not os.access(path, os.R_OK):
+            problems.append(f"{where}.{field}: cannot read {path}")
     return problems
 
 

@@ -98,12 +98,14 @@ async def _worker_view(client: httpx.AsyncClient, url: str) -> dict[str, _View]:
     return views
 
 
-async def worker_views(urls: list[str]) -> tuple[dict[str, _View], dict[str, str]]:
+async def worker_views(urls: list[str], headers: dict[str, str] | None = None,
+                       ) -> tuple[dict[str, _View], dict[str, str]]:
     """Per link the view of the worker holding it (most rows wins: a standby may hold a
-    stale copy); and each worker's state."""
+    stale copy); and each worker's state. ``headers``: the operator token
+    (``Config.web_headers``)."""
     merged: dict[str, _View] = {}
     states: dict[str, str] = {}
-    async with httpx.AsyncClient(timeout=HTTP_TIMEOUT) as client:
+    async with httpx.AsyncClient(timeout=HTTP_TIMEOUT, headers=headers) as client:
         results = await asyncio.gather(*(_worker_view(client, u) for u in urls), return_exceptions=True)
     for url, result in zip(urls, results):
         if isinstance(result, BaseException):
@@ -205,7 +207,7 @@ async def gather_status(config: Config, workers: list[str], scan: int = 2000, ti
             return default
 
     (views, states), tails, lag = await asyncio.gather(
-        guarded("workers", worker_views(workers), ({}, {u: "not asked" for u in workers})),
+        guarded("workers", worker_views(workers, config.web_headers()), ({}, {u: "not asked" for u in workers})),
         guarded("topics", topic_tails(config, scan), _Tails()),
         guarded("consumer lag", group_lag(config), None),
     )

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import hmac
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 import msgspec
 
-from streams.contract.config import Link
+from streams.contract.config import Link, Secret
 from streams.core import TableState, as_dict, drift, rejected
 from streams.metrics import Metrics
 
@@ -24,14 +25,24 @@ class Views:
 
     def __init__(self, links: Sequence[Link], state: Callable[[], TableState], metrics: Metrics,
                  reconcile: Callable[[], Awaitable[dict[str, int]]], health: Callable[[], dict[str, Any]],
-                 components: Components = dict) -> None:
+                 components: Components = dict, token: Secret | None = None) -> None:
         self.links = links
+        self.token = token
         self.state = state
         self.metrics = metrics
         self.reconcile = reconcile
         self.health_report = health
         self.components = components
         self._drift_cache: tuple[float, dict[str, Any]] | None = None
+
+    def authorized(self, header: str | None) -> bool:
+        """Whether an ``Authorization`` header opens the operator views (table, drift,
+        reconcile): ``Bearer <token>``, compared in constant time; anything when no token
+        is configured. ``/health`` and ``/metrics`` never ask."""
+        if self.token is None:
+            return True
+        scheme, _, presented = (header or "").partition(" ")
+        return scheme.lower() == "bearer" and hmac.compare_digest(presented.strip().encode(), self.token.reveal().encode())
 
     def table(self) -> bytes:
         return msgspec.json.encode(as_dict(self.state()))

@@ -72,9 +72,11 @@ class Setup:
         return {**os.environ, "USYNC_TOKEN_A": self.a.staff_token, "USYNC_TOKEN_B": self.b.staff_token}
 
     def write_config(self, links: list[LinkSpec], *, broker: bool = True, rates: str = "", partitions: int = 4,
-                     reconcile_interval: float = 3600.0, kafka_extra: str = "", top: str = "") -> Path:
+                     reconcile_interval: float = 3600.0, kafka_extra: str = "", top: str = "", site_extra: str = "",
+                     bootstrap: str = KAFKA_BOOTSTRAP) -> Path:
+        """``site_extra``: TOML lines added to every site (e.g. ``ca_file = "..."``); ``top``: top-level lines."""
         def site(s: Any, env: str) -> str:
-            text = f'[sites.{s.name}]\napi_url = "{s.url}"\ntoken_env = "{env}"\n'
+            text = f'[sites.{s.name}]\napi_url = "{s.url}"\ntoken_env = "{env}"\n{site_extra}'
             if broker:
                 text += f'broker_url = "{RABBITMQ.web_stomp_url}"\nregister = true\n'
             if rates:
@@ -84,7 +86,7 @@ class Setup:
         text = (
             f'app_id = "usync-test-{self.suffix}"\nreconcile_interval = {reconcile_interval}\n{top}'
             f'data_dir = "{self.tmp / "data"}"\n'
-            f'[kafka]\nbootstrap_servers = "{KAFKA_BOOTSTRAP}"\nevents_topic = "t-{self.suffix}.events"\ndlq_topic = "t-{self.suffix}.dlq"\n'
+            f'[kafka]\nbootstrap_servers = "{bootstrap}"\nevents_topic = "t-{self.suffix}.events"\ndlq_topic = "t-{self.suffix}.dlq"\n'
             f'outcomes_topic = "t-{self.suffix}.outcomes"\npartitions = {partitions}\n{kafka_extra}'
             + site(self.a, "USYNC_TOKEN_A") + site(self.b, "USYNC_TOKEN_B")
         )
@@ -142,6 +144,8 @@ class WorkerProcess:
         self.args = [USYNC, "worker", "--config", str(config_path), "--store", "memory",
                      "--web-port", str(self.port), "--data-dir", str(tmp / f"data-{n}"), *extra]
         self.env = env
+        #: Sent with every request: the operator token when the config names one (``web_token_env``).
+        self.headers: dict[str, str] = {}
         self.proc = subprocess.Popen(self.args, env=env, stdout=self.log, stderr=subprocess.STDOUT, cwd=ROOT)
 
     @property
@@ -150,7 +154,7 @@ class WorkerProcess:
 
     async def get(self, path: str) -> httpx.Response | None:
         try:
-            async with httpx.AsyncClient(timeout=5) as client:
+            async with httpx.AsyncClient(timeout=5, headers=self.headers) as client:
                 return await client.get(self.url + path)
         except httpx.HTTPError:
             return None

@@ -49,12 +49,15 @@ def populate(federation: Federation, sites: tuple[str, ...] = ("a", "b"), offeri
     return world
 
 
-def bridge_config(world: World, broker_url: str, kafka_bootstrap: str, environ: dict[str, str], **kafka: str) -> Config:
-    return parse_config(bridge_toml(world, broker_url, kafka_bootstrap, environ, **kafka), environ)
+def bridge_config(world: World, broker_url: str, kafka_bootstrap: str, environ: dict[str, str],
+                  site_lines: tuple[str, ...] = (), **kafka: str) -> Config:
+    return parse_config(bridge_toml(world, broker_url, kafka_bootstrap, environ, site_lines=site_lines, **kafka), environ)
 
 
-def bridge_toml(world: World, broker_url: str, kafka_bootstrap: str, environ: dict[str, str], web_port: int = 0, **kafka: str) -> str:
-    """The TOML of a usync config for ``world``; token variables are added to ``environ``."""
+def bridge_toml(world: World, broker_url: str, kafka_bootstrap: str, environ: dict[str, str], web_port: int = 0,
+                site_lines: tuple[str, ...] = (), **kafka: str) -> str:
+    """The TOML of a usync config for ``world``; token variables are added to ``environ``;
+    ``site_lines`` go into every site (e.g. ``broker_ca_file = "..."``)."""
     suffix = uuid.uuid4().hex[:8]
     lines = [f'app_id = "usync-test-{suffix}"', f"web_port = {web_port}", "[kafka]", f'bootstrap_servers = "{kafka_bootstrap}"',
              f'events_topic = "events-{suffix}"', f'dlq_topic = "dlq-{suffix}"', f'outcomes_topic = "outcomes-{suffix}"',
@@ -65,12 +68,20 @@ def bridge_toml(world: World, broker_url: str, kafka_bootstrap: str, environ: di
         env = f"USYNC_TEST_TOKEN_{name.upper()}_{suffix}"
         environ[env] = world.tokens[name]
         lines += [f"[sites.{name}]", f'api_url = "{site.url}"', f'token_env = "{env}"',
-                  f'broker_url = "{broker_url}"', "register = true"]
+                  f'broker_url = "{broker_url}"', "register = true", *site_lines]
     a, b = world.offerings["a"], world.offerings["b"]
     for i, (target, source) in enumerate(zip(a, b)):
         lines += ["[[links]]", f'name = "link{i}"', f'target = {{ site = "a", offering = "{target}" }}',
                   f'source = {{ site = "b", offering = "{source}" }}']
     return "\n".join(lines)
+
+
+def rename_all(world: World, prefix: str) -> None:
+    """Rename every offering user of ``world`` (on a Slurm offering: update + username_set)."""
+    for site in world.federation.sites.values():
+        for offering in world.offerings[site.name]:
+            for ou in world.offering_users[offering]:
+                site.set_username(ou, f"{prefix}{ou[:12]}")
 
 
 async def wait_for(predicate, timeout: float, what: str, interval: float = 0.05):

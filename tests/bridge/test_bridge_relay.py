@@ -8,7 +8,7 @@ import asyncio
 import pytest
 
 from bridges.app import Bridge
-from tests.bridge.harness import TopicReader, bridge_config, last_occurrences, per_queue, populate, wait_for
+from tests.bridge.harness import TopicReader, bridge_config, last_occurrences, per_queue, populate, rename_all, wait_for
 from tests.support.services import RABBITMQ
 from tests.support.sim import sim_federation  # noqa: F401
 
@@ -50,10 +50,7 @@ async def test_ten_thousand_events_arrive_in_per_queue_order(sim_federation, kaf
     bridge, task = await start_bridge(config)
 
     for round_ in range(5):  # each rename on a Slurm offering publishes update + username_set
-        for site in sim_federation.sites.values():
-            for offering in world.offerings[site.name]:
-                for ou in world.offering_users[offering]:
-                    site.set_username(ou, f"r{round_}-{ou[:12]}")
+        rename_all(world, f"r{round_}-")
     await sim_federation.drain()
     expected = published(sim_federation)
     assert len(expected) == 10_000

@@ -88,6 +88,7 @@ def test_bind_mounts_exist_and_configs_parse(model):
         assert sorted(s.split(":")[0] for s in servers) == sorted(kafkas)
         assert config.kafka.replication_factor == len(kafkas)
         assert config.web_host == "0.0.0.0" and str(config.web_port) in " ".join(service["healthcheck"]["test"])
+        assert config.web_token_env and env[config.web_token_env] == service["environment"][config.web_token_env]
         for site in config.sites.values():
             assert site.token_env in service["environment"]
             assert env[site.token_env] == service["environment"][site.token_env]
@@ -134,7 +135,7 @@ def test_secrets_are_required_not_defaulted():
     missing = subprocess.run(args, capture_output=True, text=True, cwd=COMPOSE, env={"PATH": "/usr/bin:/bin", "HOME": "/tmp"},
                              timeout=60)
     # compose reports the first missing variable it meets (Go map order): any of the required ones
-    required = ("USYNC_TOKEN_A", "USYNC_TOKEN_B", "RABBITMQ_DEFAULT_PASS")
+    required = ("USYNC_TOKEN_A", "USYNC_TOKEN_B", "USYNC_WEB_TOKEN", "RABBITMQ_DEFAULT_PASS")
     assert missing.returncode != 0 and any(f"required variable {v} is missing" in missing.stderr for v in required), (
         empty, missing.stderr)
 

@@ -7,6 +7,7 @@ import subprocess
 from tests.app.harness import ROOT, USYNC
 
 BAD = """
+web_token_env = "USYNC_TEST_WEB_TOKEN_MISSING"
 [kafka]
 security_protocol = "SASL_SSL"
 ssl_cafile = "/nonexistent/ca.pem"
@@ -14,9 +15,12 @@ ssl_cafile = "/nonexistent/ca.pem"
 api_url = "ftp://a.example.org/api/"
 token_env = "USYNC_TEST_TOKEN_A"
 broker_url = "http://a.example.org/ws"
+ca_file = "/nonexistent/a-ca.pem"
+client_cert_file = "/nonexistent/client.pem"
 [sites.b]
 api_url = "https://b.example.org/api/"
 token_env = "USYNC_TEST_TOKEN_MISSING"
+broker_ca_file = "/nonexistent/b-broker-ca.pem"
 [[links]]
 name = "l"
 target = { site = "a", offering = "5a9bd0f6a3c54cd3b5b0b0c4c1e8f5a1" }
@@ -36,6 +40,10 @@ def test_every_problem_reported_at_once(tmp_path):
     assert run.returncode == 2
     for expected in ("$.sites.a.api_url", "$.sites.a.broker_url", "USYNC_TEST_TOKEN_MISSING is not set",
                      "$.kafka.sasl_mechanism: required", "$.kafka.ssl_cafile: no such file",
+                     "$.sites.a.ca_file: no such file /nonexistent/a-ca.pem",
+                     "$.sites.a.client_cert_file: no such file", "$.sites.a: client_cert_file and client_key_file go together",
+                     "$.sites.b.broker_ca_file: no such file /nonexistent/b-broker-ca.pem",
+                     "$.web_token_env: environment variable USYNC_TEST_WEB_TOKEN_MISSING is not set",
                      "$.links[0].source.site: unknown site 'nowhere'", "$.links[1].name: duplicate",
                      "$.links[1]: target and source are the same offering"):
         assert expected in run.stderr, (expected, run.stderr)

@@ -71,3 +71,31 @@ async def test_cli_serves_the_example(tmp_path: Path) -> None:
     finally:
         proc.send_signal(signal.SIGTERM)
         assert await asyncio.wait_for(proc.wait(), 15) == 0
+
+
+async def test_cli_serves_over_https_with_the_given_certificate(tmp_path: Path) -> None:
+    import ssl
+
+    from tests.support.tls import make_pki
+
+    pki = make_pki(tmp_path / "tls")
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "waldursim", "serve", str(EXAMPLE), "--no-broker", "--json",
+        "--tls-cert", str(pki.server.cert), "--tls-key", str(pki.server.key),
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )
+    try:
+        line = await asyncio.wait_for(proc.stdout.readline(), 30)  # type: ignore[union-attr]
+        b = next(s for s in json.loads(line)["sites"] if s["name"] == "b")
+        assert b["url"].startswith("https://127.0.0.1:")
+        token = next(u["token"] for u in b["users"] if u["username"] == "agent-b")
+        trusted = ssl.create_default_context(cafile=str(pki.ca))
+        async with httpx.AsyncClient(base_url=b["url"], headers={"Authorization": f"Token {token}"}, verify=trusted) as c:
+            assert (await c.get("marketplace-offering-users/")).status_code == 200
+        async with httpx.AsyncClient(base_url=b["url"]) as c:  # the system's CAs do not know the test CA
+            with pytest.raises(httpx.ConnectError, match="CERTIFICATE_VERIFY_FAILED"):
+                await c.get("marketplace-offering-users/")
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        assert await asyncio.wait_for(proc.wait(), 15) == 0

@@ -68,6 +68,9 @@ AMQP_PORT = port("RABBITMQ_AMQP_PORT", 5672)
 STOMP_PORT = port("RABBITMQ_STOMP_PORT", 61613)
 WEB_STOMP_PORT = port("RABBITMQ_WEB_STOMP_PORT", 15674)
 MGMT_PORT = port("RABBITMQ_MGMT_PORT", 15672)
+AMQPS_PORT = port("RABBITMQ_AMQPS_PORT", 5671)
+STOMPS_PORT = port("RABBITMQ_STOMPS_PORT", 61614)
+WEB_STOMPS_PORT = port("RABBITMQ_WEB_STOMPS_PORT", 15673)
 
 
 @dataclass(frozen=True)
@@ -77,6 +80,9 @@ class RabbitMQEndpoints:
     stomp_port: int = STOMP_PORT
     web_stomp_port: int = WEB_STOMP_PORT
     management_port: int = MGMT_PORT
+    amqps_port: int = AMQPS_PORT  # the TLS listeners, with $USYNC_DATA/tls/server.pem
+    stomps_port: int = STOMPS_PORT
+    web_stomps_port: int = WEB_STOMPS_PORT
     admin_user: str = "guest"
     admin_password: str = "guest"
 
@@ -93,6 +99,12 @@ class RabbitMQEndpoints:
         return f"ws://{self.host}:{self.web_stomp_port}/ws"
 
     @property
+    def tls_urls(self) -> dict[str, str]:
+        """The TLS listeners' broker URLs by scheme (``wss``, ``stomp+ssl``, ``amqps``)."""
+        return {"wss": f"wss://{self.host}:{self.web_stomps_port}/ws", "stomp+ssl": f"stomp+ssl://{self.host}:{self.stomps_port}",
+                "amqps": f"amqps://{self.host}:{self.amqps_port}"}
+
+    @property
     def management_url(self) -> str:
         return f"http://{self.host}:{self.management_port}"
 
@@ -105,6 +117,10 @@ class RabbitMQEndpoints:
 
 
 KAFKA_BOOTSTRAP = f"127.0.0.1:{KAFKA_PORT}"
+#: Kafka's SASL_SSL listener (services/kafka.sh): SCRAM-SHA-512, the test CA's certificate.
+KAFKA_SASL_SSL_BOOTSTRAP = f"127.0.0.1:{port('KAFKA_SASL_SSL_PORT', 9094)}"
+KAFKA_SASL_USER = os.environ.get("KAFKA_SASL_USER") or "usync"
+KAFKA_SASL_PASSWORD = os.environ.get("KAFKA_SASL_PASSWORD") or "usync-test-password"
 RABBITMQ = RabbitMQEndpoints()
 kafka_broker = Broker("kafka")
 rabbitmq_broker = Broker("rabbitmq")

@@ -131,18 +131,25 @@ def register_views(app: faust.App, views: Any) -> None:
     """The stage's views (``streams.stages.web.Views``) as faust web pages."""
     import faust.web
 
+    def refused(web: Any, request: Any) -> Any:
+        """401 unless the request carries the operator token (``Views.authorized``)."""
+        if views.authorized(request.headers.get("Authorization")):
+            return None
+        return web.json({"detail": "a bearer token is required (Authorization: Bearer ...)"}, status=401,
+                        headers={"WWW-Authenticate": 'Bearer realm="usync"'})
+
     @app.page("/usync/table/")
     async def table_view(web: Any, request: Any) -> Any:
-        return web.bytes(views.table(), content_type="application/json")
+        return refused(web, request) or web.bytes(views.table(), content_type="application/json")
 
     @app.page("/usync/drift/")
     async def drift_view(web: Any, request: Any) -> Any:
-        return web.json(views.drift())
+        return refused(web, request) or web.json(views.drift())
 
     @app.page("/usync/reconcile/")
     class ReconcileView(faust.web.View):
         async def post(self, request: Any) -> Any:
-            return self.json(await views.reconcile_now())
+            return refused(self, request) or self.json(await views.reconcile_now())
 
     @app.page("/metrics")
     async def metrics_view(web: Any, request: Any) -> Any:

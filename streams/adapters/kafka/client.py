@@ -8,6 +8,7 @@ from typing import Any
 
 from aiokafka.errors import KafkaError
 
+from streams.adapters.tls import client_context
 from streams.contract.config import Config
 from streams.errors import KafkaUnavailable
 from streams.retry import is_transient
@@ -46,11 +47,7 @@ def client_options(config: Config) -> dict[str, Any]:
 def ssl_context(config: Config) -> ssl.SSLContext:
     """TLS to Kafka: the configured CA (or the system's), a client certificate for mutual TLS."""
     kafka = config.kafka
-    context = ssl.create_default_context(cafile=kafka.ssl_cafile)
-    if kafka.ssl_certfile:
-        context.load_cert_chain(kafka.ssl_certfile, kafka.ssl_keyfile)
-    context.check_hostname = kafka.ssl_check_hostname
-    return context
+    return client_context(kafka.ssl_cafile, kafka.ssl_certfile, kafka.ssl_keyfile, kafka.ssl_check_hostname)
 
 
 async def close_quietly(client: Any, what: str) -> None:
