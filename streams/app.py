@@ -26,7 +26,7 @@ from streams.adapters.faust.app import (
 from streams.adapters.faust.recovery import PatientTableManager
 from streams.adapters.faust.tables import FaustFoldTables, LinkTable, define_tables, link_groups, table_state
 from streams.adapters.kafka.client import client_options
-from streams.adapters.kafka.consumer import BatchConsumer
+from streams.adapters.kafka.consumer import BatchConsumer, WindowConsumer
 from streams.adapters.kafka.producers import RecordSender
 from streams.adapters.kafka.topics import by_link_topic, corrections_topic
 from streams.adapters.waldur import Clients
@@ -52,7 +52,7 @@ class Usync:
     clients: Clients
     tables: tuple[Any, Any, Any]
     router: BatchConsumer
-    sink_loop: BatchConsumer
+    sink_loop: WindowConsumer
     records: RecordSender
 
     @property
@@ -106,9 +106,10 @@ def create_app(config: Config, *, store: str = "rocksdb", web_port: int | None =
                            route.Route(routes, metrics, lambda pairs: records.send_all(by_link.get_topic_name(), pairs),
                                        dead).handle,
                            max_records=route.FETCH_RECORDS, max_partition_fetch_bytes=8 << 20, fetch_max_bytes=64 << 20)
-    sink = BatchConsumer("sink", options, corrections.get_topic_name(), f"{config.app_id}-sink",
-                         correct_loop.CorrectLoop(corrector, dead).handle, max_records=correct_loop.BATCH,
-                         revoke_wait=correct_loop.REVOKE_WAIT, on_assignment=clients.set_share)
+    lanes = correct_loop.CorrectLoop(corrector, dead)  # a lane per target site: the bulkheads
+    sink = WindowConsumer("sink", options, corrections.get_topic_name(), f"{config.app_id}-sink", lanes.dispatch,
+                          lanes.cancel, window=correct_loop.WINDOW, max_records=correct_loop.BATCH,
+                          revoke_wait=correct_loop.REVOKE_WAIT, on_assignment=clients.set_share)
     clients.set_share(0, 1)  # each site's budget is shared by the workers: nothing until the group assigns
     app.task(crash_on_error(app, router.run))
     app.task(crash_on_error(app, sink.run))
@@ -142,7 +143,8 @@ def create_app(config: Config, *, store: str = "rocksdb", web_port: int | None =
     def health() -> dict[str, Any]:  # degraded: a record was dead-lettered in the last DEGRADED_FOR s
         return {"status": "degraded" if dead.degraded() else "ok", "dead_lettered": dead.count,
                 "router_connected": router.connected, "sink_connected": sink.connected, "tables": tables_state(app),
-                "paused_sites": clients.paused(), "sites": clients.health(), "tls_refused": clients.tls_refused()}
+                "paused_sites": clients.paused(), "sites": clients.health(), "tls_refused": clients.tls_refused(),
+                "lanes": lanes.queued()}
 
     def components() -> dict[str, tuple[str, bool]]:
         tables_now = tables_state(app)

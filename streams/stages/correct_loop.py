@@ -1,22 +1,37 @@
-"""The correct stage's batch handler: ``<app>-corrections`` records -> :class:`Corrector`.
+"""The correct stage's handler: ``<app>-corrections`` records -> per-site lanes -> :class:`Corrector`.
 
-Consumed by a group of its own (``streams.adapters.kafka.consumer.BatchConsumer``,
-``<app>-sink``, committing a batch only after this returned). One request per (link,
-user) per batch (the latest wins, as :func:`streams.stages.correct.coalesce`); each is
-handled on its own, so one that fails holds up no other:
+Consumed by a group of its own (``streams.adapters.kafka.consumer.WindowConsumer``,
+``<app>-sink``), one record at a time: :meth:`CorrectLoop.dispatch` puts a request in
+the **lane of its target site** and returns a future that is done once its outcome (or
+dead letter) is acknowledged; the consumer commits, per partition, only the offsets
+below the lowest one not yet done (at-least-once).
+
+Lanes are the bulkheads (issue 16, item 3). With one ``gather`` per batch, a batch
+waited for its slowest call whatever site the rest were for: with 3 s of latency on A,
+a correction to another site queued behind one to A waited ~9 s, and a site down held
+every other site's corrections. A lane runs at most :data:`LANE_CONCURRENCY` requests of
+its site at a time; the rest wait in the lane (in memory), so a site that is slow or
+down holds up only its own lane, and its retries (which read the source again) cost the
+source's budget no more than that many requests' worth. In a lane, one request per
+(link, user) waits (the latest wins, as :func:`streams.stages.correct.coalesce`; the one
+it replaces is done when it is), and one (link, user) is never handled twice at once.
+
+Each request is handled on its own, so one that fails holds up no other:
 
 - a transient failure (Kafka, a site away) is retried in place, with backoff, forever
   (the live reads make a repeat harmless); it is never dead-lettered;
 - a request that does not decode, or whose handling raises anything else (a bug, a
   site answer that is not what its schema says), goes to the DLQ with its raw bytes and
   topic / partition / offset, and a decoded one gets a ``dead-lettered`` outcome with
-  the reason. The batch is committed past it once both are acknowledged, so a poison
-  request no longer stops the stage (the worker stays up; ``/health`` says degraded).
+  the reason. Its offset is done once both are acknowledged, so a poison request no
+  longer stops the stage (the worker stays up; ``/health`` says degraded).
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
+from collections.abc import Awaitable, Callable
 
 import msgspec
 
@@ -27,35 +42,123 @@ from streams.stages.correct import Corrector
 from streams.stages.dead_letter import HANDLER_ERROR, UNDECODABLE, DeadLetters
 
 BATCH = 500
-# Seconds a rebalance waits for the batch under way. Below the group's 10 s session
+# Requests dispatched and not yet done, in all lanes together, above which the consumer
+# stops fetching (it resumes below). Bounds the memory a site down for long can take
+# (a request is ~1 KB in flight); the other lanes go on until that many wait for it.
+WINDOW = 5_000
+# Requests of one target site under way at a time. Above a site's configured
+# ``concurrency`` (4 by default) so that its budget, not the lane, is what limits it.
+LANE_CONCURRENCY = 16
+# Seconds a rebalance waits for the requests under way. Below the group's 10 s session
 # timeout: a member still in its revocation after that is dropped from the group, the
 # others are assigned its partitions, and it would go on spending the share of the API
 # budget they now own (seen in tests/app/test_federation.py: 42 calls in one second on a
-# site capped at 20 + 5 with a 20 s wait). After the wait its share is taken away.
+# site capped at 20 + 5 with a 20 s wait). After the wait what is left is cancelled (the
+# partitions' next owner handles it again) and the share is taken away.
 REVOKE_WAIT = 8.0
 
 
+class _Lane:
+    """The requests of one target site: at most ``concurrency`` under way, the rest queued."""
+
+    def __init__(self, run: Callable[[CorrectionRequest, Record], Awaitable[None]], concurrency: int) -> None:
+        self.run = run
+        self.concurrency = concurrency
+        self.queued: collections.OrderedDict[str, tuple[CorrectionRequest, Record, list[asyncio.Future]]] = \
+            collections.OrderedDict()
+        self.running: dict[str, tuple[asyncio.Task, list[asyncio.Future]]] = {}
+
+    def submit(self, request: CorrectionRequest, record: Record) -> asyncio.Future:
+        done = asyncio.get_running_loop().create_future()
+        waiting = self.queued.get(request.key)
+        futures = waiting[2] if waiting is not None else []
+        futures.append(done)
+        self.queued[request.key] = (request, record, futures)  # the latest wins, in the first one's place
+        self._start()
+        return done
+
+    def _start(self) -> None:
+        while len(self.running) < self.concurrency:
+            key = next((k for k in self.queued if k not in self.running), None)  # skips at most `concurrency`
+            if key is None:
+                return
+            request, record, futures = self.queued.pop(key)
+            task = asyncio.ensure_future(self.run(request, record))
+            self.running[key] = (task, futures)
+            task.add_done_callback(lambda t, key=key, futures=futures: self._finished(key, t, futures))
+
+    def _finished(self, key: str, task: asyncio.Task, futures: list[asyncio.Future]) -> None:
+        del self.running[key]
+        for future in futures:
+            if future.done():
+                continue
+            if task.cancelled():
+                future.cancel()
+            elif task.exception() is not None:
+                future.set_exception(task.exception())  # a bug: the consumer raises it
+            else:
+                future.set_result(None)
+        self._start()
+
+    def cancel(self) -> None:
+        for _request, _record, futures in self.queued.values():
+            for future in futures:
+                future.cancel()
+        self.queued.clear()
+        for task, futures in list(self.running.values()):
+            task.cancel()
+            for future in futures:
+                future.cancel()
+
+    def __len__(self) -> int:
+        return len(self.queued) + len(self.running)
+
+
 class CorrectLoop:
-    def __init__(self, corrector: Corrector, dead: DeadLetters) -> None:
+    def __init__(self, corrector: Corrector, dead: DeadLetters, *, concurrency: int = LANE_CONCURRENCY) -> None:
         self.corrector = corrector
         self.dead = dead
+        self.concurrency = concurrency
+        self.lanes: dict[str, _Lane] = {}
+        self.letters: set[asyncio.Future] = set()
+
+    def dispatch(self, record: Record) -> asyncio.Future:
+        """Start handling one record; the future is done once its outcome or dead letter is acknowledged."""
+        try:
+            request = request_decoder.decode(record.value or b"")
+        except msgspec.DecodeError as exc:
+            letter = asyncio.ensure_future(
+                self.dead.record(record, record.value or b"", UNDECODABLE, f"correction request: {exc}"))
+            self.letters.add(letter)
+            letter.add_done_callback(self.letters.discard)
+            return letter
+        link = self.corrector.links.get(request.link)
+        site = link.target.site if link is not None else ""  # an unknown link is answered "skipped" at once
+        lane = self.lanes.get(site)
+        if lane is None:
+            lane = self.lanes[site] = _Lane(self._one, self.concurrency)
+        return lane.submit(request, record)
 
     async def handle(self, records: list[Record]) -> None:
-        """Every outcome (and dead letter) of the batch acknowledged, however long Kafka or a site takes."""
-        latest: dict[str, tuple[CorrectionRequest, Record]] = {}
-        letters = []
-        for record in records:
-            try:
-                request = request_decoder.decode(record.value or b"")
-            except msgspec.DecodeError as exc:
-                letters.append(self.dead.record(record, record.value or b"", UNDECODABLE, f"correction request: {exc}"))
-                continue
-            latest[request.key] = (request, record)
-        await asyncio.gather(*letters, *(self._one(request, record) for request, record in latest.values()))
+        """Every outcome (and dead letter) of these records acknowledged, however long Kafka or a site takes."""
+        await asyncio.gather(*(self.dispatch(record) for record in records))
+
+    def cancel(self) -> None:
+        """Drop everything under way or queued (its partitions went to another member, which handles it again)."""
+        for lane in self.lanes.values():
+            lane.cancel()
+        for letter in list(self.letters):
+            letter.cancel()
+
+    def queued(self) -> dict[str, int]:
+        """Requests in each site's lane (queued or under way): ``/health``."""
+        return {site: len(lane) for site, lane in self.lanes.items() if len(lane)}
 
     async def _one(self, request: CorrectionRequest, record: Record) -> None:
         try:
             await retry_forever(lambda: self.corrector.handle(request), f"correction of {request.key}")
+        except asyncio.CancelledError:
+            raise
         except Exception as exc:  # not transient: retry_forever retries those and lets only the rest out
             reason = f"{type(exc).__name__}: {exc}"
             await self.dead.record(record, record.value or b"", HANDLER_ERROR, reason)

@@ -3,12 +3,14 @@ worker, and one read of a source per change whatever the number of links it feed
 
 from __future__ import annotations
 
+import time
 from collections import Counter
 from typing import Any
 
 from tests.app.harness import LinkSpec, Setup, bridge_ready, patches, until, usernames, uuid_of
 
 CAP, BURST = 20, 5
+DOWN_FOR, WAVES, LATENCY = 30.0, 4, 5.0
 RATES = f"requests_per_second = {CAP}.0\nburst = {BURST}\nconcurrency = 4\ntimeout = 5.0"
 
 
@@ -67,16 +69,17 @@ def _target(federation: Any, name: str) -> tuple[Any, Any, Any]:
     return site, offering, project
 
 
-async def test_one_source_feeding_three_targets_is_read_once_per_change(setup: Setup, sim_federation, bridge, monkeypatch):
-    s = setup
+async def _three_targets(s: Setup, sim_federation: Any, bridge: Any, monkeypatch: Any, n: int,
+                         prefix: str) -> tuple[dict[str, tuple[Any, Any, Any]], dict[str, Any], Any]:
+    """Site B feeding targets a, c and d (one link each), ``n`` users on every site, the
+    start-up reconcile of the three links folded: (targets, B's offering users, worker)."""
     targets = {"a": (s.a, s.offering_a, s.project_a)}
     for name in ("c", "d"):
         targets[name] = _target(sim_federation, name)
     await sim_federation.start()
-    n = 200
     b_ous = {}
     for i in range(n):
-        name = f"g{i:03d}"
+        name = f"{prefix}{i:03d}"
         [b_ous[name]] = s.b.add_project_member(s.b.create_user(name), s.project_b)
         for site, _offering, project in targets.values():
             site.add_project_member(site.create_user(name), project)
@@ -100,6 +103,13 @@ async def test_one_source_feeding_three_targets_is_read_once_per_change(setup: S
     async def reconciled() -> bool:  # the start-up reconcile of the three links is folded
         return len((await worker.table())["rows"]) == 3 * n
     await until(reconciled, 90, "the start-up reconcile")
+    return targets, b_ous, worker
+
+
+async def test_one_source_feeding_three_targets_is_read_once_per_change(setup: Setup, sim_federation, bridge, monkeypatch):
+    s = setup
+    n = 200
+    targets, b_ous, _worker = await _three_targets(s, sim_federation, bridge, monkeypatch, n, "g")
     mark_b = s.b.calls.log[-1].seq
     for name, b_ou in b_ous.items():
         s.b.set_username(b_ou, f"{name}_b")
@@ -112,3 +122,34 @@ async def test_one_source_feeding_three_targets_is_read_once_per_change(setup: S
         f"{len(reads_of_b)} GETs on B for {n} changes (users read k times: {Counter(per_user.values())})"
     for site, _offering, _project in targets.values():
         assert len(patches(site)) == n  # one PATCH per user per change on every target
+
+
+async def test_a_target_site_down_delays_only_its_own_corrections(setup: Setup, sim_federation, bridge, monkeypatch):
+    """Bulkheads: A refuses connections for 30 s while B's changes flow to A, C and D. C and
+    D converge on every wave within LATENCY of the change (with one gather per batch, the
+    second wave waited for A's retries, forever); A converges once it is back."""
+    s = setup
+    n = 24
+    targets, b_ous, worker = await _three_targets(s, sim_federation, bridge, monkeypatch, n, "h")
+    await s.a.stop(cleanup_broker=False)  # A's port closed: connections are refused
+    down_at = time.monotonic()
+    names = sorted(b_ous)
+    waves = [names[i::WAVES] for i in range(WAVES)]
+    for wave in waves:
+        changed_at = time.monotonic()
+        for name in wave:
+            s.b.set_username(b_ous[name], f"{name}_b")
+        for site, offering, _project in (targets["c"], targets["d"]):
+            await until(lambda site=site, offering=offering, wave=wave: all(
+                usernames(site, offering).get(name) == f"{name}_b" for name in wave), 30, f"{site.name} to converge")
+            took = time.monotonic() - changed_at
+            assert took < LATENCY, f"{site.name} took {took:.1f} s for a wave of {len(wave)} changes while A is down"
+        await until(lambda: time.monotonic() - changed_at >= 5.0, 6, "the next wave", interval=0.2)
+    health = (await worker.get("/health")).json()
+    assert health["lanes"].get("a", 0) > 0, health  # A's corrections wait in A's lane
+    await until(lambda: time.monotonic() - down_at >= DOWN_FOR, DOWN_FOR + 1, "the outage to last", interval=0.5)
+    await s.a.start()
+    want = {name: f"{name}_b" for name in b_ous}
+    await until(lambda: usernames(s.a, s.offering_a) == want, 150, "A to converge after it is back")
+    for site, offering, _project in targets.values():
+        assert usernames(site, offering) == want

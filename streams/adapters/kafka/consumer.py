@@ -1,5 +1,8 @@
-"""A worker stage on a consumer group of its own: a batch at a time, committed only after
-its handler returned (the route and correct stages; docs/invariants.md, 1).
+"""A worker stage on a consumer group of its own, committing only what its handler finished
+(docs/invariants.md, 1): :class:`BatchConsumer` a batch at a time, committed after its
+handler returned (the route stage); :class:`WindowConsumer` record by record, each
+dispatched as it is fetched and committed per partition up to the lowest offset not yet
+done (the correct stage, whose per-site lanes must not wait for one another).
 
 faust acked what an agent never handled: when two fresh workers formed their group, a
 worker kept a partition across the rebalance and resumed past records it had fetched
@@ -18,6 +21,7 @@ and the partitions' next owner handles it again (at-least-once).
 from __future__ import annotations
 
 import asyncio
+import collections
 import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -44,20 +48,22 @@ class _Listener(ConsumerRebalanceListener):
     ``wait``, a revocation waits that long for the batch under way; tells ``on_assignment``
     what this member owns."""
 
-    def __init__(self, name: str, busy: asyncio.Lock, wait: float | None, on_assignment: AssignmentHook | None,
-                 total: Callable[[], int], joined: Callable[[], None]) -> None:
-        self.name, self.busy, self.wait, self.on_assignment, self.total = name, busy, wait, on_assignment, total
-        self.joined = joined
+    def __init__(self, name: str, drained: Callable[[], Awaitable[None]], wait: float | None,
+                 on_assignment: AssignmentHook | None, total: Callable[[], int], joined: Callable[[], None],
+                 revoked: Callable[[], Awaitable[None]] | None = None) -> None:
+        self.name, self.drained, self.wait, self.on_assignment, self.total = name, drained, wait, on_assignment, total
+        self.joined, self.revoked = joined, revoked
 
     async def on_partitions_revoked(self, revoked: Any) -> None:
         if self.wait:
             try:
                 async with asyncio.timeout(self.wait):
-                    async with self.busy:
-                        pass
+                    await self.drained()
             except TimeoutError:
-                log.warning("%s: a batch is still under way after %.0f s; its partitions move on, "
-                            "their next owner handles it again", self.name, self.wait)
+                log.warning("%s: records are still under way after %.0f s; their partitions move on, "
+                            "their next owner handles them again", self.name, self.wait)
+        if self.revoked is not None:
+            await self.revoked()
         if self.on_assignment is not None:
             self.on_assignment(0, self.total())
 
@@ -102,6 +108,10 @@ class BatchConsumer:
     def _joined(self) -> None:
         self.joined = True
 
+    async def _idle(self) -> None:
+        async with self._busy:
+            pass
+
     async def _serve(self, backoff: Backoff) -> None:
         consumer = AIOKafkaConsumer(
             **self.options, group_id=self.group_id, enable_auto_commit=False, auto_offset_reset="earliest",
@@ -109,28 +119,148 @@ class BatchConsumer:
             fetch_max_wait_ms=FETCH_MAX_WAIT_MS,  # a catching-up stage never idles on a long poll
             **self.settings,
         )
-        listener = _Listener(self.name, self._busy, self.revoke_wait, self.on_assignment,
-                             lambda: len(consumer.partitions_for_topic(self.topic) or ()), self._joined)
+        listener = _Listener(self.name, self._idle, self.revoke_wait, self.on_assignment,
+                             lambda: len(consumer.partitions_for_topic(self.topic) or ()), self._joined,
+                             lambda: self._revoked(consumer))
         consumer.subscribe([self.topic], listener=listener)
         try:
             await consumer.start()
             self.connected = True
             log.info("%s: consuming %s as group %s", self.name, self.topic, self.group_id)
-            while True:
-                fetched = await consumer.getmany(timeout_ms=500, max_records=self.max_records)
-                if fetched:
-                    async with self._busy:
-                        await self.handle([m for messages in fetched.values() for m in messages])
-                        await self._commit(consumer, fetched)
-                    backoff.reset()
+            await self._consume(consumer, backoff)
         finally:
             self._disconnected()
+            self._stopped()
             if self.on_assignment is not None:  # out of the group: its partitions are someone else's soon
                 self.on_assignment(0, 1)
             await close_quietly(consumer, self.name)
 
-    async def _commit(self, consumer: AIOKafkaConsumer, fetched: dict[Any, list[Any]]) -> None:
+    async def _consume(self, consumer: AIOKafkaConsumer, backoff: Backoff) -> None:
+        while True:
+            fetched = await consumer.getmany(timeout_ms=500, max_records=self.max_records)
+            if fetched:
+                async with self._busy:
+                    await self.handle([m for messages in fetched.values() for m in messages])
+                    await self._commit(consumer, {tp: messages[-1].offset + 1 for tp, messages in fetched.items()})
+                backoff.reset()
+
+    async def _revoked(self, consumer: AIOKafkaConsumer) -> None:
+        """After the wait for what is under way, before the partitions go (nothing to do here)."""
+
+    def _stopped(self) -> None:
+        """The consumer is closing (a Kafka failure starts it over from the committed offsets)."""
+
+    async def _commit(self, consumer: AIOKafkaConsumer, offsets: dict[Any, int]) -> None:
+        if not offsets:
+            return
         try:
-            await consumer.commit({tp: messages[-1].offset + 1 for tp, messages in fetched.items()})
+            await consumer.commit(offsets)
         except (CommitFailedError, IllegalStateError) as exc:  # a rebalance took the partitions: the new owner repeats
-            log.info("%s: commit after rebalance refused (%s); the batch will be handled again", self.name, exc)
+            log.info("%s: commit after rebalance refused (%s); the records will be handled again", self.name, exc)
+
+
+class Offsets:
+    """The offsets dispatched and not yet committed, per partition: what may be committed is
+    the contiguous prefix of done ones (a record done out of order waits for those before it)."""
+
+    def __init__(self) -> None:
+        self.pending: dict[Any, collections.deque[int]] = {}
+        self.done: dict[Any, set[int]] = {}
+        self.count = 0  # dispatched, not yet committable
+        self.undone = 0  # dispatched, not yet done
+
+    def started(self, tp: Any, offset: int) -> None:
+        self.pending.setdefault(tp, collections.deque()).append(offset)
+        self.done.setdefault(tp, set())
+        self.count += 1
+        self.undone += 1
+
+    def finished(self, tp: Any, offset: int) -> None:
+        if tp in self.done:  # else cleared meanwhile (a rebalance)
+            self.done[tp].add(offset)
+            self.undone -= 1
+
+    def committable(self) -> dict[Any, int]:
+        """Per partition that moved: the next offset to read (everything below it is done)."""
+        moved: dict[Any, int] = {}
+        for tp, pending in self.pending.items():
+            done = self.done[tp]
+            while pending and pending[0] in done:
+                done.discard(offset := pending.popleft())
+                self.count -= 1
+                moved[tp] = offset + 1
+        return moved
+
+    def clear(self) -> None:
+        self.pending.clear()
+        self.done.clear()
+        self.count = self.undone = 0
+
+
+#: Starts handling one record; the future is done once everything it implies is durable.
+RecordDispatch = Callable[[Any], "asyncio.Future[Any]"]
+
+
+class WindowConsumer(BatchConsumer):
+    """``dispatch`` every record of ``topic`` as it is fetched, with at most about ``window``
+    dispatched and not yet done (above that, fetching pauses on every partition and
+    resumes below it); commits each partition up to its lowest offset not yet done, at
+    least every ``commit_every`` seconds. On a revocation it waits up to ``revoke_wait``
+    for what is under way, commits what is done, and calls ``cancel`` for the rest (the
+    partitions' next owner handles it again). A dispatched record that fails (a bug: the
+    handler dead-letters everything else) raises out of ``run``."""
+
+    def __init__(self, name: str, options: dict[str, Any], topic: str, group_id: str, dispatch: RecordDispatch,
+                 cancel: Callable[[], None], *, window: int, max_records: int, commit_every: float = 0.5,
+                 revoke_wait: float | None = None, on_assignment: AssignmentHook | None = None,
+                 **settings: Any) -> None:
+        super().__init__(name, options, topic, group_id, self._never, max_records=max_records,
+                         revoke_wait=revoke_wait, on_assignment=on_assignment, **settings)
+        self.dispatch, self.cancel, self.window, self.commit_every = dispatch, cancel, window, commit_every
+        self.offsets = Offsets()
+        self._moved = asyncio.Event()
+        self._failed: BaseException | None = None
+
+    @staticmethod
+    async def _never(records: list[Any]) -> None:
+        raise AssertionError("WindowConsumer dispatches records one by one")
+
+    async def _consume(self, consumer: AIOKafkaConsumer, backoff: Backoff) -> None:
+        while True:
+            if self.offsets.count >= self.window:
+                consumer.pause(*consumer.assignment())
+            elif consumer.paused():
+                consumer.resume(*consumer.paused())
+            fetched = await consumer.getmany(timeout_ms=int(self.commit_every * 1000), max_records=self.max_records)
+            for tp, messages in fetched.items():
+                for message in messages:
+                    self.offsets.started(tp, message.offset)
+                    self.dispatch(message).add_done_callback(
+                        lambda future, tp=tp, offset=message.offset: self._done(future, tp, offset))
+            if self._failed is not None:
+                raise self._failed
+            await self._commit(consumer, self.offsets.committable())
+            if fetched:
+                backoff.reset()
+
+    def _done(self, future: asyncio.Future, tp: Any, offset: int) -> None:
+        if future.cancelled():
+            return
+        if future.exception() is not None:
+            self._failed = self._failed or future.exception()
+            return
+        self.offsets.finished(tp, offset)
+        self._moved.set()
+
+    async def _idle(self) -> None:
+        while self.offsets.undone:
+            self._moved.clear()
+            await self._moved.wait()
+
+    async def _revoked(self, consumer: AIOKafkaConsumer) -> None:
+        await self._commit(consumer, self.offsets.committable())
+        self._stopped()
+
+    def _stopped(self) -> None:
+        self.cancel()
+        self.offsets.clear()
