@@ -39,6 +39,7 @@ class Metrics:
         before it, and ``usync_site_paused == 1`` has a series to compare."""
         for site in sites:
             self.site_paused.labels(site).set(0)
+            self.source_reads_shared.labels(site)
         for link in links:
             self.events_folded.labels(link)
             self.corrections.labels(link)
