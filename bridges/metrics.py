@@ -25,5 +25,6 @@ class BridgeMetrics:
     def for_site(self, site: str) -> None:
         """Every per-site series at 0 from the start: ``increase()`` in an alert sees the
         first dead letter or reconnect only if the series existed before it."""
-        for counter in (self.received, self.redelivered, self.relayed, self.dead_lettered, self.reconnects):
+        for counter in (self.received, self.redelivered, self.relayed, self.dead_lettered, self.reconnects,
+                        self.queue_recoveries):
             counter.labels(site)

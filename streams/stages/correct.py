@@ -137,11 +137,13 @@ class Corrector:
         """B's offering user, read live -- or the read another link of the same source sent
         after every fact behind this request (fresh enough: it can only be newer), or the
         live read the request carries (an identity lookup or a snapshot made it, and no
-        event on B is newer), when it is as recent as that."""
+        fact on either side is newer), when it is as recent as that."""
         key = (link.source.site, link.source.offering, request.user_username)
         now = self.clock.micros()
-        if request.b_read_at and now - request.b_read_at < SOURCE_READ_REUSE_MICROS and request.b_offering_user_uuid \
-                and request.desired:
+        # Only while that read is the newest fact behind the request: after an edit on A, B is
+        # read again (B wins, but only as it is now; tests/app/test_site_faults.py).
+        if request.b_read_at and request.b_read_at >= request.observed_at and request.desired \
+                and now - request.b_read_at < SOURCE_READ_REUSE_MICROS and request.b_offering_user_uuid:
             self.metrics.source_reads_shared.labels(link.source.site).inc()
             return OfferingUserRecord(uuid=request.b_offering_user_uuid, user_uuid="", user_username=request.user_username,
                                       offering_uuid=link.source.offering, username=request.desired, state=OK)

@@ -125,13 +125,18 @@ async def test_a_read_older_than_the_reuse_window_is_not_reused():
 async def test_a_request_carrying_a_recent_live_read_of_b_does_not_read_b_again():
     world = FanOut()
     now = world.clock.micros()
-    [fresh, stale, _] = world.requests(observed_at=now - 10)
-    fresh.b_read_at = now - 1_000  # an identity lookup of B a millisecond ago, B's newest fact
+    [fresh, stale, after_a] = world.requests(observed_at=now - 1_000)
+    fresh.b_read_at = now - 1_000  # an identity lookup of B a millisecond ago: the newest fact of the row
     outcome = await world.corrector.handle(fresh)
     assert outcome.action is OutcomeAction.CORRECTED and world.b.calls == []
-    stale.b_read_at = now - 6_000_000  # too old to stand for a live read
+    stale.b_read_at, stale.observed_at = now - 6_000_000, now - 6_000_000  # too old to stand for a live read
     await world.corrector.handle(stale)
     assert world.b.calls == [("get", OU_B)]
+    other = FanOut()  # (no read of B under way to share)
+    after_a.b_read_at = now - 1_000  # a fresh read of B, but A changed after it: B is read again
+    after_a.observed_at = now - 500
+    await other.corrector.handle(after_a)
+    assert other.b.calls == [("get", OU_B)]
 
 
 def test_b_read_at_is_the_newest_read_of_b_and_an_event_clears_it():
