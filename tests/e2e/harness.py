@@ -92,6 +92,7 @@ class Pipeline:
     processes: list[Process] = field(default_factory=list)
     config_path: Path | None = None
     changes_made: int = 0
+    bootstrap: str = KAFKA_BOOTSTRAP  # the cluster's list for the cluster tests
 
     @property
     def a(self) -> Any:
@@ -140,7 +141,7 @@ class Pipeline:
         text = (
             f'app_id = "usync-e2e-{self.suffix}"\nreconcile_interval = 3600\n'
             f'data_dir = "{self.tmp / "data"}"\n'
-            f'[kafka]\nbootstrap_servers = "{KAFKA_BOOTSTRAP}"\n'
+            f'[kafka]\nbootstrap_servers = "{self.bootstrap}"\n'
             f'events_topic = "e2e-{self.suffix}.events"\ndlq_topic = "e2e-{self.suffix}.dlq"\n'
             f'outcomes_topic = "e2e-{self.suffix}.outcomes"\npartitions = 4\n'
             + site(self.a, "USYNC_TOKEN_A") + site(self.b, "USYNC_TOKEN_B")
@@ -191,7 +192,9 @@ class Pipeline:
         self.populate()
         self.write_config()
         if precreate_corrections:
-            await create_topic(f"{self.config.app_id}-corrections", 4)
+            kafka = self.config.kafka
+            await create_topic(f"{self.config.app_id}-corrections", 4, self.bootstrap, kafka.replication_factor,
+                               kafka.replica_configs)
         bridge = self.start_bridge()
         workers = [self.start_worker(0), self.start_worker(1)]
         for process in (bridge, *workers):
@@ -258,13 +261,14 @@ class Pipeline:
 class TopicReader:
     """Reads every partition of a topic from the start, keeping all values; ``catch_up`` reads to the end."""
 
-    def __init__(self, topic: str) -> None:
+    def __init__(self, topic: str, bootstrap: str = KAFKA_BOOTSTRAP) -> None:
         self.topic = topic
+        self.bootstrap = bootstrap
         self.values: list[bytes] = []
         self.consumer: AIOKafkaConsumer | None = None
 
     async def open(self) -> None:
-        self.consumer = AIOKafkaConsumer(bootstrap_servers=KAFKA_BOOTSTRAP, group_id=None, enable_auto_commit=False,
+        self.consumer = AIOKafkaConsumer(bootstrap_servers=self.bootstrap, group_id=None, enable_auto_commit=False,
                                          auto_offset_reset="earliest", metadata_max_age_ms=1000,
                                          max_partition_fetch_bytes=4 * 1024 * 1024)
         await self.consumer.start()
@@ -289,8 +293,8 @@ class TopicReader:
             await self.consumer.stop()
 
 
-async def read_topic(topic: str, timeout: float = 60) -> list[bytes]:
-    reader = TopicReader(topic)
+async def read_topic(topic: str, timeout: float = 60, bootstrap: str = KAFKA_BOOTSTRAP) -> list[bytes]:
+    reader = TopicReader(topic, bootstrap)
     await reader.open()
     try:
         return await reader.catch_up(timeout)
@@ -301,8 +305,8 @@ async def read_topic(topic: str, timeout: float = 60) -> list[bytes]:
 class EventIds:
     """The broker event ids that reached the events topic (read incrementally)."""
 
-    def __init__(self, topic: str) -> None:
-        self.reader = TopicReader(topic)
+    def __init__(self, topic: str, bootstrap: str = KAFKA_BOOTSTRAP) -> None:
+        self.reader = TopicReader(topic, bootstrap)
         self.ids: set[str] = set()
         self._seen = 0
 
@@ -318,24 +322,25 @@ class EventIds:
         return self.ids
 
 
-async def create_topic(name: str, partitions: int) -> None:
+async def create_topic(name: str, partitions: int, bootstrap: str = KAFKA_BOOTSTRAP, replicas: int = 1,
+                       configs: dict[str, str] | None = None) -> None:
     from aiokafka.admin import NewTopic
     from aiokafka.errors import TopicAlreadyExistsError
 
-    admin = AIOKafkaAdminClient(bootstrap_servers=KAFKA_BOOTSTRAP)
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
     await admin.start()
     try:
-        await admin.create_topics([NewTopic(name, partitions, 1)])
+        await admin.create_topics([NewTopic(name, partitions, replicas, topic_configs=configs or {})])
     except TopicAlreadyExistsError:
         pass
     finally:
         await admin.close()
 
 
-async def group_lag(group: str, topic: str) -> int:
+async def group_lag(group: str, topic: str, bootstrap: str = KAFKA_BOOTSTRAP) -> int:
     """Records of ``topic`` that consumer group ``group`` has not committed yet."""
-    admin = AIOKafkaAdminClient(bootstrap_servers=KAFKA_BOOTSTRAP)
-    consumer = AIOKafkaConsumer(bootstrap_servers=KAFKA_BOOTSTRAP, group_id=None)
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=None)
     await admin.start()
     await consumer.start()
     try:
@@ -385,7 +390,7 @@ async def final_checks(p: Pipeline, converge_timeout: float = 240) -> dict[str, 
     assert outcomes_seen.get("nacked", 0) == 0 and outcomes_seen.get("unroutable", 0) == 0, \
         f"the broker refused messages (queue overflow or gone), the scenario is mis-sized: {outcomes_seen}"
     assert len(published) > 2 * CHANGES * 0.5  # the changes were really published (ids repeat only for equal content)
-    ids = EventIds(config.kafka.events_topic)
+    ids = EventIds(config.kafka.events_topic, p.bootstrap)
     try:
         async def all_relayed() -> bool:
             return not (published - await ids.refresh())
@@ -401,11 +406,11 @@ async def final_checks(p: Pipeline, converge_timeout: float = 240) -> dict[str, 
 
     # Every correction request was consumed (and so answered first: docs/invariants.md, 1) ...
     corrections_topic = f"{config.app_id}-corrections"
-    await until(lambda: _no_lag(f"{config.app_id}-sink", corrections_topic), 120, "every correction request to be committed",
+    await until(lambda: _no_lag(f"{config.app_id}-sink", corrections_topic, p.bootstrap), 120, "every correction request to be committed",
                 interval=1.0)
     # ... and has an outcome.
-    requests = await read_topic(corrections_topic)
-    outcomes = [outcome_decoder.decode(v) for v in await read_topic(config.kafka.outcomes_topic)]
+    requests = await read_topic(corrections_topic, bootstrap=p.bootstrap)
+    outcomes = [outcome_decoder.decode(v) for v in await read_topic(config.kafka.outcomes_topic, bootstrap=p.bootstrap)]
     missing = unanswered_corrections(requests, outcomes)
     assert not missing, f"{len(missing)} correction requests without an outcome: {missing[:5]}"
     figures["corrections"] = len(requests)
@@ -417,8 +422,8 @@ async def final_checks(p: Pipeline, converge_timeout: float = 240) -> dict[str, 
     return figures
 
 
-async def _no_lag(group: str, topic: str) -> bool:
-    return await group_lag(group, topic) == 0
+async def _no_lag(group: str, topic: str, bootstrap: str = KAFKA_BOOTSTRAP) -> bool:
+    return await group_lag(group, topic, bootstrap) == 0
 
 
 async def diagnose(p: Pipeline) -> str:
@@ -427,7 +432,7 @@ async def diagnose(p: Pipeline) -> str:
     app = config.app_id
     lines = [f"A differs from B: {p.a_b_difference()}"]
     published, outcomes = p.published_ids()
-    ids = EventIds(config.kafka.events_topic)
+    ids = EventIds(config.kafka.events_topic, p.bootstrap)
     try:
         missing = published - await ids.refresh()
         lines.append(f"publisher outcomes {dict(outcomes)}; {len(missing)} of {len(published)} confirmed "
@@ -439,7 +444,7 @@ async def diagnose(p: Pipeline) -> str:
     for group, topic in ((f"{app}-route", config.kafka.events_topic), (app, f"{app}-by-link"),
                          (f"{app}-sink", f"{app}-corrections")):
         try:
-            lines.append(f"lag of {group} on {topic}: {await group_lag(group, topic)}")
+            lines.append(f"lag of {group} on {topic}: {await group_lag(group, topic, p.bootstrap)}")
         except Exception as exc:  # a diagnosis must not hide the failure
             lines.append(f"lag of {group} on {topic}: {exc!r}")
     wanted = ("usync_events_folded_total", "usync_corrections_requested_total", "usync_outcomes_total",
