@@ -156,11 +156,15 @@ class Pipeline:
 
     # -- processes ---------------------------------------------------------------------
 
-    def start_bridge(self) -> Process:
+    def start_bridge(self, slot: int = 0) -> Process:
+        """Bridge ``slot``: 0 is the pipeline's bridge (``bridge-N``, bridge.log); a second
+        bridge on the same configuration (the pair test) is slot 1 (``bridge1-N``, bridge1.log)."""
         port = free_port()
-        n = sum(p.name.startswith("bridge") for p in self.processes)
-        process = Process(f"bridge-{n}", [USYNC, "bridge", "--config", str(self.config_path), "--health-port", str(port)],
-                          self.env, self.tmp / "bridge.log", f"http://127.0.0.1:{port}/health/ready")
+        prefix = "bridge-" if slot == 0 else f"bridge{slot}-"
+        n = sum(p.name.startswith(prefix) for p in self.processes)
+        process = Process(f"{prefix}{n}", [USYNC, "bridge", "--config", str(self.config_path), "--health-port", str(port)],
+                          self.env, self.tmp / ("bridge.log" if slot == 0 else f"bridge{slot}.log"),
+                          f"http://127.0.0.1:{port}/health/ready")
         self.processes.append(process)
         return process
 
@@ -256,6 +260,84 @@ class Pipeline:
         """Names of the processes that exited although we did not kill them (should be none)."""
         return [f"{p.name} (exit {p.proc.returncode}):\n{p.tail(1500)}" for p in self.processes
                 if not p.killed and p.proc.poll() is not None]
+
+
+# The state each component reports on /health/ready when it is not waiting for anything.
+READY_STATES = {"connected", "joined", "ready", "started"}
+
+
+class HealthWatch:
+    """Polls every running process's /health/ready during a fault and keeps what each said
+    it waited for (``component: state detail``). A 503 that names no waiting component is
+    a health endpoint that does not explain itself: kept in ``unexplained``."""
+
+    def __init__(self, p: Pipeline, interval: float = 0.5) -> None:
+        self.p = p
+        self.interval = interval
+        self.waits: dict[str, set[str]] = defaultdict(set)
+        self.unexplained: list[str] = []
+        self._task: asyncio.Task | None = None
+
+    async def _poll(self) -> None:
+        async with httpx.AsyncClient(timeout=2) as client:
+            while True:
+                for process in list(self.p.processes):
+                    if process.killed or process.proc.poll() is not None:
+                        continue
+                    url = process.health.rsplit("/health", 1)[0] + "/health/ready"
+                    try:
+                        response = await client.get(url)
+                    except httpx.HTTPError as exc:  # a busy process may miss a poll; say so
+                        self.waits[process.name].add(f"no answer: {type(exc).__name__}")
+                        continue
+                    if response.status_code == 200:
+                        continue
+                    components = response.json().get("components", {})
+                    waiting = [f"{name}: {c.get('state')} {str(c.get('detail') or '')[:60]}".strip()
+                               for name, c in components.items() if c.get("state") not in READY_STATES]
+                    self.waits[process.name].update(waiting)
+                    if not waiting:
+                        self.unexplained.append(f"{process.name}: {response.text[:300]}")
+                await asyncio.sleep(self.interval)  # the polling period, not synchronisation
+
+    def __enter__(self) -> HealthWatch:
+        self._task = asyncio.get_running_loop().create_task(self._poll())
+        return self
+
+    def __exit__(self, *_exc: Any) -> None:
+        assert self._task is not None
+        self._task.cancel()
+
+    def figures(self) -> dict[str, list[str]]:
+        return {name: sorted(states) for name, states in self.waits.items()}
+
+
+async def relay_figures(p: Pipeline) -> dict[str, int]:
+    """Events the sites' publishers had confirmed, those in the events topic (distinct ids),
+    lost ones, and duplicates: topic copies of an id beyond the times it was published
+    (the simulator's ids are content hashes, so equal content repeats an id)."""
+    published: Counter = Counter()
+    for site in (p.a, p.b):
+        for _time, _vhost, _queue, message_id, outcome in list(site.publisher.sent):
+            if outcome == "confirmed":
+                published[message_id] += 1
+    in_topic: Counter = Counter()
+    for value in await read_topic(p.config.kafka.events_topic, bootstrap=p.bootstrap):
+        envelope = envelope_decoder.decode(value)
+        if envelope.origin in (Origin.STOMP, Origin.AMQP):
+            in_topic[envelope.event_id] += 1
+    return {"published": sum(published.values()), "published_ids": len(published), "in_topic_distinct": len(in_topic),
+            "lost": len(set(published) - set(in_topic)),
+            "duplicates": sum(max(0, n - published[i]) for i, n in in_topic.items())}
+
+
+async def rabbitmq_backlog(p: Pipeline) -> int:
+    """Messages waiting (ready or unacked) in the sites' RabbitMQ queues, from the management API."""
+    vhosts = p.a.provisioned_vhosts | p.b.provisioned_vhosts
+    async with httpx.AsyncClient(timeout=10, auth=(RABBITMQ.admin_user, RABBITMQ.admin_password)) as client:
+        response = await client.get(f"{RABBITMQ.management_url}/api/queues", params={"columns": "vhost,messages"})
+    response.raise_for_status()
+    return sum(q.get("messages") or 0 for q in response.json() if q["vhost"] in vhosts)
 
 
 class TopicReader:
@@ -389,7 +471,7 @@ async def final_checks(p: Pipeline, converge_timeout: float = 240) -> dict[str, 
     figures["publisher"] = dict(outcomes_seen)
     assert outcomes_seen.get("nacked", 0) == 0 and outcomes_seen.get("unroutable", 0) == 0, \
         f"the broker refused messages (queue overflow or gone), the scenario is mis-sized: {outcomes_seen}"
-    assert len(published) > 2 * CHANGES * 0.5  # the changes were really published (ids repeat only for equal content)
+    assert len(published) > 2 * p.changes_made * 0.5  # the changes were really published (ids repeat only for equal content)
     ids = EventIds(config.kafka.events_topic, p.bootstrap)
     try:
         async def all_relayed() -> bool:
