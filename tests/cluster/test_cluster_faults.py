@@ -51,8 +51,8 @@ async def _admin(p: Pipeline) -> AIOKafkaAdminClient:
 
 
 async def leader_to_kill(p: Pipeline) -> tuple[int, dict[str, Any]]:
-    """The node leading most partitions of the events topic; among equals, the one that
-    coordinates most of the pipeline's consumer groups (route, fold, sink)."""
+    """The node with most roles: leader of the events topic's partitions plus coordinator
+    of the pipeline's consumer groups (route, fold, sink); among equals, most leaders."""
     app, admin = p.config.app_id, await _admin(p)
     try:
         [events] = await admin.describe_topics([p.config.kafka.events_topic])
@@ -60,20 +60,22 @@ async def leader_to_kill(p: Pipeline) -> tuple[int, dict[str, Any]]:
         coordinators = Counter([await admin.find_coordinator(g) for g in (f"{app}-route", app, f"{app}-sink")])
     finally:
         await admin.close()
-    node = max(leaders, key=lambda n: (leaders[n], coordinators[n]))
+    node = max(leaders, key=lambda n: (leaders[n] + coordinators[n], leaders[n]))
     return node, {"node": node, "events_partitions_led": leaders[node], "groups_coordinated": coordinators[node]}
 
 
 async def all_in_sync(p: Pipeline) -> bool:
-    """Every partition of the pipeline's topics has all three replicas in sync."""
+    """Every partition of the pipeline's topics (faust's changelogs too) has all three
+    replicas in sync: three replicas, so usync created them with replication factor 3."""
     app, kafka = p.config.app_id, p.config.kafka
+    names = [kafka.events_topic, kafka.outcomes_topic, f"{app}-by-link", f"{app}-corrections",
+             *(f"{app}-{table}-changelog" for table in ("rows", "index", "pending")), "__consumer_offsets"]
     admin = await _admin(p)
     try:
-        topics = await admin.describe_topics([kafka.events_topic, f"{app}-by-link", f"{app}-corrections",
-                                               "__consumer_offsets"])
+        topics = await admin.describe_topics(names)
     finally:
         await admin.close()
-    return all(len(part["isr"]) == 3 for topic in topics for part in topic["partitions"])
+    return all(topic["partitions"] and all(len(part["isr"]) == 3 for part in topic["partitions"]) for topic in topics)
 
 
 async def leader_kill(p: Pipeline, cluster: KafkaCluster, notes: list[str]) -> None:
@@ -139,6 +141,7 @@ async def test_pipeline_on_a_cluster_survives(cluster_pipeline, cluster, fault):
             await until(p.a_equals_b, 300, "A to equal B after the fault", interval=0.5)
             converged = time.monotonic()
         figures = await final_checks(p)
+        await until(lambda: all_in_sync(p), 120, "every partition on all three brokers again", interval=1.0)
         if fault == "min-isr":
             # The backlog waited in RabbitMQ (nothing acked that Kafka had not written) and drained.
             assert extra["backlog_peak"] > extra["backlog_before"] + 1000, extra
