@@ -117,16 +117,24 @@ start() {
   log "ready: $(bootstrap)"
 }
 
-stop_node() {
-  local n=$1 signal=$2 pid
-  if pid_alive "$n"; then
-    pid=$(cat "$(pid_file "$n")")
-    log "stopping node $n (pid $pid, SIG$signal)"
-    kill -s "$signal" "$pid" 2>/dev/null || true
-    # A controlled shutdown takes a few seconds (longer with the quorum gone); 60 at most.
+# stop_nodes SIGNAL NODE...: signal every node first, then wait for each. One by one, the
+# last node's controlled shutdown waits for a quorum that has already left (60 s, then
+# SIGKILL); signalled together they all stop in a few seconds.
+stop_nodes() {
+  local signal=$1 n pid; shift
+  local -A pids=()
+  for n in "$@"; do
+    if pid_alive "$n"; then
+      pid=$(cat "$(pid_file "$n")"); pids[$n]=$pid
+      log "stopping node $n (pid $pid, SIG$signal)"
+      kill -s "$signal" "$pid" 2>/dev/null || true
+    fi
+  done
+  for n in "${!pids[@]}"; do
+    pid=${pids[$n]}
     wait_until 60 bash -c "! kill -0 $pid" || { log "forcing node $n"; kill -9 "$pid" 2>/dev/null || true; }
-  fi
-  rm -f "$(pid_file "$n")"
+  done
+  for n in "$@"; do rm -f "$(pid_file "$n")"; done
 }
 
 status() {
@@ -140,7 +148,7 @@ status() {
 
 reset() {
   local n
-  for n in "${NODES[@]}"; do stop_node "$n" TERM; done
+  stop_nodes TERM "${NODES[@]}"
   log "deleting the cluster's data ($CLUSTER_DIR)"
   rm -rf "$CLUSTER_DIR"
   start "${NODES[@]}"
@@ -155,9 +163,9 @@ fi
 case "$command" in
   install) install ;;
   start) start "${targets[@]}" ;;
-  stop) for n in "${targets[@]}"; do stop_node "$n" TERM; done ;;
-  kill) for n in "${targets[@]}"; do stop_node "$n" KILL; done ;;
-  restart) for n in "${targets[@]}"; do stop_node "$n" TERM; done; start "${targets[@]}" ;;
+  stop) stop_nodes TERM "${targets[@]}" ;;
+  kill) stop_nodes KILL "${targets[@]}" ;;
+  restart) stop_nodes TERM "${targets[@]}"; start "${targets[@]}" ;;
   status) status "${targets[@]}" ;;
   reset) reset ;;
   bootstrap) bootstrap ;;
