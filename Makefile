@@ -5,7 +5,7 @@ VENV := .local/venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test install services services-stop services-reset status unit clean
+.PHONY: demo test install services services-stop services-reset status unit clean cluster cluster-stop
 
 $(STAMP): pyproject.toml requirements.lock
 	@test -x $(PY) || python3 -m venv $(VENV)
@@ -30,6 +30,14 @@ services-stop:
 # partitions slow the broker down (run before measuring the benchmarks).
 services-reset: install
 	@services/kafka.sh reset
+
+# The 3-node Kafka cluster of the failure tests (services/kafka-cluster.sh; pytest starts
+# it when a cluster test runs and it is down).
+cluster: install
+	@services/kafka-cluster.sh start
+
+cluster-stop:
+	@services/kafka-cluster.sh stop
 
 status:
 	@services/rabbitmq.sh status || true

@@ -84,7 +84,7 @@ def create_app(config: Config, *, store: str = "rocksdb", web_port: int | None =
     app = faust_app(config, store, web_port, data_dir)
     kafka, options, metrics, routes = config.kafka, client_options(config), Metrics(), compile_routes(config.links)
     clients = Clients(config, metrics)
-    tables = define_tables(app, kafka.partitions)
+    tables = define_tables(app, kafka.partitions, kafka.replica_configs)
     state = lambda: table_state(*tables)  # noqa: E731
     raw = dict(key_type=bytes, value_type=bytes, key_serializer="raw", value_serializer="raw", internal=True)
     by_link = app.topic(by_link_topic(config), partitions=kafka.partitions, **raw)

@@ -9,7 +9,7 @@ import os
 import pytest
 from aiokafka.admin import AIOKafkaAdminClient
 
-from tests.support.services import KAFKA_BOOTSTRAP, RABBITMQ, RabbitMQEndpoints, kafka_broker, rabbitmq_broker
+from tests.support.services import KAFKA_BOOTSTRAP, RABBITMQ, RabbitMQEndpoints, kafka_broker, kafka_cluster, rabbitmq_broker
 
 
 @pytest.fixture(scope="session")
@@ -66,6 +66,26 @@ def brokers():
     for broker in (kafka_broker, rabbitmq_broker):
         if not broker.is_running():
             broker.start()
+
+
+@pytest.fixture(scope="session")
+def cluster_bootstrap():
+    """Bootstrap list of the local 3-node Kafka cluster (services/kafka-cluster.sh), started
+    if any node is down, stopped at the session's end only if this session started it."""
+    started = not kafka_cluster.is_running()
+    if started:
+        kafka_cluster.start()
+    yield kafka_cluster.bootstrap
+    if started:
+        kafka_cluster.stop()
+
+
+@pytest.fixture
+def cluster(cluster_bootstrap):
+    """Node control of the cluster; whatever node a test stopped or killed is running again after it."""
+    yield kafka_cluster
+    if not kafka_cluster.is_running():
+        kafka_cluster.start()
 
 
 def pytest_collection_modifyitems(items):

@@ -110,7 +110,12 @@ class Kafka(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     dlq_topic: str = "waldur.offering-users.dlq"
     outcomes_topic: str = "waldur.username-sync.outcomes"
     partitions: PositiveInt = 8
-    replication_factor: PositiveInt = 1
+    # Replicas of every topic usync creates (its own, faust's changelogs and internal
+    # topics) and the in-sync replicas a write needs. Unset: 3 and 2 when
+    # bootstrap_servers lists more than one broker (one broker may die, nothing written
+    # is lost and nothing stops), else 1 and the broker's default.
+    replication_factor: PositiveInt | None = None
+    min_insync_replicas: PositiveInt | None = None
     security_protocol: str = "PLAINTEXT"
     sasl_mechanism: str | None = None
     sasl_username: str | None = None
@@ -125,6 +130,20 @@ class Kafka(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     # Seconds a worker waits after a rebalance before restoring its tables, so that
     # workers joining together cause one restore, not one each.
     recovery_delay: NonNegative = 0.0
+
+    def __post_init__(self) -> None:
+        if self.replication_factor is None:
+            self.replication_factor = 3 if len(self.bootstrap_servers.split(",")) > 1 else 1
+        if self.min_insync_replicas is None and self.replication_factor > 1:
+            self.min_insync_replicas = min(2, self.replication_factor - 1)
+        if (self.min_insync_replicas or 0) > self.replication_factor:
+            raise ValueError(f"min_insync_replicas ({self.min_insync_replicas}) exceeds "
+                             f"replication_factor ({self.replication_factor})")
+
+    @property
+    def replica_configs(self) -> dict[str, str]:
+        """The topic configuration every usync topic is created with (none on one broker)."""
+        return {} if self.min_insync_replicas is None else {"min.insync.replicas": str(self.min_insync_replicas)}
 
 
 class RabbitMQ(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):

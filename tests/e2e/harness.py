@@ -92,6 +92,7 @@ class Pipeline:
     processes: list[Process] = field(default_factory=list)
     config_path: Path | None = None
     changes_made: int = 0
+    bootstrap: str = KAFKA_BOOTSTRAP  # the cluster's list for the cluster tests
 
     @property
     def a(self) -> Any:
@@ -140,7 +141,7 @@ class Pipeline:
         text = (
             f'app_id = "usync-e2e-{self.suffix}"\nreconcile_interval = 3600\n'
             f'data_dir = "{self.tmp / "data"}"\n'
-            f'[kafka]\nbootstrap_servers = "{KAFKA_BOOTSTRAP}"\n'
+            f'[kafka]\nbootstrap_servers = "{self.bootstrap}"\n'
             f'events_topic = "e2e-{self.suffix}.events"\ndlq_topic = "e2e-{self.suffix}.dlq"\n'
             f'outcomes_topic = "e2e-{self.suffix}.outcomes"\npartitions = 4\n'
             + site(self.a, "USYNC_TOKEN_A") + site(self.b, "USYNC_TOKEN_B")
@@ -155,11 +156,15 @@ class Pipeline:
 
     # -- processes ---------------------------------------------------------------------
 
-    def start_bridge(self) -> Process:
+    def start_bridge(self, slot: int = 0) -> Process:
+        """Bridge ``slot``: 0 is the pipeline's bridge (``bridge-N``, bridge.log); a second
+        bridge on the same configuration (the pair test) is slot 1 (``bridge1-N``, bridge1.log)."""
         port = free_port()
-        n = sum(p.name.startswith("bridge") for p in self.processes)
-        process = Process(f"bridge-{n}", [USYNC, "bridge", "--config", str(self.config_path), "--health-port", str(port)],
-                          self.env, self.tmp / "bridge.log", f"http://127.0.0.1:{port}/health/ready")
+        prefix = "bridge-" if slot == 0 else f"bridge{slot}-"
+        n = sum(p.name.startswith(prefix) for p in self.processes)
+        process = Process(f"{prefix}{n}", [USYNC, "bridge", "--config", str(self.config_path), "--health-port", str(port)],
+                          self.env, self.tmp / ("bridge.log" if slot == 0 else f"bridge{slot}.log"),
+                          f"http://127.0.0.1:{port}/health/ready")
         self.processes.append(process)
         return process
 
@@ -191,7 +196,9 @@ class Pipeline:
         self.populate()
         self.write_config()
         if precreate_corrections:
-            await create_topic(f"{self.config.app_id}-corrections", 4)
+            kafka = self.config.kafka
+            await create_topic(f"{self.config.app_id}-corrections", 4, self.bootstrap, kafka.replication_factor,
+                               kafka.replica_configs)
         bridge = self.start_bridge()
         workers = [self.start_worker(0), self.start_worker(1)]
         for process in (bridge, *workers):
@@ -255,16 +262,95 @@ class Pipeline:
                 if not p.killed and p.proc.poll() is not None]
 
 
+# The state each component reports on /health/ready when it is not waiting for anything.
+READY_STATES = {"connected", "joined", "ready", "started"}
+
+
+class HealthWatch:
+    """Polls every running process's /health/ready during a fault and keeps what each said
+    it waited for (``component: state detail``). A 503 that names no waiting component is
+    a health endpoint that does not explain itself: kept in ``unexplained``."""
+
+    def __init__(self, p: Pipeline, interval: float = 0.5) -> None:
+        self.p = p
+        self.interval = interval
+        self.waits: dict[str, set[str]] = defaultdict(set)
+        self.unexplained: list[str] = []
+        self._task: asyncio.Task | None = None
+
+    async def _poll(self) -> None:
+        async with httpx.AsyncClient(timeout=2) as client:
+            while True:
+                for process in list(self.p.processes):
+                    if process.killed or process.proc.poll() is not None:
+                        continue
+                    url = process.health.rsplit("/health", 1)[0] + "/health/ready"
+                    try:
+                        response = await client.get(url)
+                    except httpx.HTTPError as exc:  # a busy process may miss a poll; say so
+                        self.waits[process.name].add(f"no answer: {type(exc).__name__}")
+                        continue
+                    if response.status_code == 200:
+                        continue
+                    components = response.json().get("components", {})
+                    waiting = [f"{name}: {c.get('state')} {str(c.get('detail') or '')[:60]}".strip()
+                               for name, c in components.items() if c.get("state") not in READY_STATES]
+                    self.waits[process.name].update(waiting)
+                    if not waiting:
+                        self.unexplained.append(f"{process.name}: {response.text[:300]}")
+                await asyncio.sleep(self.interval)  # the polling period, not synchronisation
+
+    def __enter__(self) -> HealthWatch:
+        self._task = asyncio.get_running_loop().create_task(self._poll())
+        return self
+
+    def __exit__(self, *_exc: Any) -> None:
+        assert self._task is not None
+        self._task.cancel()
+
+    def figures(self) -> dict[str, list[str]]:
+        return {name: sorted(states) for name, states in self.waits.items()}
+
+
+async def relay_figures(p: Pipeline) -> dict[str, int]:
+    """Events the sites' publishers had confirmed, those in the events topic (distinct ids),
+    lost ones, and duplicates: topic copies of an id beyond the times it was published
+    (the simulator's ids are content hashes, so equal content repeats an id)."""
+    published: Counter = Counter()
+    for site in (p.a, p.b):
+        for _time, _vhost, _queue, message_id, outcome in list(site.publisher.sent):
+            if outcome == "confirmed":
+                published[message_id] += 1
+    in_topic: Counter = Counter()
+    for value in await read_topic(p.config.kafka.events_topic, bootstrap=p.bootstrap):
+        envelope = envelope_decoder.decode(value)
+        if envelope.origin in (Origin.STOMP, Origin.AMQP):
+            in_topic[envelope.event_id] += 1
+    return {"published": sum(published.values()), "published_ids": len(published), "in_topic_distinct": len(in_topic),
+            "lost": len(set(published) - set(in_topic)),
+            "duplicates": sum(max(0, n - published[i]) for i, n in in_topic.items())}
+
+
+async def rabbitmq_backlog(p: Pipeline) -> int:
+    """Messages waiting (ready or unacked) in the sites' RabbitMQ queues, from the management API."""
+    vhosts = p.a.provisioned_vhosts | p.b.provisioned_vhosts
+    async with httpx.AsyncClient(timeout=10, auth=(RABBITMQ.admin_user, RABBITMQ.admin_password)) as client:
+        response = await client.get(f"{RABBITMQ.management_url}/api/queues", params={"columns": "vhost,messages"})
+    response.raise_for_status()
+    return sum(q.get("messages") or 0 for q in response.json() if q["vhost"] in vhosts)
+
+
 class TopicReader:
     """Reads every partition of a topic from the start, keeping all values; ``catch_up`` reads to the end."""
 
-    def __init__(self, topic: str) -> None:
+    def __init__(self, topic: str, bootstrap: str = KAFKA_BOOTSTRAP) -> None:
         self.topic = topic
+        self.bootstrap = bootstrap
         self.values: list[bytes] = []
         self.consumer: AIOKafkaConsumer | None = None
 
     async def open(self) -> None:
-        self.consumer = AIOKafkaConsumer(bootstrap_servers=KAFKA_BOOTSTRAP, group_id=None, enable_auto_commit=False,
+        self.consumer = AIOKafkaConsumer(bootstrap_servers=self.bootstrap, group_id=None, enable_auto_commit=False,
                                          auto_offset_reset="earliest", metadata_max_age_ms=1000,
                                          max_partition_fetch_bytes=4 * 1024 * 1024)
         await self.consumer.start()
@@ -289,8 +375,8 @@ class TopicReader:
             await self.consumer.stop()
 
 
-async def read_topic(topic: str, timeout: float = 60) -> list[bytes]:
-    reader = TopicReader(topic)
+async def read_topic(topic: str, timeout: float = 60, bootstrap: str = KAFKA_BOOTSTRAP) -> list[bytes]:
+    reader = TopicReader(topic, bootstrap)
     await reader.open()
     try:
         return await reader.catch_up(timeout)
@@ -301,8 +387,8 @@ async def read_topic(topic: str, timeout: float = 60) -> list[bytes]:
 class EventIds:
     """The broker event ids that reached the events topic (read incrementally)."""
 
-    def __init__(self, topic: str) -> None:
-        self.reader = TopicReader(topic)
+    def __init__(self, topic: str, bootstrap: str = KAFKA_BOOTSTRAP) -> None:
+        self.reader = TopicReader(topic, bootstrap)
         self.ids: set[str] = set()
         self._seen = 0
 
@@ -318,24 +404,25 @@ class EventIds:
         return self.ids
 
 
-async def create_topic(name: str, partitions: int) -> None:
+async def create_topic(name: str, partitions: int, bootstrap: str = KAFKA_BOOTSTRAP, replicas: int = 1,
+                       configs: dict[str, str] | None = None) -> None:
     from aiokafka.admin import NewTopic
     from aiokafka.errors import TopicAlreadyExistsError
 
-    admin = AIOKafkaAdminClient(bootstrap_servers=KAFKA_BOOTSTRAP)
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
     await admin.start()
     try:
-        await admin.create_topics([NewTopic(name, partitions, 1)])
+        await admin.create_topics([NewTopic(name, partitions, replicas, topic_configs=configs or {})])
     except TopicAlreadyExistsError:
         pass
     finally:
         await admin.close()
 
 
-async def group_lag(group: str, topic: str) -> int:
+async def group_lag(group: str, topic: str, bootstrap: str = KAFKA_BOOTSTRAP) -> int:
     """Records of ``topic`` that consumer group ``group`` has not committed yet."""
-    admin = AIOKafkaAdminClient(bootstrap_servers=KAFKA_BOOTSTRAP)
-    consumer = AIOKafkaConsumer(bootstrap_servers=KAFKA_BOOTSTRAP, group_id=None)
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=None)
     await admin.start()
     await consumer.start()
     try:
@@ -384,8 +471,8 @@ async def final_checks(p: Pipeline, converge_timeout: float = 240) -> dict[str, 
     figures["publisher"] = dict(outcomes_seen)
     assert outcomes_seen.get("nacked", 0) == 0 and outcomes_seen.get("unroutable", 0) == 0, \
         f"the broker refused messages (queue overflow or gone), the scenario is mis-sized: {outcomes_seen}"
-    assert len(published) > 2 * CHANGES * 0.5  # the changes were really published (ids repeat only for equal content)
-    ids = EventIds(config.kafka.events_topic)
+    assert len(published) > 2 * p.changes_made * 0.5  # the changes were really published (ids repeat only for equal content)
+    ids = EventIds(config.kafka.events_topic, p.bootstrap)
     try:
         async def all_relayed() -> bool:
             return not (published - await ids.refresh())
@@ -401,11 +488,11 @@ async def final_checks(p: Pipeline, converge_timeout: float = 240) -> dict[str, 
 
     # Every correction request was consumed (and so answered first: docs/invariants.md, 1) ...
     corrections_topic = f"{config.app_id}-corrections"
-    await until(lambda: _no_lag(f"{config.app_id}-sink", corrections_topic), 120, "every correction request to be committed",
+    await until(lambda: _no_lag(f"{config.app_id}-sink", corrections_topic, p.bootstrap), 120, "every correction request to be committed",
                 interval=1.0)
     # ... and has an outcome.
-    requests = await read_topic(corrections_topic)
-    outcomes = [outcome_decoder.decode(v) for v in await read_topic(config.kafka.outcomes_topic)]
+    requests = await read_topic(corrections_topic, bootstrap=p.bootstrap)
+    outcomes = [outcome_decoder.decode(v) for v in await read_topic(config.kafka.outcomes_topic, bootstrap=p.bootstrap)]
     missing = unanswered_corrections(requests, outcomes)
     assert not missing, f"{len(missing)} correction requests without an outcome: {missing[:5]}"
     figures["corrections"] = len(requests)
@@ -417,8 +504,8 @@ async def final_checks(p: Pipeline, converge_timeout: float = 240) -> dict[str, 
     return figures
 
 
-async def _no_lag(group: str, topic: str) -> bool:
-    return await group_lag(group, topic) == 0
+async def _no_lag(group: str, topic: str, bootstrap: str = KAFKA_BOOTSTRAP) -> bool:
+    return await group_lag(group, topic, bootstrap) == 0
 
 
 async def diagnose(p: Pipeline) -> str:
@@ -427,7 +514,7 @@ async def diagnose(p: Pipeline) -> str:
     app = config.app_id
     lines = [f"A differs from B: {p.a_b_difference()}"]
     published, outcomes = p.published_ids()
-    ids = EventIds(config.kafka.events_topic)
+    ids = EventIds(config.kafka.events_topic, p.bootstrap)
     try:
         missing = published - await ids.refresh()
         lines.append(f"publisher outcomes {dict(outcomes)}; {len(missing)} of {len(published)} confirmed "
@@ -439,7 +526,7 @@ async def diagnose(p: Pipeline) -> str:
     for group, topic in ((f"{app}-route", config.kafka.events_topic), (app, f"{app}-by-link"),
                          (f"{app}-sink", f"{app}-corrections")):
         try:
-            lines.append(f"lag of {group} on {topic}: {await group_lag(group, topic)}")
+            lines.append(f"lag of {group} on {topic}: {await group_lag(group, topic, p.bootstrap)}")
         except Exception as exc:  # a diagnosis must not hide the failure
             lines.append(f"lag of {group} on {topic}: {exc!r}")
     wanted = ("usync_events_folded_total", "usync_corrections_requested_total", "usync_outcomes_total",

@@ -124,3 +124,42 @@ KAFKA_SASL_PASSWORD = os.environ.get("KAFKA_SASL_PASSWORD") or "usync-test-passw
 RABBITMQ = RabbitMQEndpoints()
 kafka_broker = Broker("kafka")
 rabbitmq_broker = Broker("rabbitmq")
+
+
+@dataclass(frozen=True)
+class KafkaCluster:
+    """The local 3-node Kafka cluster of services/kafka-cluster.sh; node 1, 2 or 3 can be
+    stopped, killed (SIGKILL) and started on its own."""
+
+    nodes: tuple[int, ...] = (1, 2, 3)
+
+    def port(self, node: int) -> int:
+        return 19092 + 2 * node + int(os.environ.get("USYNC_PORT_OFFSET") or 0)
+
+    @property
+    def bootstrap(self) -> str:
+        return ",".join(f"127.0.0.1:{self.port(n)}" for n in self.nodes)
+
+    def _do(self, command: str, node: int | None = None, timeout: float = 240) -> subprocess.CompletedProcess[str]:
+        args = [str(SCRIPTS / "kafka-cluster.sh"), command] + ([str(node)] if node is not None else [])
+        return subprocess.run(args, capture_output=True, text=True, timeout=timeout, check=False)
+
+    def _must(self, command: str, node: int | None = None) -> None:
+        result = self._do(command, node)
+        if result.returncode != 0:
+            raise ServiceError(f"kafka-cluster {command} {node or ''} failed:\n{result.stderr}")
+
+    def start(self, node: int | None = None) -> None:
+        self._must("start", node)
+
+    def stop(self, node: int | None = None) -> None:
+        self._must("stop", node)
+
+    def kill(self, node: int) -> None:
+        self._must("kill", node)
+
+    def is_running(self, node: int | None = None) -> bool:
+        return self._do("status", node, timeout=30).returncode == 0
+
+
+kafka_cluster = KafkaCluster()

@@ -105,3 +105,27 @@ def test_missing_file_is_a_config_error(tmp_path):
 def test_target_states_are_normalised_to_waldur_display_names():
     config = parse_config(WITH_STATES, ENV)
     assert config.links[1].target_states == ["OK", "Requested", "Error creating"]
+
+
+def test_one_broker_means_one_replica_and_the_brokers_min_isr():
+    kafka = parse_config(GOOD, ENV).kafka
+    assert (kafka.replication_factor, kafka.min_insync_replicas, kafka.replica_configs) == (1, None, {})
+
+
+def test_a_cluster_means_three_replicas_and_two_in_sync_on_every_topic():
+    from streams.adapters.kafka.topics import topic_specs
+
+    cluster = GOOD.replace('"127.0.0.1:9092"', '"127.0.0.1:9094,127.0.0.1:9096,127.0.0.1:9098"')
+    config = parse_config(cluster, ENV)
+    assert (config.kafka.replication_factor, config.kafka.min_insync_replicas) == (3, 2)
+    specs = topic_specs(config, worker=True)
+    assert len(specs) == 5
+    for spec in specs:
+        assert spec.replication_factor == 3 and spec.topic_configs["min.insync.replicas"] == "2", spec.name
+
+
+def test_replicas_are_configurable_and_min_isr_cannot_exceed_them():
+    text = GOOD.replace('[kafka]\n', '[kafka]\nreplication_factor = 2\n')
+    assert parse_config(text, ENV).kafka.min_insync_replicas == 1
+    with pytest.raises(ConfigError, match="min_insync_replicas"):
+        parse_config(GOOD.replace('[kafka]\n', '[kafka]\nreplication_factor = 2\nmin_insync_replicas = 3\n'), ENV)

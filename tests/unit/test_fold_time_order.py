@@ -15,6 +15,7 @@ from hypothesis import strategies as st
 from msgspec.structs import replace
 
 from streams.core import as_dict, empty_state, fold_many
+from streams.core.decide import correction_needed, needing_correction
 from streams.contract.schema import Lookup, OfferingUserEvent
 from tests.unit.test_fold_properties import (
     FAST, LINKS, OFF_A, OFF_B, T0, USERNAMES, USERS, any_envelope, envelope, ou, page, record,
@@ -114,3 +115,49 @@ def test_with_distinct_times_the_rows_do_not_depend_on_arrival_order(updates):
     fold_many(expected, LINKS, [*known_alice(), *in_time_order])
     fold_many(got, LINKS, [*known_alice(), *arrived])
     assert as_dict(got)["rows"] == as_dict(expected)["rows"]
+
+
+def update(site, off, uuid, username, event_id, seconds):
+    return at(envelope(site, off, OfferingUserEvent(action="update", offering_user_uuid=uuid, user_uuid="9" * 32,
+                                                    username=username, state="OK"), event_id), seconds)
+
+
+def test_two_bridges_stamping_against_topic_order_leave_a_stale_row_that_the_reconcile_repairs():
+    """The one case two bridges on one queue get wrong (docs/invariants.md, 3: "Two
+    bridges on one queue"). B's alice goes x -> y; a live verification had already set A
+    to x. Bridge X takes "x" off the queue first but stamps it later (t=3: its read loop
+    was behind, or its clock is ahead) than bridge Y stamps "y" (t=2), and X's record
+    lands in the topic first. The fold keeps the newest observation, "x": the row says A
+    equals B, so no correction is asked for, while B is really "y". The next reconcile's
+    snapshot (newer than both) makes the row right and asks for the correction."""
+    b_to_a = next(link for link in LINKS if link.name == "b-to-a")
+    verified = [at(envelope("b", OFF_B, Lookup(offering_user_uuid=B, status=200,
+                                               user=record(B, "alice", OFF_B, "x", "OK")), "l1"), 1),
+                at(envelope("a", OFF_A, Lookup(offering_user_uuid=A, status=200,
+                                               user=record(A, "alice", OFF_A, "x", "OK")), "l2"), 1)]
+    state = empty_state()
+    fold_many(state, LINKS, [*known_alice(), *verified])
+    result = fold_many(state, LINKS, [update("b", OFF_B, B, "x", "e1", 3), update("b", OFF_B, B, "y", "e2", 2)])
+    row = state.rows["b-to-a:alice"]
+    assert (row.b_username, row.a_username) == ("x", "x")
+    assert not needing_correction(state, LINKS, result.dirty) and not correction_needed(row, b_to_a)
+
+    snapshot = at(envelope("b", OFF_B, page(OFF_B, [record(B, "alice", OFF_B, "y", "OK")]), "s3"), 4)
+    result = fold_many(state, LINKS, [snapshot])
+    assert state.rows["b-to-a:alice"].b_username == "y"
+    assert [r.user_username for r in needing_correction(state, LINKS, result.dirty)] == ["alice"]
+
+
+def test_two_bridges_stamping_against_topic_order_with_a_in_drift_are_repaired_by_the_live_read():
+    """Same reordering, but A still holds the old username: the stale "x" differs from A,
+    so a correction is asked for, and the correct stage's live read (B is "y") decides
+    the PATCH; its Lookup fact, newer than both, puts the row right."""
+    state = empty_state()
+    fold_many(state, LINKS, known_alice())
+    result = fold_many(state, LINKS, [update("b", OFF_B, B, "x", "e1", 3), update("b", OFF_B, B, "y", "e2", 2)])
+    assert state.rows["b-to-a:alice"].b_username == "x"
+    assert [r.user_username for r in needing_correction(state, LINKS, result.dirty)] == ["alice"]
+    live = at(envelope("b", OFF_B, Lookup(offering_user_uuid=B, status=200,
+                                          user=record(B, "alice", OFF_B, "y", "OK")), "l3"), 4)
+    fold_many(state, LINKS, [live])
+    assert state.rows["b-to-a:alice"].b_username == "y"

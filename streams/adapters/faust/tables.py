@@ -16,7 +16,7 @@ import asyncio
 import contextlib
 import logging
 import weakref
-from collections.abc import Awaitable, Iterator, MutableMapping
+from collections.abc import Awaitable, Iterator, Mapping, MutableMapping
 from contextvars import ContextVar
 from typing import Any, Generic, TypeVar
 
@@ -116,10 +116,14 @@ USER = Codec[str](str)
 PENDING = Codec[Pending](Pending)
 
 
-def define_tables(app: faust.App, partitions: int) -> tuple[faust.Table, faust.Table, faust.Table]:
+def define_tables(app: faust.App, partitions: int, topic_configs: Mapping[str, str] | None = None,
+                  ) -> tuple[faust.Table, faust.Table, faust.Table]:
+    """The worker's three tables; ``topic_configs`` goes to each changelog topic faust creates
+    (``min.insync.replicas`` on a cluster; the replication factor is the app's)."""
     def table(name: str) -> faust.Table:
         # bytes -> faust's "raw" codec for the store *and* the changelog (recovery decodes with it)
-        return app.Table(name, partitions=partitions, key_type=bytes, value_type=bytes)
+        return app.Table(name, partitions=partitions, key_type=bytes, value_type=bytes,
+                         extra_topic_configs=dict(topic_configs or {}))
 
     return table("rows"), table("index"), table("pending")
 

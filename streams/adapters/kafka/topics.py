@@ -33,12 +33,13 @@ def corrections_topic(config: Config) -> str:
 def topic_specs(config: Config, *, worker: bool = False) -> list[NewTopic]:
     kafka = config.kafka
     specs = [
-        NewTopic(name, kafka.partitions, kafka.replication_factor, topic_configs=dict(UNLIMITED))
+        NewTopic(name, kafka.partitions, kafka.replication_factor, topic_configs=UNLIMITED | kafka.replica_configs)
         for name in (kafka.events_topic, kafka.dlq_topic, kafka.outcomes_topic)
     ]
     if worker:  # derived from the events topic, so the broker's default retention is enough
         for name in (by_link_topic(config), corrections_topic(config)):
-            specs.append(NewTopic(name, kafka.partitions, kafka.replication_factor))
+            specs.append(NewTopic(name, kafka.partitions, kafka.replication_factor,
+                                  topic_configs=dict(kafka.replica_configs)))
     return specs
 
 
