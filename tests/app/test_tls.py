@@ -74,9 +74,12 @@ async def test_a_refused_handshake_is_one_clear_error_and_the_worker_recovers(se
         seen = _tls_calls(worker)
         await until(lambda: _tls_calls(worker) > seen, 60, "another attempt (retrying with backoff)")  # noqa: B023
         assert worker.proc.poll() is None, "the worker must keep running"
-        lines = [line for line in worker.log_text().splitlines() if reason in line]
-        assert len(lines) == 1, lines  # one ERROR per outage, not one per retry
-        assert "ERROR" in lines[0] and "site a" in lines[0] and s.a.staff_token not in lines[0]
+        said = [line for line in worker.log_text().splitlines() if reason in line]
+        lines = [line for line in said if " ERROR " in line]
+        assert len(lines) == 1, said  # one ERROR per outage, not one per retry
+        assert "site a" in lines[0] and s.a.staff_token not in lines[0]
+        # (and at most the one WARNING that the site is failing, which names the same reason)
+        assert len(said) - len(lines) <= 1 and not any(s.a.staff_token in line for line in said), said
 
     await s.a.restart_listener(pki.server.server_context())  # the right certificate is in place
     await until(lambda: s.a.offering_user(a_ou).username == "bob_b", 90, "A to converge after the fix")
