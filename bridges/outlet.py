@@ -20,7 +20,6 @@ from streams.adapters.kafka.client import client_options
 from streams.adapters.kafka.producers import ReplaceableProducer, known_partitions
 from streams.adapters.kafka.topics import ensure_topics
 from streams.errors import KafkaUnavailable
-from streams.retry import Backoff
 
 from bridges.health import Health
 from bridges.metrics import BridgeMetrics
@@ -59,7 +58,7 @@ class KafkaOutlet:
         self.topics = {"events": config.kafka.events_topic, "dlq": config.kafka.dlq_topic}
         self._producer = ReplaceableProducer(
             client_options(config), "bridge", prepare=lambda: ensure_topics(config), on_state=self._state,
-            backoff=Backoff(rng=rng or random.Random()),
+            rng=rng or random.Random(),  # each start backs off from 1 s again: an outage does not grow the next
             linger_ms=0, max_batch_size=256 * 1024, request_timeout_ms=30_000,
         )
 

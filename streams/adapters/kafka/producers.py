@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import random
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -33,13 +34,13 @@ class ReplaceableProducer:
     """
 
     def __init__(self, options: dict[str, Any], what: str, *, prepare: Callable[[], Awaitable[Any]] | None = None,
-                 on_state: StateHook | None = None, backoff: Backoff | None = None, **settings: Any) -> None:
+                 on_state: StateHook | None = None, rng: random.Random | None = None, **settings: Any) -> None:
         self._options = options
         self._what = what
         self._settings = settings
         self._prepare = prepare
         self._on_state = on_state or (lambda _failure: None)
-        self._backoff = backoff
+        self._rng = rng or random.Random()
         self._producer: AIOKafkaProducer | None = None
         self._started = asyncio.Event()
         self._starting: asyncio.Lock = asyncio.Lock()
@@ -58,7 +59,7 @@ class ReplaceableProducer:
         async with self._starting:
             if self._producer is None:
                 self._producer = await retry_forever(self._start_one, f"{self._what} producer",
-                                                     transient=kafka_transient, backoff=self._backoff,
+                                                     transient=kafka_transient, backoff=Backoff(rng=self._rng),
                                                      on_retry=lambda exc, _delay: self._on_state(exc))
                 self._started.set()
                 self._on_state(None)
