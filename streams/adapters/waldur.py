@@ -405,7 +405,6 @@ class Clients(Mapping[str, SiteClient]):
                              transport=transport, ssl_context=site_api_context(site))
             for name, site in config.sites.items()
         }
-        self.share = 1.0
 
     def __getitem__(self, site: str) -> SiteClient:
         return self.by_site[site]
@@ -426,7 +425,6 @@ class Clients(Mapping[str, SiteClient]):
         share = owned / total if total else 0.0
         for client in self.by_site.values():
             client.bucket.set_share(share)
-        self.share = share
         log.info("API budget: this worker owns %d of %d correction partitions (%.0f %% of each site's rates)",
                  owned, total, share * 100)
 
