@@ -14,7 +14,7 @@ import uuid
 from collections.abc import Mapping, Sequence
 
 from streams.contract.config import Link
-from streams.contract.schema import Envelope, Origin, SnapshotPage, envelope_encoder, event_key
+from streams.contract.schema import Envelope, Origin, SnapshotPage, envelope_encoder, event_key, normalize_uuid
 from streams.errors import UsyncError
 from streams.metrics import Metrics
 from streams.ports import Clock, Emit, OfferingUsers, SystemClock
@@ -54,15 +54,22 @@ class Reconcile:
             self.next_pass = time.monotonic() + min(FAILED_PASS_RETRY, self.interval)
 
     async def run_pass(self) -> dict[str, int]:
-        """One pass over every link; returns users listed per qualifying link."""
+        """One pass over every link; returns users listed per qualifying link.
+
+        An offering is listed once per pass and states, however many links share it: a
+        snapshot page is routed (like any fact of its site and offering) to every link
+        with that endpoint, so one identity site feeding 20 targets is listed once, not
+        20 times, and its pages are folded once per link, not 20 times per link.
+        """
         done: dict[str, int] = {}
+        listed: dict[tuple[str, str, tuple[str, ...]], int] = {}
         try:
             for link in self.links:
                 if not link.reconcile:
                     log.info("skipping link %s: reconcile = false", link.name)
                     continue
-                b = await self.snapshot(link, link.source.site, link.source.offering, SOURCE_STATES)
-                a = await self.snapshot(link, link.target.site, link.target.offering, list(link.target_states))
+                b = await self.once(listed, link, link.source.site, link.source.offering, SOURCE_STATES)
+                a = await self.once(listed, link, link.target.site, link.target.offering, list(link.target_states))
                 done[link.name] = a + b
                 log.info("reconciled link %s: %d B users, %d A users listed", link.name, b, a)
         except Exception:
@@ -70,6 +77,16 @@ class Reconcile:
             raise
         self.metrics.reconcile_passes.labels("ok").inc()
         return done
+
+    async def once(self, listed: dict[tuple[str, str, tuple[str, ...]], int], link: Link, site: str,
+                   offering: str, states: list[str]) -> int:
+        """``snapshot`` unless this pass listed the same offering and states already."""
+        key = (site, normalize_uuid(offering), tuple(states))
+        if key not in listed:
+            listed[key] = await self.snapshot(link, site, offering, states)
+        else:
+            log.debug("link %s: %s offering %s already listed in this pass", link.name, site, offering)
+        return listed[key]
 
     async def snapshot(self, link: Link, site: str, offering: str, states: list[str]) -> int:
         """List one offering through every page; write each page; return the users seen."""

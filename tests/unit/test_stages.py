@@ -202,6 +202,25 @@ async def test_reconcile_lists_every_page_of_both_sides_and_skips_links_that_opt
     assert sample(metrics, "usync_reconcile_passes_total", result="ok") == 1
 
 
+async def test_reconcile_lists_a_source_shared_by_several_links_once_per_pass():
+    b = MemoryOfferingUsers("b", [record(OU_B, username="alice_b")])
+    a = MemoryOfferingUsers("a", [record(OU_A, offering=OFF_A)])
+    c = MemoryOfferingUsers("c", [record(OU_A2, offering=OFF_C)])
+    to_a2 = Link(name="b-to-a-2", source=Endpoint("b", OFF_B.upper()), target=Endpoint("a", OFF_A))
+    events = MemoryEmit("events")
+    reconcile = Reconcile([B_TO_A, B_TO_C, to_a2], {"b": b, "a": a, "c": c}, Metrics(), events, interval=900.0,
+                          clock=FixedClock())
+
+    done = await reconcile.run_pass()
+
+    assert b.calls == [("list", (OFF_B, ("OK",), 1))]  # once, for the three links that read it
+    assert a.calls == [("list", (OFF_A, tuple(DEFAULT_STATES), 1))]  # a-side of two links, same states
+    assert c.calls == [("list", (OFF_C, tuple(DEFAULT_STATES), 1))]
+    assert done == {"b-to-a": 2, "b-to-c": 2, "b-to-a-2": 2}
+    assert events.keys() == [f"b:{OFF_B}".encode(), f"a:{OFF_A}".encode(), f"c:{OFF_C}".encode()]
+    assert len(await reconcile.run_pass()) == 3 and len(b.calls) == 2  # the next pass lists it again
+
+
 async def test_a_reconcile_pass_a_site_gives_up_on_fails_and_is_counted():
     b, a = MemoryOfferingUsers("b"), MemoryOfferingUsers("a")
     a.fail(times=1)
