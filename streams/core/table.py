@@ -26,12 +26,18 @@ OK: Final = "OK"
 DELETED: Final = "Deleted"
 
 
-class Row(msgspec.Struct, frozen=True, kw_only=True, gc=False, omit_defaults=True):
+class Row(msgspec.Struct, frozen=True, kw_only=True, gc=False, omit_defaults=True, array_like=True):
     """One user of one link: B's side (``b_*``, the source) and A's side (``a_*``, the target).
 
     Each field holds the value of the newest fact that set it, by observation time
     (``*_at``, microseconds since the epoch; ties go to topic order), so facts that set
     different fields commute. ``*_event_id`` is the id of the side's newest fact.
+
+    Stored (tables, changelogs) as a msgpack *array*: field names are not repeated in
+    every row, 260 B instead of 464 B for a converged row, and a decode is no slower
+    (1.27 µs against 1.39 µs, ``bench/bench_memory.py``). So the field order is the
+    storage format: a new field goes at the end, with a default. Rows stored as maps
+    (before 2026-12) still decode (``streams.adapters.faust.tables``).
     """
 
     link: str
@@ -139,7 +145,15 @@ def link_rows(state: TableState, link: str) -> list[Row]:
 def as_dict(state: TableState) -> dict[str, Any]:
     """The whole state as plain, key-sorted builtins: for JSON export and comparisons."""
     return {
-        "rows": {key: msgspec.to_builtins(state.rows[key]) for key in sorted(state.rows)},
+        "rows": {key: row_builtins(state.rows[key]) for key in sorted(state.rows)},
         "index": {key: state.index[key] for key in sorted(state.index)},
         "pending": {key: msgspec.to_builtins(state.pending[key]) for key in sorted(state.pending)},
     }
+
+
+_ROW_DEFAULTS: Final = {f.name: f.default for f in msgspec.structs.fields(Row)}
+
+
+def row_builtins(row: Row) -> dict[str, Any]:
+    """A row as a JSON-ready dict of its fields, the default-valued ones left out."""
+    return {name: value for name, value in msgspec.structs.asdict(row).items() if value != _ROW_DEFAULTS[name]}

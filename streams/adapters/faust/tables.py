@@ -111,7 +111,28 @@ class TableMapping(MutableMapping[str, V]):
         return len(self.table)
 
 
-ROW = Codec[Row](Row)
+class _MapRow(Row, array_like=False):
+    """A row as stored before rows became arrays: a msgpack map of field names."""
+
+
+class RowCodec(Codec[Row]):
+    """Rows as msgpack arrays (``streams.core.Row``); a row a changelog or a RocksDB store
+    still holds as a map decodes too, and is an array again the next time it is written."""
+
+    def __init__(self) -> None:
+        super().__init__(Row)
+        array = self.decode
+        legacy = msgspec.msgpack.Decoder(_MapRow).decode
+
+        def decode(raw: bytes) -> Row:
+            try:
+                return array(raw)
+            except msgspec.ValidationError:
+                return Row(**msgspec.structs.asdict(legacy(raw)))
+        self.decode = decode
+
+
+ROW = RowCodec()
 USER = Codec[str](str)
 PENDING = Codec[Pending](Pending)
 
