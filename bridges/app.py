@@ -10,6 +10,7 @@ from collections.abc import Awaitable, Callable
 
 from aiohttp import web
 
+from streams.adapters.budget import TokenBucket, registration_bucket
 from streams.adapters.tls import site_broker_context
 from streams.contract.config import Config, Secret
 from streams.errors import UsyncError
@@ -73,6 +74,7 @@ class Bridge:
         self.outlet = KafkaOutlet(config, self.health, self.metrics, self.rng)
         self.relays: list[SubscriptionRelay] = []
         self._stopping = asyncio.Event()
+        self.registration_buckets: dict[str, TokenBucket] = {}  # a site's, across re-registrations
         self._runner: web.AppRunner | None = None
 
     async def _credentials(self, site_name: str) -> list[Credential]:
@@ -82,9 +84,10 @@ class Bridge:
             return configured_credentials(self.config, site_name)
         token: Secret = self.config.site_token(site_name)
         name = f"{site_name}/registration"
+        bucket = self.registration_buckets.setdefault(site_name, registration_bucket(site.rates))
         self.health.set(name, "starting")
         credentials = await retry_forever(  # API down, refusing, timing out: all retried
-            lambda: register(site_name, site, token, site_offerings(self.config, site_name)),
+            lambda: register(site_name, site, token, site_offerings(self.config, site_name), bucket),
             f"{site_name}: registration", backoff=Backoff(rng=self.rng), logger=log,
             on_retry=lambda exc, _delay: self.health.set(name, "disconnected", str(exc)),
         )

@@ -3,7 +3,9 @@
 Waldur's flow: a site-agent identity per offering, one
 event subscription per user and object type (shared across offerings), one queue per
 offering. The broker login is the subscription uuid, the passcode the API token, the
-vhost the subscriber's user uuid.
+vhost the subscriber's user uuid. Every call waits for a token of the site's registration
+bucket (``streams.adapters.budget.registration_bucket``): the site's ``rates`` are its
+budget for the bridges and the workers together.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import logging
 
 import httpx
 
+from streams.adapters.budget import TokenBucket, registration_bucket
 from streams.adapters.tls import site_api_context, tls_reason
 from streams.contract.config import Secret, Site
 from streams.errors import TransientError
@@ -41,21 +44,27 @@ async def _identity(client: httpx.AsyncClient, offering: str, name: str) -> str:
     return _check(created, "create site-agent identity")["uuid"]
 
 
-async def register(site_name: str, site: Site, token: Secret, offerings: list[str]) -> list[Credential]:
-    """Identities, subscription and queues for ``offerings``; one credential per subscription."""
+async def register(site_name: str, site: Site, token: Secret, offerings: list[str],
+                   bucket: TokenBucket | None = None) -> list[Credential]:
+    """Identities, subscription and queues for ``offerings``; one credential per subscription.
+    ``bucket`` paces the calls (keep one per site across registrations; default: a new one)."""
     try:
-        return await _register(site_name, site, token, offerings)
+        return await _register(site_name, site, token, offerings, bucket or registration_bucket(site.rates))
     except httpx.HTTPError as exc:  # mapped at the adapter: the API away or too slow
         tls = tls_reason(exc)
         detail = f"TLS handshake refused: {tls}" if tls else type(exc).__name__
         raise RegistrationError(f"{detail} from {site.api_url}") from exc
 
 
-async def _register(site_name: str, site: Site, token: Secret, offerings: list[str]) -> list[Credential]:
+async def _register(site_name: str, site: Site, token: Secret, offerings: list[str],
+                    bucket: TokenBucket) -> list[Credential]:
     headers = {"Authorization": f"Token {token.reveal()}"}
     by_subscription: dict[str, Credential] = {}
+
+    async def paced(_request: httpx.Request) -> None:
+        await bucket.acquire()
     async with httpx.AsyncClient(base_url=site.api_url, headers=headers, timeout=site.rates.timeout,
-                                 verify=site_api_context(site)) as client:
+                                 verify=site_api_context(site), event_hooks={"request": [paced]}) as client:
         for offering in offerings:
             identity = await _identity(client, offering, site.agent_name)
             subscription = _check(

@@ -39,8 +39,9 @@ import httpx
 import msgspec
 from httpx_aiohttp import AiohttpTransport
 
+from streams.adapters.budget import TokenBucket
 from streams.adapters.tls import site_api_context, tls_reason
-from streams.contract.config import Config, Rates, Secret
+from streams.contract.config import REGISTRATION_SHARE, Config, Rates, Secret
 from streams.contract.schema import OfferingUserRecord
 from streams.core import HttpClass, classify_http, parse_retry_after
 from streams.errors import GaveUp, Refused
@@ -58,56 +59,6 @@ GONE = frozenset({404, 410})
 OFFERING_USERS = "marketplace-offering-users/"
 _records = msgspec.json.Decoder(list[OfferingUserRecord])
 _record = msgspec.json.Decoder(OfferingUserRecord)
-
-
-class TokenBucket:
-    """``rate`` tokens per second, at most ``burst`` banked; ``acquire`` waits for one.
-
-    :meth:`set_share` scales both to this process's part of the site's budget (a worker
-    owns the part of the correct stage's partitions it is assigned; see
-    :meth:`Clients.set_share`). With no share, every ``acquire`` waits until one is given:
-    a worker that owns nothing sends nothing, so the workers together never exceed the
-    configured rate. A share's burst is at least one token, or a small share of a small
-    burst could never send: the workers together may then bank ``burst + workers``.
-    """
-
-    def __init__(self, rate: float, burst: int) -> None:
-        self.full_rate = rate
-        self.full_burst = float(burst)
-        self.rate = rate
-        self.burst = float(burst)
-        self.tokens = float(burst)
-        self.stamp = time.monotonic()
-        self._lock = asyncio.Lock()
-        self._open = asyncio.Event()
-        self._open.set()
-
-    def _refill(self) -> None:
-        now = time.monotonic()
-        self.tokens = min(self.burst, self.tokens + (now - self.stamp) * self.rate)
-        self.stamp = now
-
-    def set_share(self, share: float) -> None:
-        """Own ``share`` (0..1) of the full rate and burst from now on."""
-        self._refill()
-        self.rate = self.full_rate * share
-        self.burst = max(1.0, self.full_burst * share) if share > 0 else 0.0
-        self.tokens = min(self.tokens, self.burst)
-        if share > 0:
-            self._open.set()
-        else:
-            self._open.clear()
-
-    async def acquire(self) -> None:
-        async with self._lock:  # FIFO: one waiter refills at a time
-            while True:
-                await self._open.wait()
-                self._refill()
-                if self.tokens >= 1.0:
-                    self.tokens -= 1.0
-                    return
-                # a share given or taken meanwhile is read on the next turn
-                await asyncio.sleep(min(1.0, (1.0 - self.tokens) / self.rate) if self.rate > 0 else 0.1)
 
 
 #: Consecutive failed attempts (5xx, 429, timeout, refused or broken connection, with no
@@ -405,6 +356,9 @@ class Clients(Mapping[str, SiteClient]):
                              transport=transport, ssl_context=site_api_context(site))
             for name, site in config.sites.items()
         }
+        #: The part of each site's budget the workers share (the bridges keep the rest).
+        self.workers_part = {name: 1.0 - (REGISTRATION_SHARE if site.register else 0.0)
+                             for name, site in config.sites.items()}
 
     def __getitem__(self, site: str) -> SiteClient:
         return self.by_site[site]
@@ -421,12 +375,14 @@ class Clients(Mapping[str, SiteClient]):
         every rebalance of that consumer group (0 while partitions are revoked), so the
         workers' parts always add up to at most the configured budget, whoever joins,
         leaves or is killed (a killed worker's part is unused until the group's session
-        timeout hands its partitions to the others)."""
+        timeout hands its partitions to the others). Of a site with ``register = true``
+        the workers share what the bridges' registration calls leave
+        (``streams.contract.config.REGISTRATION_SHARE``)."""
         share = owned / total if total else 0.0
-        for client in self.by_site.values():
-            client.bucket.set_share(share)
-        log.info("API budget: this worker owns %d of %d correction partitions (%.0f %% of each site's rates)",
-                 owned, total, share * 100)
+        for name, client in self.by_site.items():
+            client.bucket.set_share(share * self.workers_part[name])
+        log.info("API budget: this worker owns %d of %d correction partitions (%.0f %% of each site's rates, "
+                 "less the bridges' registration share of a registering site)", owned, total, share * 100)
 
     def health(self) -> dict[str, dict[str, Any]]:
         """Each site's up/down, its reason and since when (``/health``)."""

@@ -55,8 +55,18 @@ class Secret:
         return hash(self._value)
 
 
+#: The part of a registering site's ``rates`` (``register = true``) kept for the bridges'
+#: registration calls (identity, subscription and queue: 3-4 calls per offering, at start
+#: and when a queue is re-created); the workers share the rest. Each bridge process paces
+#: its calls at its part of it, for at most ``BRIDGES_PER_SITE`` bridges (the pair of
+#: docs/operator-guide.md): 2 calls/s, 2 banked, of the default 20/s and 20.
+REGISTRATION_SHARE: Final = 0.2
+BRIDGES_PER_SITE: Final = 2
+
+
 class Rates(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
-    """API budget for one Waldur site, shared by the sink and the reconciler."""
+    """API budget for one Waldur site, for every process together: the workers' calls
+    (correct stage, lookups, reconciler) and the bridges' registration calls."""
 
     requests_per_second: Positive = 20.0
     burst: PositiveInt = 20

@@ -38,8 +38,10 @@ CONFIG_LOADER_MAY = frozenset({"os", "pathlib", "tomllib"})
 
 WORLD_LIBRARIES = ("faust", "aiokafka", "mode", "httpx", "httpx_aiohttp", "aiohttp", "pika", "websockets")
 COMPOSITION_ROOT = frozenset({"streams/app.py", "streams/cli.py", "streams/worker.py"})
-#: What bridges/ may use of streams/: the records, errors, the retry loop, the Kafka client, TLS contexts, logging.
+#: What bridges/ may use of streams/: the records, errors, the retry loop, the Kafka client, TLS contexts, the
+#: API budget's token bucket, logging.
 BRIDGE_MAY_USE = ("streams.contract", "streams.errors", "streams.retry", "streams.adapters.kafka", "streams.adapters.tls",
+                  "streams.adapters.budget",
                   "streams.ops.logs")
 #: Where the library hooks (private attributes of faust, aiokafka, pika objects) may live.
 HOOK_FOLDERS = ("streams/adapters/", "bridges/transports/")

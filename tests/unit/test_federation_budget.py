@@ -7,8 +7,11 @@ import asyncio
 import time
 
 from streams.adapters.memory import FixedClock, MemoryEmit, MemoryOfferingUsers
-from streams.adapters.waldur import TokenBucket
-from streams.contract.config import Endpoint, Link
+import httpx
+
+from streams.adapters.budget import TokenBucket, registration_bucket
+from streams.adapters.waldur import Clients
+from streams.contract.config import BRIDGES_PER_SITE, Endpoint, Link, parse_config
 from streams.contract.schema import CorrectionRequest, OutcomeAction
 from streams.metrics import Metrics
 from streams.stages.correct import Corrector
@@ -152,3 +155,17 @@ def test_b_read_at_is_the_newest_read_of_b_and_an_event_clears_it():
     later.received_at = later.received_at.replace(year=2027)
     fold_many(state, [B_TO_A], [later])
     assert state.rows[row_key("b-to-a", "alice")].b_read_at == 0
+
+
+async def test_the_workers_share_of_a_registering_site_leaves_the_bridges_their_part():
+    from tests.unit.test_config import ENV, GOOD  # site a registers (default rates), b does not (50/s)
+    config = parse_config(GOOD, ENV)
+    clients = Clients(config, Metrics(), transport=httpx.MockTransport(lambda request: httpx.Response(500)))
+    clients.set_share(4, 8)
+    assert clients["b"].bucket.rate == 25.0  # half of b's 50/s: b has no bridge calls to leave room for
+    assert clients["a"].bucket.rate == 8.0  # half of what the bridges leave of a's 20/s
+    clients.set_share(8, 8)
+    bridge, rates = registration_bucket(config.sites["a"].rates), config.sites["a"].rates
+    workers = clients["a"].bucket
+    assert workers.rate + BRIDGES_PER_SITE * bridge.rate == rates.requests_per_second
+    assert workers.burst + BRIDGES_PER_SITE * bridge.burst <= rates.burst
