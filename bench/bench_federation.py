@@ -1,28 +1,47 @@
 """A federation of simulated sites under a sustained change rate (not part of pytest).
 
-    .local/venv/bin/python bench/bench_federation.py --quick     # 6 sites, 12 links (one 1 -> 3 fan-out), 2 workers
+    .local/venv/bin/python bench/bench_federation.py --quick          # 6 sites, 12 links (one 1 -> 3 fan-out), 2 workers, <= 60 s
+    .local/venv/bin/python bench/bench_federation.py --full --rate 50 # issue 16's shape at the rate this box can take
 
-Sites ``s0`` .. ``s<N-1>`` (waldursim, real RabbitMQ), each link its own pair of
-offerings with ``--users`` users, converged at the start; ``s0``'s offering feeds
-``--fanout`` targets, the other links go from ``s<k>`` to a neighbour. The real
-``usync bridge`` and ``--workers`` ``usync worker`` processes (memory store, one group)
-run with every site capped at ``--cap`` calls/s (burst ``--burst``). After the start-up
-reconcile has settled, ``--rate`` usernames per second change on the sources for
-``--seconds``. Measured from the simulator's stores and call logs:
+The federation is ``waldursim.federation_scenario`` (real RabbitMQ): sites ``s0`` ..
+``s<N-1>``, ``s0``'s one offering feeding ``--fanout`` targets, every other link its own
+pair of offerings with ``--users`` users, the first of them ``--big-users`` users when
+that is > 0, converged at the start (loaded without events). The real ``usync bridge``
+and ``--workers`` ``usync worker`` processes (memory store, one group) run with every
+site capped at ``--cap`` calls/s (burst ``--burst``), plus one idle worker (its own app
+and empty topics, no reconcile: the same code and configuration holding no row). After
+the start-up reconcile has settled, ``--rate`` usernames per second change on the sources
+for ``--seconds`` (``waldursim.ChangeDriver``, paced, seeded). Measured from the
+simulator's stores and call logs and the workers:
 
 - latency from a change on the source to the PATCH that makes each of its targets equal
-  (p50, p99, over every (change, target));
+  (p50, p99, over the newest change of each user and each of its targets);
 - for each site, the most API calls in any 1 s window, against cap + burst (``cap_ok``);
 - GETs on sources per change (``source_reads_per_change``: reads of the changed
-  source's offering users, over changes; the fan-out shares one read), and API calls on
-  targets per correction; PATCHes against corrections.
+  sources' offering users, over changes; the fan-out shares one read), and API calls on
+  targets per correction; PATCHes against corrections;
+- worker RSS: each worker's ``VmRSS`` (``/proc/<pid>/status``) once the start-up reconcile
+  is quiet and at the end, with the rows its table holds (``/usync/drift/``'s ``rows``);
+  **bytes per row** = (the worker's RSS - the idle worker's RSS at the same moment) / its
+  rows, and over all workers sum(growth) / sum(rows) (the idle worker is the baseline of
+  the interpreter, faust, the clients and the configuration; with ``--quick``'s ~1,000
+  rows per worker the growth is mostly allocator noise, the full shape's ~35k is the figure);
+- a full reconcile pass, triggered after the changes through the first worker's
+  ``POST /usync/reconcile/`` (every link, as the periodic pass): seconds until it answers
+  (every page written) and the list GETs per side of the largest link (the big offering's
+  when ``--big-users`` is set, else one with an unshared source: ``ceil(N/300)`` each),
+  from the simulator's call logs.
 
-The full mode of issue 16 (50 sites, 200 links, 100k users, 3 workers, 1,000 changes/s)
-is not run here: on this shared 2-core box, next to the brokers and other engineers'
-tests, the sink alone costs ~0.75 ms of CPU per PATCH (README figures), so 1,000
-changes/s over 200 links is several cores. The defaults are ``--quick``'s; the options
-scale it up (``--sites 50 --links 200 --fanout 20 --users 500 --workers 3 --rate 1000``).
-The last line is always
+``--full`` is issue 16's shape: 50 sites, 200 links (one identity site -> 20 targets),
+100k users in all on the sources (one offering of 50,000; 180 offerings of 278), 3
+workers, 1,000 changes/s for 60 s; every option still scales it. On this shared 2-core
+box the full rate cannot run: the sink alone costs ~0.75 ms of CPU per PATCH (README
+figures), so 1,000 changes/s (~1,100 corrections/s with the fan-out) is most of a core
+for PATCHes alone, before the live reads, the fold, Kafka, RabbitMQ, the bridge and the
+simulator, next to other engineers' tests. The scaled-down shape to run here is the full
+federation (50 sites, 200 links, 100k users, 3 workers) at 50 changes/s for 60 s:
+``bench/bench_federation.py --full --rate 50``. The defaults are ``--quick``'s. The last
+line is always
 ``federation: converged=<bool> p99_ms=<int> cap_ok=<bool> source_reads_per_change=<float>``.
 """
 
@@ -30,8 +49,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import math
 import os
-import random
+import re
 import sys
 import tempfile
 import time
@@ -47,68 +67,47 @@ import httpx  # noqa: E402
 
 from demo.stack import Child, USYNC, free_port, percentile  # noqa: E402
 from tests.support.services import KAFKA_BOOTSTRAP, RABBITMQ  # noqa: E402
-from waldursim import Federation  # noqa: E402
-from waldursim.models import PROJECT_MEMBER, SLURM, OfferingUserState  # noqa: E402
+from waldursim import ChangeDriver, Federation, FederationLink, FederationSpec  # noqa: E402
+from waldursim.federation import populate_federation, token_env, write_usync_config  # noqa: E402
+
+QUICK = dict(sites=6, links=12, fanout=3, users=100, big_users=0, workers=2, partitions=4, rate=20.0, seconds=15.0,
+             cap=40.0, burst=10, deadline=20.0)
+FULL = dict(sites=50, links=200, fanout=20, users=278, big_users=50_000, workers=3, partitions=12, rate=1000.0,
+            seconds=60.0, cap=100.0, burst=20, deadline=120.0)
+PAGE = 300  # the reconciler's page size
 
 
-class Link:
-    def __init__(self, name: str, source: Any, target: Any, s_off: Any, t_off: Any) -> None:
-        self.name, self.source, self.target, self.s_off, self.t_off = name, source, target, s_off, t_off
-        self.pairs: dict[str, tuple[Any, Any]] = {}  # user -> (source ou, target ou)
+class Stack:
+    """The bridge, the measured workers and the idle one."""
+
+    def __init__(self) -> None:
+        self.children: list[Child] = []
+        self.workers: list[tuple[Child, int]] = []  # (child, web port)
+        self.idle: tuple[Child, int] | None = None
+
+    def spawn(self, name: str, args: list[str], env: dict[str, str], tmp: Path) -> Child:
+        child = Child(name, [USYNC, "--log-level", "warning", *args], env, tmp / f"{name}.log")
+        self.children.append(child)
+        return child
+
+    def worker(self, name: str, config: Path, env: dict[str, str], tmp: Path, *extra: str) -> tuple[Child, int]:
+        port = free_port()
+        child = self.spawn(name, ["worker", "--config", str(config), "--store", "memory", "--web-port", str(port),
+                                  "--data-dir", str(tmp / name), *extra], env, tmp)
+        return child, port
+
+    async def stop(self) -> None:
+        for child in reversed(self.children):
+            await asyncio.to_thread(child.stop)
 
 
-def offering(site: Any, name: str) -> tuple[Any, Any]:
-    provider = site.create_customer(f"{name}-sp")
-    off = site.create_offering(provider, name, type=SLURM)
-    project = site.create_project(site.create_customer(f"{name}-c", owners=[]), f"{name}-p")
-    site.create_resource(off, project, f"{name}-alloc", backend_id=f"{name}-acc")
-    return off, project
-
-
-def member(site: Any, off: Any, project: Any, user_username: str, username: str) -> Any:
-    store = site.store
-    user = store.users_by_username.get(user_username) or store.create_user(user_username)
-    project.members[user.uuid] = PROJECT_MEMBER
-    return store.create_offering_user(off, user, username=username, state=OfferingUserState.OK, emit=False)
-
-
-def build(federation: Federation, sites: int, links: int, fanout: int, users: int) -> list[Link]:
-    nodes = [federation.add_site(f"s{i}") for i in range(sites)]
-    out: list[Link] = []
-    s_off, s_proj = offering(nodes[0], "fan")
-    sources: list[tuple[Any, Any, Any]] = [(nodes[0], s_off, s_proj)] * fanout
-    targets = [nodes[1 + i % (sites - 1)] for i in range(fanout)]
-    for k in range(links - fanout):
-        src = nodes[1 + k % (sites - 1)]
-        off, proj = offering(src, f"l{k}")
-        sources.append((src, off, proj))
-        targets.append(nodes[(int(src.name[1:]) + 1 + k // (sites - 1)) % sites])
-    for i, ((src, off, proj), tgt) in enumerate(zip(sources, targets)):
-        t_off, t_proj = offering(tgt, f"t{i}")
-        link = Link(f"link{i}", src, tgt, off, t_off)
-        for u in range(users):
-            name = f"{'fan' if off is s_off else f'l{i}'}u{u:05d}"
-            s_ou = next((other.pairs[name][0] for other in out if other.s_off is off and name in other.pairs), None)
-            if s_ou is None:
-                s_ou = member(src, off, proj, name, f"{name}-v0")
-            link.pairs[name] = (s_ou, member(tgt, t_off, t_proj, name, f"{name}-v0"))
-        out.append(link)
-    return out
-
-
-def config(path: Path, links: list[Link], sites: list[Any], cap: float, burst: int, suffix: str, partitions: int) -> None:
-    text = (f'app_id = "usync-fed-{suffix}"\nreconcile_interval = 3600\ndata_dir = "{path.parent / "data"}"\n'
-            f'[kafka]\nbootstrap_servers = "{KAFKA_BOOTSTRAP}"\nevents_topic = "fed-{suffix}.events"\n'
-            f'dlq_topic = "fed-{suffix}.dlq"\noutcomes_topic = "fed-{suffix}.outcomes"\npartitions = {partitions}\n')
-    for site in sites:
-        text += (f'[sites.{site.name}]\napi_url = "{site.url}"\ntoken_env = "USYNC_TOKEN_{site.name.upper()}"\n'
-                 f'broker_url = "{RABBITMQ.web_stomp_url}"\nregister = true\n'
-                 f"[sites.{site.name}.rates]\nrequests_per_second = {cap}\nburst = {burst}\nconcurrency = 8\n")
-    for link in links:
-        text += (f'[[links]]\nname = "{link.name}"\nreconcile = true\n'
-                 f'target = {{ site = "{link.target.name}", offering = "{link.t_off.uuid}" }}\n'
-                 f'source = {{ site = "{link.source.name}", offering = "{link.s_off.uuid}" }}\n')
-    path.write_text(text)
+def options(args: argparse.Namespace) -> argparse.Namespace:
+    """The preset (``--full`` or the quick defaults), then every option given explicitly."""
+    preset = FULL if args.full else QUICK
+    for key, value in preset.items():
+        if getattr(args, key) is None:
+            setattr(args, key, value)
+    return args
 
 
 async def wait_http(url: str, child: Child, timeout: float) -> None:
@@ -126,8 +125,12 @@ async def wait_http(url: str, child: Child, timeout: float) -> None:
     raise RuntimeError(f"{url} not ready after {timeout:.0f} s")
 
 
-def converged(links: list[Link]) -> bool:
-    return all(s.username == t.username for link in links for s, t in link.pairs.values())
+def converged(federation: Federation, links: list[FederationLink]) -> bool:
+    for link in links:
+        src, tgt = federation[link.source_site].store.offering_users, federation[link.target_site].store.offering_users
+        if any(src[s].username != tgt[t].username for s, t in link.pairs.values()):
+            return False
+    return True
 
 
 async def quiet(sites: list[Any], seconds: float, timeout: float) -> None:
@@ -153,110 +156,190 @@ def busiest(site: Any, since: float) -> int:
     return best
 
 
-async def run(args: argparse.Namespace) -> str:
+def rss_kib(pid: int) -> int:
+    match = re.search(r"^VmRSS:\s+(\d+) kB", Path(f"/proc/{pid}/status").read_text(), re.M)
+    return int(match.group(1)) if match else 0
+
+
+async def memory(stack: Stack) -> tuple[list[tuple[int, int]], int]:
+    """Each worker's (RSS KiB, rows), and the idle worker's RSS KiB."""
+    out = []
+    async with httpx.AsyncClient(timeout=120) as client:
+        for child, port in stack.workers:
+            rows = (await client.get(f"http://127.0.0.1:{port}/usync/drift/")).json()["rows"]
+            out.append((rss_kib(child.proc.pid), rows))
+    assert stack.idle is not None
+    return out, rss_kib(stack.idle[0].proc.pid)
+
+
+def memory_line(when: str, workers: list[tuple[int, int]], idle: int) -> str:
+    growth = sum(max(0, r - idle) * 1024 for r, _rows in workers)
+    rows = sum(n for _r, n in workers)
+    per = " ".join(f"w{i}={r / 1024:.0f}MiB/{n}rows" + (f"({(r - idle) * 1024 / n:.0f}B/row)" if n else "")
+                   for i, (r, n) in enumerate(workers))
+    return (f"worker RSS {when}: {per}; idle worker {idle / 1024:.0f} MiB; "
+            f"bytes per row={growth / rows:.0f}" if rows else f"worker RSS {when}: {per}; no rows")
+
+
+def build(args: argparse.Namespace) -> tuple[Federation, FederationSpec, list[FederationLink]]:
+    spec = FederationSpec(sites=args.sites, links=args.links, fanout=args.fanout, users=args.users,
+                          big_users=args.big_users, seed=7, kafka_bootstrap=KAFKA_BOOTSTRAP,
+                          broker_url=RABBITMQ.web_stomp_url, partitions=args.partitions, cap=args.cap,
+                          burst=args.burst)
     federation = Federation(RABBITMQ.broker_admin(), seed=7, publish_rate=0)
-    links = build(federation, args.sites, args.links, args.fanout, args.users)
+    return federation, spec, populate_federation(federation, spec, progress=sys.stderr)
+
+
+async def start(stack: Stack, federation: Federation, spec: FederationSpec, links: list[FederationLink],
+                args: argparse.Namespace, tmp: Path) -> None:
+    """Configurations, the bridge, the workers and the idle worker, until each is ready."""
+    suffix = uuid.uuid4().hex[:8]
+    path, idle_path = tmp / "usync.toml", tmp / "idle.toml"
+    write_usync_config(path, federation, links, FederationSpec(**{**_fields(spec), "topic_prefix": f"fed-{suffix}"}),
+                       app_id=f"usync-fed-{suffix}", data_dir=str(tmp / "data"))
+    write_usync_config(idle_path, federation, links,
+                       FederationSpec(**{**_fields(spec), "topic_prefix": f"fed-{suffix}-idle"}),
+                       app_id=f"usync-fed-{suffix}-idle", data_dir=str(tmp / "idle-data"))
+    env = {**os.environ, **{token_env(spec, s.name): s.staff_token for s in federation.sites.values()}}
+    bridge_port = free_port()
+    bridge = stack.spawn("bridge", ["bridge", "--config", str(path), "--health-port", str(bridge_port)], env, tmp)
+    stack.workers = [stack.worker(f"worker{i}", path, env, tmp) for i in range(args.workers)]
+    stack.idle = stack.worker("idle", idle_path, env, tmp, "--no-reconcile")
+    await wait_http(f"http://127.0.0.1:{bridge_port}/health/ready", bridge, 90 + args.sites * 3)
+    for child, port in [*stack.workers, stack.idle]:
+        await wait_http(f"http://127.0.0.1:{port}/health/ready", child, 120 + args.sites * 3)
+
+
+def _fields(spec: FederationSpec) -> dict[str, Any]:
+    return {name: getattr(spec, name) for name in spec.__struct_fields__}
+
+
+def latencies(federation: Federation, links: list[FederationLink], driver: ChangeDriver,
+              marks: dict[str, int]) -> list[float]:
+    """Seconds from the newest change of each user to the first PATCH of each of its targets after it."""
+    by_source: dict[str, list[FederationLink]] = defaultdict(list)
+    for link in links:
+        by_source[link.source_offering].append(link)
+    patches: dict[str, dict[str, list[float]]] = {}
+    for site in federation.sites.values():
+        times: dict[str, list[float]] = defaultdict(list)
+        for c in site.calls.since(marks[site.name]):
+            if c.method == "PATCH":
+                times[c.path.rstrip("/").rsplit("/", 1)[-1]].append(c.time)
+        patches[site.name] = times
+    newest = {(c.offering, c.user_username): c.at for c in driver.changes}
+    out = []
+    for (offering, user), at in newest.items():
+        for link in by_source[offering]:
+            hits = [t for t in patches[link.target_site].get(link.pairs[user][1], ()) if t >= at]
+            if hits:
+                out.append(min(hits) - at)
+    return out
+
+
+def source_reads(federation: Federation, links: list[FederationLink], marks: dict[str, int]) -> int:
+    source_ous = {s for link in links for s, _t in link.pairs.values()}
+    source_offs = {link.source_offering for link in links}
+    reads = 0
+    for site in federation.sites.values():
+        for c in site.calls.since(marks[site.name]):
+            if c.method == "GET" and (c.path.rstrip("/").rsplit("/", 1)[-1] in source_ous
+                                      or any(o in c.query for o in source_offs)):
+                reads += 1
+    return reads
+
+
+async def reconcile_pass(federation: Federation, links: list[FederationLink], stack: Stack) -> str:
+    """A full pass through the first worker's ``POST /usync/reconcile/``; the largest link's list GETs per side."""
+    sharing = defaultdict(int)
+    for link in links:
+        sharing[link.source_offering] += 1
+    big = max(links, key=lambda link: (len(link.pairs), -sharing[link.source_offering]))  # prefer an unshared source
+    marks = {s.name: s.calls.log[-1].seq if s.calls.log else 0 for s in federation.sites.values()}
+    t0 = time.monotonic()
+    async with httpx.AsyncClient(timeout=3600) as client:
+        answer = (await client.post(f"http://127.0.0.1:{stack.workers[0][1]}/usync/reconcile/")).json()
+    seconds = time.monotonic() - t0
+
+    def gets(site: str, offering: str) -> int:
+        return sum(1 for c in federation[site].calls.since(marks[site])
+                   if c.method == "GET" and c.path.endswith("/marketplace-offering-users/") and offering in c.query)
+
+    listed = sum(answer.get("reconciled", {}).values())
+    expected = math.ceil(len(big.pairs) / PAGE)
+    return (f"reconcile pass (POST /usync/reconcile/, {len(links)} links, {listed} users listed): {seconds:.1f} s; "
+            f"largest link {big.name} ({len(big.pairs)} users): {gets(big.source_site, big.source_offering)} GETs on "
+            f"the source (listed by {sharing[big.source_offering]} link(s)), "
+            f"{gets(big.target_site, big.target_offering)} on the target (ceil(N/{PAGE}) = {expected} per link)")
+
+
+async def changes(args: argparse.Namespace, federation: Federation, links: list[FederationLink]) -> ChangeDriver:
+    """The paced changes, then until every target equals its source or the deadline."""
+    driver = ChangeDriver(federation, links, args.rate, seed=7, limit=int(args.rate * args.seconds))
+    driver.start()
+    await driver.wait()
+    deadline = time.monotonic() + args.deadline
+    while not converged(federation, links) and time.monotonic() < deadline:
+        await asyncio.sleep(0.2)  # sampling the stores; the last PATCH has no other signal here
+    return driver
+
+
+async def run(args: argparse.Namespace) -> str:
+    federation, spec, links = build(args)
     sites = list(federation.sites.values())
     await federation.start()
     tmp = Path(tempfile.mkdtemp(prefix="usync-fed-"))
-    path = tmp / "usync.toml"
-    config(path, links, sites, args.cap, args.burst, uuid.uuid4().hex[:8], args.partitions)
-    env = {**os.environ, **{f"USYNC_TOKEN_{s.name.upper()}": s.staff_token for s in sites}}
-    children: list[Child] = []
+    stack = Stack()
     try:
-        bridge_port = free_port()
-        children.append(Child("bridge", [USYNC, "--log-level", "warning", "bridge", "--config", str(path),
-                                         "--health-port", str(bridge_port)], env, tmp / "bridge.log"))
-        ports = [free_port() for _ in range(args.workers)]
-        for i, port in enumerate(ports):
-            children.append(Child(f"worker{i}", [USYNC, "--log-level", "warning", "worker", "--config", str(path),
-                                                 "--store", "memory", "--web-port", str(port),
-                                                 "--data-dir", str(tmp / f"w{i}")], env, tmp / f"worker{i}.log"))
         started = time.time()
-        await wait_http(f"http://127.0.0.1:{bridge_port}/health/ready", children[0], 90)
-        for port, child in zip(ports, children[1:]):
-            await wait_http(f"http://127.0.0.1:{port}/health/ready", child, 120)
-        await quiet(sites, 2.0, 120)
+        await start(stack, federation, spec, links, args, tmp)
+        await quiet(sites, 2.0, 120 + len(links) * 2)
+        settled = await memory(stack)
         marks = {s.name: s.calls.log[-1].seq if s.calls.log else 0 for s in sites}
-
-        by_source: dict[int, list[Link]] = defaultdict(list)
-        for link in links:
-            by_source[id(link.s_off)].append(link)
-        groups = list(by_source.values())
-        rng = random.Random(7)
-        changes: list[tuple[float, str, list[Link], str]] = []  # (time, user, links, new username)
-        t0 = time.monotonic()
-        n = int(args.rate * args.seconds)
-        for i in range(n):
-            group = rng.choice(groups)
-            user = rng.choice(sorted(group[0].pairs))
-            s_ou = group[0].pairs[user][0]
-            new = f"{user}-v{i + 1}"
-            changes.append((time.time(), user, group, new))
-            group[0].source.set_username(s_ou, new)
-            delay = t0 + (i + 1) / args.rate - time.monotonic()
-            if delay > 0:
-                await asyncio.sleep(delay)  # the load's pacing
-        deadline = time.monotonic() + args.deadline
-        while not converged(links) and time.monotonic() < deadline:
-            await asyncio.sleep(0.2)  # sampling the stores; the last PATCH has no other signal here
-        ok = converged(links)
+        driver = await changes(args, federation, links)
+        ok = converged(federation, links)
         await quiet(sites, 1.0, 30)
-
-        latencies = []
-        patches = {s.name: [c for c in s.calls.since(marks[s.name]) if c.method == "PATCH"] for s in sites}
-        last_change: dict[tuple[int, str], tuple[float, str]] = {}
-        for at, user, group, new in changes:
-            last_change[(id(group[0].s_off), user)] = (at, new)
-        for (_off, user), (at, _new) in last_change.items():  # latency of the newest change per user
-            for link in next(g for g in groups if id(g[0].s_off) == _off):
-                t_ou = link.pairs[user][1]
-                hits = [c.time for c in patches[link.target.name] if t_ou.uuid in c.path and c.time >= at]
-                if hits:
-                    latencies.append(min(hits) - at)
-        source_reads = 0
-        source_ous = {ou.uuid for link in links for ou, _t in link.pairs.values()}
-        source_offs = {link.s_off.uuid for link in links}
-        for site in sites:
-            for c in site.calls.since(marks[site.name]):
-                if c.method == "GET" and (c.path.rstrip("/").rsplit("/", 1)[-1] in source_ous
-                                          or any(o in c.query for o in source_offs)):
-                    source_reads += 1
-        corrections = sum(len(g) for _at, _u, g, _n in changes)
-        target_calls = sum(len(s.calls.since(marks[s.name])) for s in sites) - source_reads
+        lat = latencies(federation, links, driver, marks)
+        reads = source_reads(federation, links, marks)
+        n = len(driver.changes)
+        groups = defaultdict(int)
+        for link in links:
+            groups[link.source_offering] += 1
+        corrections = sum(groups[c.offering] for c in driver.changes)
+        target_calls = sum(len(s.calls.since(marks[s.name])) for s in sites) - reads
+        patches = sum(1 for s in sites for c in s.calls.since(marks[s.name]) if c.method == "PATCH")
         windows = {s.name: busiest(s, started) for s in sites}
         cap_ok = all(w <= args.cap + args.burst for w in windows.values())
-        p50, p99 = percentile(latencies, 50) * 1000, percentile(latencies, 99) * 1000
-        print(f"sites={args.sites} links={args.links} fanout=1->{args.fanout} users/link={args.users} "
-              f"workers={args.workers} changes={n} at {args.rate:.0f}/s corrections={corrections}")
-        print(f"latency change->target corrected: p50={p50:.0f} ms p99={p99:.0f} ms over {len(latencies)} (change, target)")
-        print(f"GETs on sources per change={source_reads / n:.2f}; calls on targets per correction="
-              f"{target_calls / corrections:.2f}; PATCHes={sum(map(len, patches.values()))} for {corrections} corrections")
-        print("busiest 1 s window per site (cap " + f"{args.cap:.0f} + burst {args.burst}): "
-              + " ".join(f"{k}={v}" for k, v in sorted(windows.items())))
-        return (f"federation: converged={ok} p99_ms={int(p99) if latencies else -1} cap_ok={cap_ok} "
-                f"source_reads_per_change={source_reads / n:.2f}")
+        end = await memory(stack)
+        p50, p99 = percentile(lat, 50) * 1000, percentile(lat, 99) * 1000
+        print(f"sites={args.sites} links={args.links} fanout=1->{args.fanout} users/offering={args.users} "
+              f"big={args.big_users} workers={args.workers} changes={n} at {args.rate:.0f}/s corrections={corrections}")
+        print(f"latency change->target corrected: p50={p50:.0f} ms p99={p99:.0f} ms over {len(lat)} (change, target)")
+        print(f"GETs on sources per change={reads / n:.2f}; calls on targets per correction="
+              f"{target_calls / corrections:.2f}; PATCHes={patches} for {corrections} corrections")
+        print(f"busiest 1 s window per site (cap {args.cap:.0f} + burst {args.burst}): "
+              + " ".join(f"{k}={v}" for k, v in sorted(windows.items(), key=lambda kv: int(kv[0][1:]))))
+        print(memory_line("after the start-up reconcile", *settled))
+        print(memory_line("at the end", *end))
+        print(await reconcile_pass(federation, links, stack))
+        return (f"federation: converged={ok} p99_ms={int(p99) if lat else -1} cap_ok={cap_ok} "
+                f"source_reads_per_change={reads / n:.2f}")
     finally:
-        for child in reversed(children):
-            await asyncio.to_thread(child.stop)
+        await stack.stop()
         await federation.stop()
 
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--quick", action="store_true", help="the defaults: 6 sites, 12 links, 2 workers, ~30 s")
-    parser.add_argument("--sites", type=int, default=6)
-    parser.add_argument("--links", type=int, default=12)
-    parser.add_argument("--fanout", type=int, default=3)
-    parser.add_argument("--users", type=int, default=100)
-    parser.add_argument("--workers", type=int, default=2)
-    parser.add_argument("--partitions", type=int, default=4)
-    parser.add_argument("--rate", type=float, default=20.0)
-    parser.add_argument("--seconds", type=float, default=15.0)
-    parser.add_argument("--cap", type=float, default=40.0)
-    parser.add_argument("--burst", type=int, default=10)
-    parser.add_argument("--deadline", type=float, default=20.0)
-    print(asyncio.run(run(parser.parse_args())))
+    parser.add_argument("--quick", action="store_true", help="the defaults: 6 sites, 12 links, 2 workers, <= 60 s")
+    parser.add_argument("--full", action="store_true",
+                        help="issue 16's shape: 50 sites, 200 links, 100k users (one offering of 50k), 3 workers, "
+                             "1,000 changes/s for 60 s (scale it with the options, e.g. --rate 50)")
+    for name, kind in (("sites", int), ("links", int), ("fanout", int), ("users", int), ("big-users", int),
+                       ("workers", int), ("partitions", int), ("rate", float), ("seconds", float), ("cap", float),
+                       ("burst", int), ("deadline", float)):
+        parser.add_argument(f"--{name}", type=kind, default=None)
+    print(asyncio.run(run(options(parser.parse_args()))))
 
 
 if __name__ == "__main__":

@@ -25,6 +25,19 @@
       state = "OK"                       # state of members that have a username
       active_isds = ["isd:x"]
 
+A ``[federation]`` table (``FederationSpec`` in ``federation.py``) adds generated sites
+``s0`` … and links besides (or instead of) the ``[[sites]]``:
+
+    [federation]
+    sites = 6
+    links = 12
+    fanout = 3                    # the identity site s0's one offering feeds 3 targets
+    users = 100                   # per offering
+    big_users = 0                 # one link with this many users instead (0 = none)
+    seed = 7
+    change_rate = 0               # usernames/s changed on the sources while serving
+    kafka_bootstrap = "127.0.0.1:9092"   # for serve --usync-config (also broker_url, cap, burst, …)
+
 Generated members are project members of a resource of the offering, and their
 offering users exist from the start (loaded without events: nobody is subscribed yet).
 The same user_pattern on two sites gives the same identities (user_username) there.
@@ -35,10 +48,12 @@ from __future__ import annotations
 import json
 import tomllib
 from pathlib import Path
+from typing import TextIO
 
 import msgspec
 
 from .broker import BrokerAdmin
+from .federation import FederationLink, FederationSpec, populate_federation
 from .models import BY_DISPLAY, PROJECT_MEMBER, SLURM, OfferingUserState
 from .site import Federation, Site
 
@@ -84,7 +99,8 @@ class RabbitSpec(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
 
 
 class Scenario(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
-    sites: list[SiteSpec]
+    sites: list[SiteSpec] = []
+    federation: FederationSpec | None = None
     seed: int = 0
     publish_rate: float = 500.0
     rabbitmq: RabbitSpec = msgspec.field(default_factory=RabbitSpec)
@@ -100,11 +116,21 @@ def load_scenario(path: str | Path) -> Scenario:
         for offering in site.offerings:
             if offering.state not in BY_DISPLAY:
                 raise msgspec.ValidationError(f"offering {offering.name!r}: unknown state {offering.state!r}")
+    if scenario.federation is not None:
+        scenario.federation.check()
+    elif not scenario.sites:
+        raise msgspec.ValidationError("a scenario needs [[sites]] or a [federation] table")
     return scenario
 
 
 def build_federation(scenario: Scenario, *, broker_enabled: bool | None = None) -> Federation:
     """A federation with every site populated (not started)."""
+    return build_scenario(scenario, broker_enabled=broker_enabled)[0]
+
+
+def build_scenario(scenario: Scenario, *, broker_enabled: bool | None = None,
+                   progress: TextIO | None = None) -> tuple[Federation, list[FederationLink]]:
+    """The populated federation (not started) and the links of its ``[federation]`` table."""
     r = scenario.rabbitmq
     enabled = r.enabled if broker_enabled is None else broker_enabled
     federation = Federation(
@@ -114,7 +140,9 @@ def build_federation(scenario: Scenario, *, broker_enabled: bool | None = None) 
     )
     for spec in scenario.sites:
         populate(federation.add_site(spec.name, port=spec.port, events_enabled=spec.events), spec)
-    return federation
+    links = [] if scenario.federation is None else populate_federation(federation, scenario.federation,
+                                                                        progress=progress)
+    return federation, links
 
 
 def populate(site: Site, spec: SiteSpec) -> None:
