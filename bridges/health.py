@@ -12,7 +12,7 @@ from aiohttp import web
 
 
 class ComponentState(msgspec.Struct):
-    state: str  # connected | disconnected | stopped | starting
+    state: str  # connected | disconnected | refused (Kafka: credentials, TLS) | stopped | starting
     detail: str = ""
     since: float = 0.0
 

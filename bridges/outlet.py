@@ -19,7 +19,7 @@ from streams.contract.config import Config
 from streams.adapters.kafka.client import client_options
 from streams.adapters.kafka.producers import ReplaceableProducer, known_partitions
 from streams.adapters.kafka.topics import ensure_topics
-from streams.errors import KafkaUnavailable
+from streams.errors import KafkaRefused, KafkaUnavailable
 
 from bridges.health import Health
 from bridges.metrics import BridgeMetrics
@@ -67,6 +67,9 @@ class KafkaOutlet:
             self.metrics.kafka_up.set(1)
             self.health.set(self.HEALTH_NAME, "connected")
             log.info("Kafka producer connected")
+        elif isinstance(failure, KafkaRefused):  # named once as an ERROR by the producer's KafkaAccess
+            self.metrics.kafka_up.set(0)
+            self.health.set(self.HEALTH_NAME, "refused", str(failure))
         else:
             self.metrics.kafka_up.set(0)
             self.health.set(self.HEALTH_NAME, "disconnected", f"{type(failure).__name__}: {failure}")

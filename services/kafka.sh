@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Local Apache Kafka (KRaft, single node) on 127.0.0.1:9092, from the jars on Maven
 # Central, and a SASL_SSL listener on 9094 (SCRAM-SHA-512 user usync, the test CA's
-# certificate from $USYNC_DATA/tls). Usage: services/kafka.sh install|start|stop|status|restart
+# certificate from $USYNC_DATA/tls). Usage: services/kafka.sh install|start|stop|status|restart|reset,
+# or add-scram-user USER PASSWORD (a SCRAM-SHA-512 user on the running broker)
 # Environment (defaults unchanged; see common.sh): USYNC_DATA (data under
 # $USYNC_DATA/kafka), KAFKA_PORT (9092), KAFKA_CONTROLLER_PORT (9093), or
 # USYNC_PORT_OFFSET added to both.
@@ -92,9 +93,15 @@ start() {
 scram_user() {
   local marker="$KAFKA_DIR/data/.scram-$KAFKA_SASL_USER"
   [ -f "$marker" ] && return 0
+  add_scram_user "$KAFKA_SASL_USER" "$KAFKA_SASL_PASSWORD" && touch "$marker"
+}
+
+# add_scram_user USER PASSWORD: a SCRAM-SHA-512 user on the running broker, with Kafka's
+# own kafka-configs (ConfigCommand) through the PLAINTEXT listener; also `kafka.sh add-scram-user`.
+add_scram_user() {
   java_cmd kafka.admin.ConfigCommand --bootstrap-server "127.0.0.1:$KAFKA_PORT" --alter \
-    --add-config "SCRAM-SHA-512=[iterations=4096,password=$KAFKA_SASL_PASSWORD]" \
-    --entity-type users --entity-name "$KAFKA_SASL_USER" >/dev/null && touch "$marker"
+    --add-config "SCRAM-SHA-512=[iterations=4096,password=$2]" \
+    --entity-type users --entity-name "$1" >/dev/null
 }
 
 stop() {
@@ -128,5 +135,6 @@ case "${1:-}" in
   restart) stop; start ;;
   reset) reset ;;
   status) status ;;
-  *) echo "usage: $0 install|start|stop|restart|reset|status" >&2; exit 2 ;;
+  add-scram-user) add_scram_user "${2:?user}" "${3:?password}" ;;
+  *) echo "usage: $0 install|start|stop|restart|reset|status|add-scram-user USER PASSWORD" >&2; exit 2 ;;
 esac

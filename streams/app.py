@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -25,7 +26,7 @@ from streams.adapters.faust.app import (
 )
 from streams.adapters.faust.recovery import PatientTableManager
 from streams.adapters.faust.tables import FaustFoldTables, LinkTable, define_tables, link_groups, table_state
-from streams.adapters.kafka.client import client_options
+from streams.adapters.kafka.client import KafkaAccess, client_options
 from streams.adapters.kafka.consumer import BatchConsumer, WindowConsumer
 from streams.adapters.kafka.producers import RecordSender
 from streams.adapters.kafka.topics import by_link_topic, corrections_topic
@@ -80,9 +81,10 @@ def faust_app(config: Config, store: str, web_port: int | None, data_dir: str | 
 
 
 def create_app(config: Config, *, store: str = "rocksdb", web_port: int | None = None,
-               data_dir: str | None = None, reconcile: bool = True) -> Usync:
+               data_dir: str | None = None, reconcile: bool = True, access: KafkaAccess | None = None) -> Usync:
     app = faust_app(config, store, web_port, data_dir)
     kafka, options, metrics, routes = config.kafka, client_options(config), Metrics(), compile_routes(config.links)
+    access = access or KafkaAccess(options)  # why Kafka refuses us, for /health (streams/worker.py's too)
     clients = Clients(config, metrics)
     tables = define_tables(app, kafka.partitions, kafka.replica_configs)
     state = lambda: table_state(*tables)  # noqa: E731
@@ -91,7 +93,7 @@ def create_app(config: Config, *, store: str = "rocksdb", web_port: int | None =
     corrections = app.topic(corrections_topic(config), partitions=kafka.partitions, **raw)
     # The correct stage's facts and outcomes go out on a producer of their own: faust's send
     # path costs more per record than the stage spends on a whole correction.
-    records = RecordSender(options)
+    records = RecordSender(options, access=access)
     emit_event = records.emitter(kafka.events_topic)
     dead = dead_letter.DeadLetters(records.emitter(kafka.dlq_topic), metrics)
     request = fold.RequestCorrection(topic_emitter(corrections), metrics, routes)
@@ -105,11 +107,12 @@ def create_app(config: Config, *, store: str = "rocksdb", web_port: int | None =
     router = BatchConsumer("router", options, kafka.events_topic, f"{config.app_id}-route",
                            route.Route(routes, metrics, lambda pairs: records.send_all(by_link.get_topic_name(), pairs),
                                        dead).handle,
-                           max_records=route.FETCH_RECORDS, max_partition_fetch_bytes=8 << 20, fetch_max_bytes=64 << 20)
+                           max_records=route.FETCH_RECORDS, max_partition_fetch_bytes=8 << 20, fetch_max_bytes=64 << 20,
+                           access=access)
     lanes = correct_loop.CorrectLoop(corrector, dead)  # a lane per target site: the bulkheads
     sink = WindowConsumer("sink", options, corrections.get_topic_name(), f"{config.app_id}-sink", lanes.dispatch,
                           lanes.cancel, window=correct_loop.WINDOW, max_records=correct_loop.BATCH,
-                          revoke_wait=correct_loop.REVOKE_WAIT, on_assignment=clients.set_share)
+                          revoke_wait=correct_loop.REVOKE_WAIT, on_assignment=clients.set_share, access=access)
     clients.set_share(0, 1)  # each site's budget is shared by the workers: nothing until the group assigns
     app.task(crash_on_error(app, router.run))
     app.task(crash_on_error(app, sink.run))
@@ -140,11 +143,7 @@ def create_app(config: Config, *, store: str = "rocksdb", web_port: int | None =
     _known_series(metrics, config, by_link.get_topic_name(), corrections.get_topic_name())
     metrics.tables_waiting.set_function(lambda: tables_state(app) == "waiting-for-kafka")
 
-    def health() -> dict[str, Any]:  # degraded: a record was dead-lettered in the last DEGRADED_FOR s
-        return {"status": "degraded" if dead.degraded() else "ok", "dead_lettered": dead.count,
-                "router_connected": router.connected, "sink_connected": sink.connected, "tables": tables_state(app),
-                "paused_sites": clients.paused(), "sites": clients.health(), "tls_refused": clients.tls_refused(),
-                "lanes": lanes.queued()}
+    health = _health_report(app, dead, access, router, sink, clients, lanes)
 
     def components() -> dict[str, tuple[str, bool]]:
         tables_now = tables_state(app)
@@ -159,6 +158,17 @@ def create_app(config: Config, *, store: str = "rocksdb", web_port: int | None =
                               token=config.web_token()))
     return Usync(config=config, app=app, metrics=metrics, clients=clients, tables=tables, router=router,
                  sink_loop=sink, records=records)
+
+
+def _health_report(app: faust.App, dead: dead_letter.DeadLetters, access: KafkaAccess, router: BatchConsumer,
+                   sink: WindowConsumer, clients: Clients, lanes: correct_loop.CorrectLoop) -> Callable[[], dict[str, Any]]:
+    def health() -> dict[str, Any]:  # degraded: a record was dead-lettered lately, or Kafka refuses us
+        degraded = dead.degraded() or access.reason is not None
+        return {"status": "degraded" if degraded else "ok", "dead_lettered": dead.count, "kafka": access.report(),
+                "router_connected": router.connected, "sink_connected": sink.connected, "tables": tables_state(app),
+                "paused_sites": clients.paused(), "sites": clients.health(), "tls_refused": clients.tls_refused(),
+                "lanes": lanes.queued()}
+    return health
 
 
 def _known_series(metrics: Metrics, config: Config, by_link: str, corrections: str) -> None:

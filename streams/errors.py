@@ -7,6 +7,7 @@ what to do from the class alone:
     ├── ConfigError               the configuration cannot be used (contract.config)
     ├── TransientError            a dependency is away or slow: retried with backoff, forever
     │   ├── KafkaUnavailable      Kafka did not answer or refused a request it may take later
+    │   │   └── KafkaRefused      the cluster refuses the connection (SASL credentials, TLS): names servers and reason
     │   └── SiteUnavailable       a Waldur API answered 5xx/429, timed out or refused the connection
     │       └── GaveUp            one call's attempts ran out (its caller records gave-up)
     └── PermanentError            retrying cannot help: recorded, never retried
@@ -35,6 +36,17 @@ class TransientError(UsyncError):
 
 class KafkaUnavailable(TransientError):
     """Kafka did not take or give records; the caller starts over from what Kafka has."""
+
+
+class KafkaRefused(KafkaUnavailable):
+    """The Kafka cluster refuses our connection (SASL credentials, TLS handshake): still
+    transient, since a wrong password is fixed on Kafka's side or by a restart with a new
+    secret. ``reason`` never holds a secret."""
+
+    def __init__(self, servers: str, reason: str) -> None:
+        super().__init__(f"Kafka {servers}: connection refused: {reason}")
+        self.servers = servers
+        self.reason = reason
 
 
 class SiteUnavailable(TransientError):

@@ -28,9 +28,9 @@ class ServiceError(RuntimeError):
     pass
 
 
-def _run(name: str, command: str, timeout: float = 180) -> subprocess.CompletedProcess[str]:
+def _run(name: str, command: str, *args: str, timeout: float = 180) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [str(SCRIPTS / f"{name}.sh"), command],
+        [str(SCRIPTS / f"{name}.sh"), command, *args],
         capture_output=True, text=True, timeout=timeout, check=False,
     )
 
@@ -122,6 +122,14 @@ KAFKA_SASL_SSL_BOOTSTRAP = f"127.0.0.1:{port('KAFKA_SASL_SSL_PORT', 9094)}"
 KAFKA_SASL_USER = os.environ.get("KAFKA_SASL_USER") or "usync"
 KAFKA_SASL_PASSWORD = os.environ.get("KAFKA_SASL_PASSWORD") or "usync-test-password"
 RABBITMQ = RabbitMQEndpoints()
+
+
+def add_scram_user(user: str, password: str) -> None:
+    """A SCRAM-SHA-512 user on the running local Kafka (``services/kafka.sh add-scram-user``:
+    Kafka's own kafka-configs), e.g. to fix a process's wrong credentials at run time."""
+    result = _run("kafka", "add-scram-user", user, password, timeout=120)
+    if result.returncode != 0:
+        raise ServiceError(f"could not add the SCRAM user {user}:\n{result.stderr}")
 kafka_broker = Broker("kafka")
 rabbitmq_broker = Broker("rabbitmq")
 

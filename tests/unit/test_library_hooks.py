@@ -158,3 +158,13 @@ def test_a_batch_whose_body_finishes_is_left_alone():
     with held_back_unless_done(events):
         pass
     assert [event.message.acked for event in events] == [False, False, False]
+
+
+def test_aiokafka_create_conn_takes_what_the_refusal_probe_passes():
+    """``streams.adapters.kafka.client.probe`` opens one connection with aiokafka's public
+    ``create_conn`` to learn why bootstrap failed (its ``Unable to bootstrap`` drops the SASL error)."""
+    from aiokafka.conn import create_conn
+    from aiokafka.errors import SaslAuthenticationFailed
+    assert {"client_id", "request_timeout_ms", "ssl_context", "security_protocol", "sasl_mechanism",
+            "sasl_plain_username", "sasl_plain_password"} <= set(parameters(create_conn))
+    assert str(SaslAuthenticationFailed("words")).endswith(": words")  # client._message strips the prefix

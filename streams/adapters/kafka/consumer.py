@@ -29,7 +29,7 @@ from typing import Any
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener
 from aiokafka.errors import CommitFailedError, IllegalStateError
 
-from streams.adapters.kafka.client import FETCH_MAX_WAIT_MS, close_quietly, kafka_transient
+from streams.adapters.kafka.client import FETCH_MAX_WAIT_MS, KafkaAccess, close_quietly, kafka_transient
 from streams.retry import Backoff, retry_forever
 
 log = logging.getLogger("usync.kafka")
@@ -83,8 +83,9 @@ class BatchConsumer:
 
     def __init__(self, name: str, options: dict[str, Any], topic: str, group_id: str, handle: BatchHandler, *,
                  max_records: int, revoke_wait: float | None = None, on_assignment: AssignmentHook | None = None,
-                 **settings: Any) -> None:
+                 access: KafkaAccess | None = None, **settings: Any) -> None:
         self.name = name
+        self.access = access or KafkaAccess(options)  # a refused start: KafkaRefused, one ERROR
         self.options = options
         self.topic = topic
         self.group_id = group_id
@@ -124,7 +125,7 @@ class BatchConsumer:
                              lambda: self._revoked(consumer))
         consumer.subscribe([self.topic], listener=listener)
         try:
-            await consumer.start()
+            await self.access.attempt(consumer.start)
             self.connected = True
             log.info("%s: consuming %s as group %s", self.name, self.topic, self.group_id)
             await self._consume(consumer, backoff)
@@ -213,9 +214,9 @@ class WindowConsumer(BatchConsumer):
     def __init__(self, name: str, options: dict[str, Any], topic: str, group_id: str, dispatch: RecordDispatch,
                  cancel: Callable[[], None], *, window: int, max_records: int, commit_every: float = 0.5,
                  revoke_wait: float | None = None, on_assignment: AssignmentHook | None = None,
-                 **settings: Any) -> None:
+                 access: KafkaAccess | None = None, **settings: Any) -> None:
         super().__init__(name, options, topic, group_id, self._never, max_records=max_records,
-                         revoke_wait=revoke_wait, on_assignment=on_assignment, **settings)
+                         revoke_wait=revoke_wait, on_assignment=on_assignment, access=access, **settings)
         self.dispatch, self.cancel, self.window, self.commit_every = dispatch, cancel, window, commit_every
         self.offsets = Offsets()
         self._moved = asyncio.Event()

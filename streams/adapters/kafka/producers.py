@@ -16,7 +16,7 @@ from typing import Any
 
 from aiokafka import AIOKafkaProducer
 
-from streams.adapters.kafka.client import close_quietly, kafka_transient
+from streams.adapters.kafka.client import KafkaAccess, close_quietly, kafka_transient
 from streams.errors import KafkaUnavailable
 from streams.retry import Backoff, retry_forever
 
@@ -30,17 +30,20 @@ class ReplaceableProducer:
     """An idempotent acks=all producer that a failed send replaces with a new one.
 
     ``prepare`` runs before each start (the bridge creates its topics there); ``on_state``
-    hears every start, failure and replacement (health, metrics).
+    hears every start, failure and replacement (health, metrics); ``access`` (the process's,
+    else one of its own) turns a refused start into :class:`streams.errors.KafkaRefused`.
     """
 
     def __init__(self, options: dict[str, Any], what: str, *, prepare: Callable[[], Awaitable[Any]] | None = None,
-                 on_state: StateHook | None = None, rng: random.Random | None = None, **settings: Any) -> None:
+                 on_state: StateHook | None = None, rng: random.Random | None = None,
+                 access: KafkaAccess | None = None, **settings: Any) -> None:
         self._options = options
         self._what = what
         self._settings = settings
         self._prepare = prepare
         self._on_state = on_state or (lambda _failure: None)
         self._rng = rng or random.Random()
+        self.access = access or KafkaAccess(options)
         self._producer: AIOKafkaProducer | None = None
         self._started = asyncio.Event()
         self._starting: asyncio.Lock = asyncio.Lock()
@@ -58,8 +61,9 @@ class ReplaceableProducer:
         """Start a producer, however long Kafka takes to answer (no-op when one is up)."""
         async with self._starting:
             if self._producer is None:
-                self._producer = await retry_forever(self._start_one, f"{self._what} producer",
-                                                     transient=kafka_transient, backoff=Backoff(rng=self._rng),
+                self._producer = await retry_forever(lambda: self.access.attempt(self._start_one),
+                                                     f"{self._what} producer", transient=kafka_transient,
+                                                     backoff=Backoff(rng=self._rng),
                                                      on_retry=lambda exc, _delay: self._on_state(exc))
                 self._started.set()
                 self._on_state(None)
@@ -116,8 +120,9 @@ class RecordSender(ReplaceableProducer):
 
     BATCH_BYTES = 1024 * 1024
 
-    def __init__(self, options: dict[str, Any], what: str = "record", linger_ms: int = 5) -> None:
-        super().__init__(options, what, linger_ms=linger_ms, max_batch_size=self.BATCH_BYTES,
+    def __init__(self, options: dict[str, Any], what: str = "record", linger_ms: int = 5,
+                 access: KafkaAccess | None = None) -> None:
+        super().__init__(options, what, access=access, linger_ms=linger_ms, max_batch_size=self.BATCH_BYTES,
                          max_request_size=4 * self.BATCH_BYTES)
 
     async def send(self, topic: str, key: bytes, value: bytes) -> None:

@@ -7,7 +7,7 @@ import logging
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import TopicAlreadyExistsError
 
-from streams.adapters.kafka.client import client_options, kafka_transient
+from streams.adapters.kafka.client import KafkaAccess, client_options, kafka_transient
 from streams.contract.config import Config
 from streams.retry import retry_forever
 
@@ -63,7 +63,9 @@ async def ensure_topics(config: Config, request_timeout_ms: int = 10_000, *, wor
         await admin.close()
 
 
-async def wait_for_topics(config: Config, *, worker: bool = False) -> list[str]:
-    """:func:`ensure_topics`, waiting for Kafka however long it is away (docs/invariants.md, 5)."""
-    return await retry_forever(lambda: ensure_topics(config, worker=worker), "creating the topics (Kafka not ready)",
-                               transient=kafka_transient)
+async def wait_for_topics(config: Config, *, worker: bool = False, access: KafkaAccess | None = None) -> list[str]:
+    """:func:`ensure_topics`, waiting for Kafka however long it is away or refuses us
+    (docs/invariants.md, 5); ``access`` hears why it refuses (one ERROR, ``/health``)."""
+    access = access or KafkaAccess(client_options(config))
+    return await retry_forever(lambda: access.attempt(lambda: ensure_topics(config, worker=worker)),
+                               "creating the topics (Kafka not ready)", transient=kafka_transient)
