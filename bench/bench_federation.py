@@ -172,6 +172,17 @@ async def memory(stack: Stack) -> tuple[list[tuple[int, int]], int]:
     return out, rss_kib(stack.idle[0].proc.pid)
 
 
+async def settled_rows(stack: Stack, rows: int, timeout: float) -> tuple[list[tuple[int, int]], int]:
+    """``memory`` once the workers' tables hold ``rows`` between them (the start-up
+    reconcile's pages folded, not only listed), or at the timeout."""
+    deadline = time.monotonic() + timeout
+    while True:
+        sample = await memory(stack)
+        if sum(n for _r, n in sample[0]) >= rows or time.monotonic() > deadline:
+            return sample
+        await asyncio.sleep(0.5)  # sampling the workers' tables: a folded page has no other signal here
+
+
 def memory_line(when: str, workers: list[tuple[int, int]], idle: int) -> str:
     growth = sum(max(0, r - idle) * 1024 for r, _rows in workers)
     rows = sum(n for _r, n in workers)
@@ -294,7 +305,7 @@ async def run(args: argparse.Namespace) -> str:
         started = time.time()
         await start(stack, federation, spec, links, args, tmp)
         await quiet(sites, 2.0, 120 + len(links) * 2)
-        settled = await memory(stack)
+        settled = await settled_rows(stack, sum(len(link.pairs) for link in links), 120 + len(links))
         marks = {s.name: s.calls.log[-1].seq if s.calls.log else 0 for s in sites}
         driver = await changes(args, federation, links)
         ok = converged(federation, links)

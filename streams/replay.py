@@ -18,7 +18,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from streams.contract.config import Config
-from streams.core import TableState, as_dict, compile_routes, drift, fold_many
+from streams.core import TableState, as_dict, compile_routes, drift_by_link, fold_many
 from streams.adapters.kafka.readers import partitions_of, reader
 from streams.contract.schema import envelope_decoder
 
@@ -70,11 +70,9 @@ def drift_table(config: Config, state: TableState) -> Table:
     table = Table(title="drift per link")
     for column in ("link", "rows", "drift", "examples"):
         table.add_column(column)
-    for link in config.links:
-        rows = drift(state, link)
-        count = sum(1 for key in state.rows if key.startswith(f"{link.name}:"))
-        examples = ", ".join(f"{r.user_username}: {r.a_username!r} -> {r.b_username!r}" for r in rows[:3])
-        table.add_row(link.name, str(count), str(len(rows)), examples)
+    for name, found in drift_by_link(state, config.links).items():  # one pass over the table
+        examples = ", ".join(f"{r.user_username}: {r.a_username!r} -> {r.b_username!r}" for r in found.drift[:3])
+        table.add_row(name, str(found.rows), str(len(found.drift)), examples)
     return table
 
 

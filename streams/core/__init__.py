@@ -11,7 +11,9 @@ from streams.core.decide import (
     Verdict,
     correction_needed,
     decide,
+    LinkDrift,
     drift,
+    drift_by_link,
     needing_correction,
     refused,
     rejected,
@@ -37,8 +39,8 @@ from streams.core.table import (
 
 __all__ = [
     "SOURCE", "TARGET", "Decision", "FoldResult", "HttpClass", "LookupNeeded", "Pending", "RetryWindow", "Routes", "Row",
-    "Side", "SkipReason", "TableState", "Verdict", "actual", "as_dict", "classify_http",
-    "compile_routes", "correction_needed", "decide", "desired", "drift", "eligible", "empty_state", "fold",
+    "LinkDrift", "Side", "SkipReason", "TableState", "Verdict", "actual", "as_dict", "classify_http",
+    "compile_routes", "correction_needed", "decide", "desired", "drift", "drift_by_link", "eligible", "empty_state", "fold",
     "fold_by_link", "fold_many", "index_key", "link_rows", "needing_correction", "parse_retry_after", "refused", "rejected", "retry_due", "routes", "row_key",
     "side_of", "split_row_key",
 ]

@@ -13,7 +13,7 @@ import logging
 from collections.abc import Awaitable, Callable, Iterator, Sequence
 
 from streams.contract.config import Link
-from streams.core import RetryWindow, Row, TableState, drift, rejected, retry_due, row_key
+from streams.core import RetryWindow, Row, TableState, drift_by_link, retry_due, row_key
 from streams.ports import Clock, SystemClock
 
 log = logging.getLogger("usync.reraise")
@@ -35,11 +35,10 @@ class Reraiser:
         self.raised_again: dict[str, int] = {}  # row key -> the newest fact it was raised again for
 
     def _candidates(self, now: int) -> Iterator[tuple[Row, str]]:
-        state = self.state()
-        for link in self.links:
-            for row in drift(state, link):
+        for found in drift_by_link(self.state(), self.links).values():  # one pass over the table
+            for row in found.drift:
                 yield row, f"still in drift {self.settle:.0f} s after its newest fact"
-            for row in rejected(state, link):
+            for row in found.rejected:
                 if retry_due(row, now, self.window):
                     yield row, (f"A refused {row.rejected_desired!r} {row.rejected_count} time(s); "
                                 f"its retry window of {self.window.seconds(row.rejected_count):.0f} s passed")

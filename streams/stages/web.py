@@ -10,7 +10,7 @@ from typing import Any
 import msgspec
 
 from streams.contract.config import Link, Secret
-from streams.core import TableState, as_dict, drift, rejected
+from streams.core import TableState, as_dict, drift_by_link
 from streams.metrics import Metrics
 
 DRIFT_MAX_AGE = 10.0  # seconds a /metrics scrape may reuse the drift gauges
@@ -55,11 +55,11 @@ class Views:
         state = self.state()
         report: dict[str, Any] = {"rows": len(state.rows), "links": {}}
         self.metrics.table_rows.set(report["rows"])
-        for link in self.links:
-            rows, refused = drift(state, link), rejected(state, link)
-            self.metrics.drift.labels(link.name).set(len(rows))
-            self.metrics.rejected_rows.labels(link.name).set(len(refused))
-            report["links"][link.name] = {
+        for name, found in drift_by_link(state, self.links).items():  # one pass over the table
+            rows, refused = found.drift, found.rejected
+            self.metrics.drift.labels(name).set(len(rows))
+            self.metrics.rejected_rows.labels(name).set(len(refused))
+            report["links"][name] = {
                 "drift": len(rows), "users": [r.user_username for r in rows[:100]],
                 "rejected": len(refused), "rejected_users": [
                     {"user": r.user_username, "desired": r.rejected_desired, "times": r.rejected_count}

@@ -18,7 +18,9 @@ from streams.core import (
     correction_needed,
     decide,
     drift,
+    drift_by_link,
     empty_state,
+    rejected,
     needing_correction,
     parse_retry_after,
     row_key,
@@ -68,6 +70,45 @@ def test_drift_lists_the_rows_of_one_link_that_need_a_correction():
                        row_key("l2", "carol"): row(link="l2", user_username="carol")}.items():
         state.rows[key] = value
     assert [r.user_username for r in drift(state, LINK)] == ["alice"]
+
+
+class CountingRows(dict):
+    """A rows mapping that counts how many rows were read from it (a faust table decodes each)."""
+
+    reads = 0
+
+    def __getitem__(self, key):
+        self.reads += 1
+        return super().__getitem__(key)
+
+    def values(self):
+        for key in self:
+            yield self[key]
+
+    def items(self):
+        for key in self:
+            yield key, self[key]
+
+
+def test_drift_by_link_reads_each_row_once_and_agrees_with_drift_and_rejected_per_link():
+    links = [LINK, OPT_IN, Link(name="l3", source=Endpoint("b", "c" * 32), target=Endpoint("a", "d" * 32))]
+    state = empty_state()
+    state.rows = CountingRows()
+    for i in range(30):
+        link = links[i % 3].name
+        fields = [{}, {"a_username": "good"}, {"rejected_desired": "good", "rejected_observed": "bad", "rejected_at": 5,
+                                               "rejected_count": 1}, {"a_state": "Error creating"}][i % 4]
+        state.rows[row_key(link, f"u{i}")] = row(link=link, user_username=f"u{i}", **fields)
+    state.rows[row_key("gone", "x")] = row(link="gone", user_username="x")  # a link no longer configured
+
+    found = drift_by_link(state, links)
+
+    assert state.rows.reads == len(state.rows)  # one pass, not one per link
+    assert list(found) == ["l", "l2", "l3"] and [f.rows for f in found.values()] == [10, 10, 10]
+    for link in links:
+        assert found[link.name].drift == drift(state, link)
+        assert found[link.name].rejected == rejected(state, link)
+    assert found["l2"].drift and found["l"].rejected  # both kinds occur
 
 
 def live(uuid: str = "2" * 32, user: str = "alice", username: str | None = "good", state: str = "OK",
