@@ -172,15 +172,23 @@ async def memory(stack: Stack) -> tuple[list[tuple[int, int]], int]:
     return out, rss_kib(stack.idle[0].proc.pid)
 
 
-async def settled_rows(stack: Stack, rows: int, timeout: float) -> tuple[list[tuple[int, int]], int]:
-    """``memory`` once the workers' tables hold ``rows`` between them (the start-up
-    reconcile's pages folded, not only listed), or at the timeout."""
+async def settled_rows(stack: Stack, rows: int, timeout: float, steady: float = 5.0) -> tuple[list[tuple[int, int]], int]:
+    """``memory`` once the workers' tables hold at least ``rows`` between them and have not
+    grown for ``steady`` seconds (the start-up reconcile's pages folded, not only listed,
+    and faust's standby copies restored: with more than one worker each row is held twice),
+    or at the timeout."""
     deadline = time.monotonic() + timeout
+    last, since = -1, time.monotonic()
     while True:
         sample = await memory(stack)
-        if sum(n for _r, n in sample[0]) >= rows or time.monotonic() > deadline:
+        total = sum(n for _r, n in sample[0])
+        if total != last:
+            last, since = total, time.monotonic()
+        elif total >= rows and time.monotonic() - since >= steady:
             return sample
-        await asyncio.sleep(0.5)  # sampling the workers' tables: a folded page has no other signal here
+        if time.monotonic() > deadline:
+            return sample
+        await asyncio.sleep(1.0)  # sampling the workers' tables: a folded page has no other signal here
 
 
 def memory_line(when: str, workers: list[tuple[int, int]], idle: int) -> str:
