@@ -20,7 +20,7 @@ from streams.metrics import Metrics
 from streams.stages.correct import Corrector
 from streams.stages.dead_letter import DeadLetters
 from streams.stages.fold import Fold, RequestCorrection
-from streams.stages.lookups import Lookups
+from streams.stages.lookups import ANSWER_TRAVELS, Lookups
 from streams.stages.reconcile import Reconcile
 from tests.unit.test_fold import B_TO_A, B_TO_C, OFF_A, OFF_B, OFF_C, OU_A, OU_B, event, on_a, on_b, page, record
 
@@ -269,9 +269,9 @@ async def test_a_lookup_that_gives_up_writes_nothing_and_is_counted():
     assert sample(metrics, "usync_lookups_total", site="b", status="gave-up") == 1
 
 
-async def test_start_runs_one_lookup_per_offering_user_in_flight():
+async def test_start_runs_one_lookup_per_offering_user_in_flight_or_whose_answer_travels():
     site = MemoryOfferingUsers("b", [record(OU_NEW, user="carol")])
-    lookups, events, _, _ = finder(site)
+    lookups, events, metrics, _ = finder(site)
     site.hold()
     lookups.start([need()])
     await asyncio.wait_for(site.reached.wait(), 5)  # the first GET is under way
@@ -284,7 +284,11 @@ async def test_start_runs_one_lookup_per_offering_user_in_flight():
     assert lookups.in_flight == {}
     assert sorted(site.called("get")) == sorted([OU_NEW, OU_B])
     assert len(events.records) == 2
-    lookups.start([need()])  # no longer in flight: asked again
+    lookups.start([need()])  # answered, and the answer is on its way to the parked events
+    assert lookups.in_flight == {} and site.called("get").count(OU_NEW) == 1
+    assert sample(metrics, "usync_lookups_total", site="b", status="answer-travelling") == 1
+    lookups.answered[("b", OU_NEW)] -= ANSWER_TRAVELS + 1  # as if the answer was written 6 s ago
+    lookups.start([need()])  # the answer had time to arrive: a miss now asks again
     await asyncio.gather(*lookups.in_flight.values())
     assert site.called("get").count(OU_NEW) == 2
 
