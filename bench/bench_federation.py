@@ -57,8 +57,9 @@ import tempfile
 import time
 import uuid
 from collections import defaultdict
+from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -70,6 +71,7 @@ from tests.support.services import KAFKA_BOOTSTRAP, RABBITMQ  # noqa: E402
 from waldursim import ChangeDriver, Federation, FederationLink, FederationSpec  # noqa: E402
 from waldursim.federation import populate_federation, token_env, write_usync_config  # noqa: E402
 
+T = TypeVar("T")
 QUICK = dict(sites=6, links=12, fanout=3, users=100, big_users=0, workers=2, partitions=4, rate=20.0, seconds=15.0,
              cap=40.0, burst=10, deadline=20.0)
 FULL = dict(sites=50, links=200, fanout=20, users=278, big_users=50_000, workers=3, partitions=12, rate=1000.0,
@@ -133,17 +135,29 @@ def converged(federation: Federation, links: list[FederationLink]) -> bool:
     return True
 
 
-async def quiet(sites: list[Any], seconds: float, timeout: float) -> None:
-    """Until no site receives an API call for ``seconds`` (the start-up reconcile is over)."""
+async def steady(sample: Callable[[], Awaitable[T]], count: Callable[[T], int], seconds: float, timeout: float,
+                 at_least: int = 0, interval: float = 0.2) -> T:
+    """The last sample once ``count`` of it is ``at_least`` and has not changed for
+    ``seconds``, or at the timeout. Sampling: what the bench waits for has no event."""
     deadline = time.monotonic() + timeout
     last, since = -1, time.monotonic()
-    while time.monotonic() < deadline:
-        total = sum(sum(s.calls.counts.values()) for s in sites)
+    while True:
+        value = await sample()
+        total = count(value)
         if total != last:
             last, since = total, time.monotonic()
-        elif time.monotonic() - since >= seconds:
-            return
-        await asyncio.sleep(0.2)  # sampling call counters: a quiet period has no event
+        elif total >= at_least and time.monotonic() - since >= seconds:
+            return value
+        if time.monotonic() > deadline:
+            return value
+        await asyncio.sleep(interval)
+
+
+async def quiet(sites: list[Any], seconds: float, timeout: float) -> None:
+    """Until no site receives an API call for ``seconds`` (the start-up reconcile is over)."""
+    async def calls() -> int:
+        return sum(sum(s.calls.counts.values()) for s in sites)
+    await steady(calls, lambda n: n, seconds, timeout)
 
 
 def busiest(site: Any, since: float) -> int:
@@ -172,23 +186,12 @@ async def memory(stack: Stack) -> tuple[list[tuple[int, int]], int]:
     return out, rss_kib(stack.idle[0].proc.pid)
 
 
-async def settled_rows(stack: Stack, rows: int, timeout: float, steady: float = 5.0) -> tuple[list[tuple[int, int]], int]:
+async def settled_rows(stack: Stack, rows: int, timeout: float) -> tuple[list[tuple[int, int]], int]:
     """``memory`` once the workers' tables hold at least ``rows`` between them and have not
-    grown for ``steady`` seconds (the start-up reconcile's pages folded, not only listed,
-    and faust's standby copies restored: with more than one worker each row is held twice),
-    or at the timeout."""
-    deadline = time.monotonic() + timeout
-    last, since = -1, time.monotonic()
-    while True:
-        sample = await memory(stack)
-        total = sum(n for _r, n in sample[0])
-        if total != last:
-            last, since = total, time.monotonic()
-        elif total >= rows and time.monotonic() - since >= steady:
-            return sample
-        if time.monotonic() > deadline:
-            return sample
-        await asyncio.sleep(1.0)  # sampling the workers' tables: a folded page has no other signal here
+    grown for 5 s (the start-up reconcile's pages folded, not only listed, and faust's
+    standby copies restored: with more than one worker each row is held twice), or at the timeout."""
+    return await steady(lambda: memory(stack), lambda sample: sum(n for _r, n in sample[0]), 5.0, timeout,
+                        at_least=rows, interval=1.0)
 
 
 def memory_line(when: str, workers: list[tuple[int, int]], idle: int) -> str:

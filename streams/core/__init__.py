@@ -32,7 +32,6 @@ from streams.core.table import (
     eligible,
     empty_state,
     index_key,
-    link_rows,
     row_key,
     split_row_key,
 )
@@ -41,6 +40,6 @@ __all__ = [
     "SOURCE", "TARGET", "Decision", "FoldResult", "HttpClass", "LookupNeeded", "Pending", "RetryWindow", "Routes", "Row",
     "LinkDrift", "Side", "SkipReason", "TableState", "Verdict", "actual", "as_dict", "classify_http",
     "compile_routes", "correction_needed", "decide", "desired", "drift", "drift_by_link", "eligible", "empty_state", "fold",
-    "fold_by_link", "fold_many", "index_key", "link_rows", "needing_correction", "parse_retry_after", "refused", "rejected", "retry_due", "routes", "row_key",
+    "fold_by_link", "fold_many", "index_key", "needing_correction", "parse_retry_after", "refused", "rejected", "retry_due", "routes", "row_key",
     "side_of", "split_row_key",
 ]

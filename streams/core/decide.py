@@ -16,7 +16,7 @@ import msgspec
 from streams.contract.config import Link
 from streams.contract.schema import OfferingUserRecord, OutcomeAction, state_display
 from streams.core.routing import Routes, compile_routes
-from streams.core.table import OK, Row, TableState, desired, eligible, link_rows
+from streams.core.table import OK, Row, TableState, desired, eligible
 
 __all__ = ["Decision", "RetryWindow", "SkipReason", "Verdict", "correction_needed", "decide", "drift",
            "needing_correction", "refused", "rejected", "retry_due"]
@@ -102,13 +102,13 @@ def drift_by_link(state: TableState, links: Sequence[Link] | Routes) -> dict[str
 
 def drift(state: TableState, link: Link) -> list[Row]:
     """The rows of ``link`` whose A side the table says is wrong and that usync will
-    correct (metrics, replay report); refused rows are :func:`rejected`, not drift."""
-    return [row for row in link_rows(state, link.name) if correction_needed(row, link) and not refused(row)]
+    correct; refused rows are :func:`rejected`, not drift. (Many links: :func:`drift_by_link`.)"""
+    return drift_by_link(state, [link])[link.name].drift
 
 
 def rejected(state: TableState, link: Link) -> list[Row]:
     """The rows of ``link`` whose A side differs from B because A refused B's username."""
-    return [row for row in link_rows(state, link.name) if correction_needed(row, link) and refused(row)]
+    return drift_by_link(state, [link])[link.name].rejected
 
 
 class Verdict(str, enum.Enum):

@@ -137,11 +137,6 @@ def actual(row: Row, link: Link) -> str | None:
     return row.a_username or ""
 
 
-def link_rows(state: TableState, link: str) -> list[Row]:
-    prefix = f"{link}:"
-    return [row for key, row in state.rows.items() if key.startswith(prefix)]
-
-
 def as_dict(state: TableState) -> dict[str, Any]:
     """The whole state as plain, key-sorted builtins: for JSON export and comparisons."""
     return {

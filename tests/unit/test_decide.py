@@ -105,9 +105,11 @@ def test_drift_by_link_reads_each_row_once_and_agrees_with_drift_and_rejected_pe
 
     assert state.rows.reads == len(state.rows)  # one pass, not one per link
     assert list(found) == ["l", "l2", "l3"] and [f.rows for f in found.values()] == [10, 10, 10]
-    for link in links:
-        assert found[link.name].drift == drift(state, link)
-        assert found[link.name].rejected == rejected(state, link)
+    for link in links:  # against the definition, row by row
+        rows = [r for r in dict.values(state.rows) if r.link == link.name and correction_needed(r, link)]
+        assert found[link.name].drift == [r for r in rows if not r.rejected_desired]
+        assert found[link.name].rejected == [r for r in rows if r.rejected_desired]
+        assert (drift(state, link), rejected(state, link)) == (found[link.name].drift, found[link.name].rejected)
     assert found["l2"].drift and found["l"].rejected  # both kinds occur
 
 
