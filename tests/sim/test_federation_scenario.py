@@ -19,7 +19,7 @@ import pytest
 from waldursim import ChangeDriver, Federation, federation_scenario
 from waldursim.federation import parse_federation
 
-from tests.app.harness import USYNC
+from tests.app.harness import USYNC, until
 from tests.support.services import KAFKA_BOOTSTRAP, RABBITMQ
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -28,14 +28,6 @@ ROOT = Path(__file__).resolve().parents[2]
 def _plan(links) -> list[tuple]:
     """What a seed decides, without the (random) uuids."""
     return [(link.name, link.source_site, link.target_site, sorted(link.pairs)) for link in links]
-
-
-async def _until(condition, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.05)  # sampling an in-memory log the driver appends to
 
 
 def test_shape_fanout_users_and_big_offering() -> None:
@@ -103,7 +95,7 @@ async def test_change_driver_rate_against_the_event_log(sim_federation: Federati
     driver.start()
     try:
         updates = lambda: [o for o in s0.outgoing if o.message.action == "update"]  # noqa: E731
-        await _until(lambda: len(updates()) >= 3 * rate, 30, f"{3 * rate:.0f} update events")
+        await until(lambda: len(updates()) >= 3 * rate, 30, f"{3 * rate:.0f} update events", interval=0.05)
     finally:
         await driver.stop()
     events = updates()
@@ -159,9 +151,10 @@ async def test_serve_a_federation_drives_changes_and_writes_a_usync_config(tmp_p
                         newest = max([newest] + [int(o["username"].rsplit("-c", 1)[1]) for o in page if "-c" in o["username"]])
             return newest
 
-        deadline = time.monotonic() + 30
-        while (n := await newest_change()) < 40:  # awaiting the served state (REST): 40 changes at 20/s
-            assert time.monotonic() < deadline, n
+        async def forty() -> int | None:  # the served state (REST): 40 changes at 20/s
+            n = await newest_change()
+            return n if n >= 40 else None
+        n = await until(forty, 30, "40 changes served")
         assert n <= 20 * (time.monotonic() - started) + 25  # paced, not a burst
     finally:
         proc.send_signal(signal.SIGTERM)
