@@ -28,10 +28,12 @@ from streams.core.table import (
     TableState,
     actual,
     as_dict,
+    derived_index,
     desired,
     eligible,
     empty_state,
     index_key,
+    row_index_keys,
     row_key,
     split_row_key,
 )
@@ -39,7 +41,7 @@ from streams.core.table import (
 __all__ = [
     "SOURCE", "TARGET", "Decision", "FoldResult", "HttpClass", "LookupNeeded", "Pending", "RetryWindow", "Routes", "Row",
     "LinkDrift", "Side", "SkipReason", "TableState", "Verdict", "actual", "as_dict", "classify_http",
-    "compile_routes", "correction_needed", "decide", "desired", "drift", "drift_by_link", "eligible", "empty_state", "fold",
-    "fold_by_link", "fold_many", "index_key", "needing_correction", "parse_retry_after", "refused", "rejected", "retry_due", "routes", "row_key",
+    "compile_routes", "correction_needed", "decide", "derived_index", "desired", "drift", "drift_by_link", "eligible", "empty_state", "fold",
+    "fold_by_link", "fold_many", "index_key", "needing_correction", "parse_retry_after", "refused", "rejected", "retry_due", "routes", "row_index_keys", "row_key",
     "side_of", "split_row_key",
 ]

@@ -16,7 +16,7 @@ event ``attribute_update``    username
 event ``username_set``        username, state (Waldur's integer, 5 -> "OK")
 event ``delete``              state = "Deleted"
 any other action              nothing (a newer Waldur must not break the fold)
-snapshot record, 200 lookup   username, state, restricted (B), and the identity index
+snapshot record, 200 lookup   username, state, restricted (B)
 404/410 lookup                state = "Deleted" if the index knew the user
 rejection (A side, its link)  rejected_desired, rejected_observed, rejected_at and
                               rejected_count (+1 if desired and observed are the
@@ -25,7 +25,10 @@ rejection (A side, its link)  rejected_desired, rejected_observed, rejected_at a
 
 (every write but a rejection's also sets the side's offering_user_uuid, event id and
 observation time, and on B's side ``b_read_at``: the observation time for a snapshot
-record or lookup, 0 for an event; a field an event leaves out is left alone). A
+record or lookup, 0 for an event; a field an event leaves out is left alone). The
+identity index follows the rows' offering users: it only ever says which row holds a
+side's offering user (``streams.core.table.derived_index``), and a record whose user is
+another row's now takes the uuid from the old row first. A
 rejection is the one fact whose write depends on the row (its count): taking only facts
 strictly newer than the mark keeps it idempotent, since a redelivered or re-read
 rejection is never newer than the mark it already made. Because a write depends only on the fact and
@@ -314,10 +317,8 @@ def _learn_identity(batch: _Batch, link: str, side: Side, offering_user_uuid: st
     state = batch.state
     key = index_key(link, side, offering_user_uuid)
     previous = state.index.get(key)
-    if previous != user:
-        state.index[key] = user
-        if previous is not None:  # the user was renamed: the old row no longer owns this uuid
-            _forget_side(batch, link, side, previous, offering_user_uuid)
+    if previous is not None and previous != user:  # the user was renamed: the old row no longer owns this uuid
+        _forget_side(batch, link, side, previous, offering_user_uuid)
     return state.pending.pop(key, None)
 
 
@@ -331,7 +332,7 @@ def _forget_side(batch: _Batch, link: str, side: Side, user: str, offering_user_
                                   fields.observed_at: 0, fields.username_at: 0, fields.state_at: 0}
     if fields.restricted:
         cleared[fields.restricted] = False
-    batch.state.rows[key] = replace(row, **cleared)
+    _put(batch.state, key, row, replace(row, **cleared))
     batch.dirty[key] = None
 
 
@@ -352,8 +353,7 @@ def _write(
     live read of the whole offering user (snapshot record or lookup), so while it is
     B's newest fact, ``b_read_at`` says when B was last seen as the row says."""
     key = row_key(link, user)
-    rows = batch.state.rows
-    row = rows.get(key)
+    row = batch.state.rows.get(key)
     if row is None:
         row = Row(link=link, user_username=user)
     fields = _FIELDS[side]
@@ -378,9 +378,29 @@ def _write(
     if not changes:
         return
     new = replace(row, **changes)
-    rows[key] = new
+    _put(batch.state, key, row, new)
     if _values(new) != _values(row):
         batch.dirty[key] = None
+
+
+def _put(state: TableState, key: str, old: Row, new: Row) -> None:
+    """Write a row, and the identity index with it: the index says which row holds each
+    side's offering user, and nothing else (``streams.core.table.derived_index``)."""
+    state.rows[key] = new
+    index = state.index
+    for side, uuid_field in _UUIDS:
+        was, now = getattr(old, uuid_field), getattr(new, uuid_field)
+        if was == now:
+            continue
+        if was is not None:
+            stale = index_key(new.link, side, was)
+            if index.get(stale) == new.user_username:
+                del index[stale]
+        if now is not None:
+            index[index_key(new.link, side, now)] = new.user_username
+
+
+_UUIDS: Final = ((SOURCE, "b_offering_user_uuid"), (TARGET, "a_offering_user_uuid"))
 
 
 def _values(row: Row) -> tuple:

@@ -9,12 +9,15 @@ tables (RocksDB) and replay and tests with plain dicts:
 
 Link names cannot contain ``:`` (see ``streams.contract.config.Name``), so a key splits at its first
 colon. ``desired`` and ``actual`` are derived from a row, never stored: storing them
-would let them disagree with the facts they come from.
+would let them disagree with the facts they come from. The index is derived from the
+rows too (:func:`derived_index`: each side's offering user names the row that holds it);
+the fold keeps it so as it writes rows, and a worker rebuilds it from the rows instead
+of storing it.
 """
 
 from __future__ import annotations
 
-from collections.abc import MutableMapping
+from collections.abc import Iterable, MutableMapping
 from dataclasses import dataclass, field
 from typing import Any, Final
 
@@ -116,6 +119,21 @@ def split_row_key(key: str) -> tuple[str, str]:
 
 def index_key(link: str, side: str, offering_user_uuid: str) -> str:
     return f"{link}:{side}:{offering_user_uuid}"
+
+
+def row_index_keys(row: Row) -> list[str]:
+    """The index keys that name ``row``: one per side whose offering user it knows."""
+    keys = []
+    if row.b_offering_user_uuid is not None:
+        keys.append(index_key(row.link, "source", row.b_offering_user_uuid))
+    if row.a_offering_user_uuid is not None:
+        keys.append(index_key(row.link, "target", row.a_offering_user_uuid))
+    return keys
+
+
+def derived_index(rows: Iterable[Row]) -> dict[str, str]:
+    """The identity index the rows imply: ``<link>:<side>:<offering_user_uuid>`` -> user."""
+    return {key: row.user_username for row in rows for key in row_index_keys(row)}
 
 
 def desired(row: Row) -> str | None:

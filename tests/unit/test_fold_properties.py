@@ -15,7 +15,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from streams.contract.config import Endpoint, Link
-from streams.core import as_dict, desired, drift, empty_state, fold, fold_by_link, fold_many, routes
+from streams.core import as_dict, derived_index, desired, drift, empty_state, fold, fold_by_link, fold_many, routes
 from streams.contract.schema import Envelope, Lookup, OfferingUserEvent, OfferingUserRecord, Rejection, SnapshotPage, Origin
 
 OFF_A, OFF_B, OFF_C, OFF_D = ("a" * 32, "b" * 32, "c" * 32, "d" * 32)
@@ -110,6 +110,17 @@ def folded(history: list[Envelope]) -> dict:
 @given(histories)
 def test_folding_the_same_history_twice_from_empty_gives_identical_tables(history):
     assert folded(history) == folded(list(history))
+
+
+@FAST
+@given(histories)
+def test_the_index_is_always_what_the_rows_imply(history):
+    # A worker does not store the index: it rebuilds it from the rows (streams.adapters.faust.tables),
+    # which is only right if the fold's own index never says more, or other, than its rows.
+    state = empty_state()
+    for item in history:
+        fold(state, LINKS, item)
+        assert dict(state.index) == derived_index(state.rows.values())
 
 
 @FAST
