@@ -164,6 +164,11 @@ class WorkerProcess:
             if self.proc.poll() is not None:
                 raise AssertionError(f"worker exited with {self.proc.returncode}:\n{self.log_text()[-3000:]}")
             r = await self.get("/health")
+            if r is None or r.status_code != 200:
+                return False
+            # While it creates its topics a worker answers /health from a stand-in (streams.worker):
+            # the worker's own web server is the one that also serves /metrics.
+            r = await self.get("/metrics")
             return r is not None and r.status_code == 200
         await until(up, timeout, "the worker's web server")
 

@@ -85,6 +85,24 @@ def test_faust_recovery_has_the_steps_patient_recovery_overrides_with_their_sign
     assert inspect.iscoroutinefunction(Recovery._wait)
 
 
+async def test_faust_rebuilds_our_index_after_a_table_recovery_from_the_memory_stores_own_dict(app):
+    """streams.adapters.faust.tables.define_tables: faust calls a table's on_recover callbacks
+    after its store's on_recovery_completed; the memory store is a dict whose key objects
+    its items() gives back (the index shares them: streams.adapters.faust.index)."""
+    from faust.stores.memory import Store as MemoryStore
+
+    from streams.adapters.faust.tables import ROW, define_tables
+    from streams.core import Row
+
+    rows, index, _pending = define_tables(app, 1)
+    assert isinstance(rows.data, MemoryStore) and isinstance(rows.data.data, dict)
+    key = b"b-to-a:alice"
+    rows.data.data[key] = ROW.encode(Row(link="b-to-a", user_username="alice", b_offering_user_uuid="1" * 32))
+    await rows.on_recovery_completed(set(), set())
+    assert dict(index) == {f"b-to-a:source:{'1' * 32}": "alice"}
+    assert next(iter(index.entries.values())) is next(iter(rows.data.data)) is key
+
+
 async def test_faust_table_manager_builds_its_recovery_lazily_in_recovery(app):
     assert isinstance(inspect.getattr_static(TableManager, "recovery"), property)
     tables = app.tables

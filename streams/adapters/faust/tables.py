@@ -15,18 +15,21 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 import weakref
 from collections.abc import Awaitable, Iterator, Mapping, MutableMapping
 from contextvars import ContextVar
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, NamedTuple, TypeVar
 
 import faust
 import msgspec
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
+from faust.stores.memory import Store as MemoryStore
 from faust.streams import _current_event  # the ContextVar faust sets per event
 from faust.types import TP
 
+from streams.adapters.faust.index import RowIndex
 from streams.adapters.kafka.client import kafka_transient
 from streams.adapters.kafka.producers import ReplaceableProducer
 from streams.core import Pending, Row, TableState
@@ -133,24 +136,56 @@ class RowCodec(Codec[Row]):
 
 
 ROW = RowCodec()
-USER = Codec[str](str)
 PENDING = Codec[Pending](Pending)
 
 
+def decode_row(row_key: bytes, value: bytes) -> Row:
+    return ROW.decode(value)
+
+
 def define_tables(app: faust.App, partitions: int, topic_configs: Mapping[str, str] | None = None,
-                  ) -> tuple[faust.Table, faust.Table, faust.Table]:
-    """The worker's three tables; ``topic_configs`` goes to each changelog topic faust creates
-    (``min.insync.replicas`` on a cluster; the replication factor is the app's)."""
+                  ) -> tuple[faust.Table, RowIndex, faust.Table]:
+    """The worker's tables (rows, pending) and the identity index derived from the rows,
+    rebuilt after every table recovery; ``topic_configs`` goes to each changelog topic faust
+    creates (``min.insync.replicas`` on a cluster; the replication factor is the app's)."""
     def table(name: str) -> faust.Table:
         # bytes -> faust's "raw" codec for the store *and* the changelog (recovery decodes with it)
         return app.Table(name, partitions=partitions, key_type=bytes, value_type=bytes,
                          extra_topic_configs=dict(topic_configs or {}))
 
-    return table("rows"), table("index"), table("pending")
+    rows, index = table("rows"), RowIndex(decode_row)
+
+    @rows.on_recover
+    async def rebuild_index() -> None:
+        await rebuild(index, rows)
+
+    return rows, index, table("pending")
 
 
-def table_state(rows: faust.Table, index: faust.Table, pending: faust.Table) -> TableState:
-    return TableState(rows=TableMapping(rows, ROW), index=TableMapping(index, USER), pending=TableMapping(pending, PENDING))
+REBUILD_CHUNK = 5000  # rows indexed between two yields to the loop (~15 ms: heartbeats go on)
+
+
+async def rebuild(index: RowIndex, rows: faust.Table) -> None:
+    """Index every row the store holds. faust calls this after each recovery, before the
+    fold resumes; an index built incrementally would miss rows that faust's standby reader
+    wrote, which become the fold's own when a rebalance promotes their partition."""
+    started = time.monotonic()
+    items = list(rows.data.items())  # a snapshot: the standby reader may write meanwhile
+    index.reset()
+    for start in range(0, len(items), REBUILD_CHUNK):
+        index.add(items[start:start + REBUILD_CHUNK])
+        await asyncio.sleep(0)
+    log.info("Identity index: %d rows indexed in %.1f s", len(items), time.monotonic() - started)
+
+
+def memory_dict(table: faust.Table) -> MutableMapping[bytes, bytes] | None:
+    """The dict behind faust's memory store (None for RocksDB): where row keys can be shared."""
+    store = table.data
+    return store.data if isinstance(store, MemoryStore) else None
+
+
+def table_state(rows: faust.Table, index: RowIndex, pending: faust.Table) -> TableState:
+    return TableState(rows=TableMapping(rows, ROW), index=index, pending=TableMapping(pending, PENDING))
 
 
 _GONE: Any = object()
@@ -216,9 +251,8 @@ class BufferedMapping(TableMapping[V]):
         return changes
 
 
-def buffered_state(rows: faust.Table, index: faust.Table, pending: faust.Table) -> TableState:
-    return TableState(rows=BufferedMapping(rows, ROW), index=BufferedMapping(index, USER),
-                      pending=BufferedMapping(pending, PENDING))
+def buffered_state(rows: faust.Table, index: RowIndex, pending: faust.Table) -> TableState:
+    return TableState(rows=BufferedMapping(rows, ROW), index=index, pending=BufferedMapping(pending, PENDING))
 
 
 class ChangelogWriter:
@@ -285,19 +319,31 @@ class ChangelogWriter:
         return last
 
 
-def take_changes(state: TableState) -> list[dict[bytes, bytes | None]]:
-    """The buffered state's changes, one dict per table (rows, index, pending); the buffer starts over."""
-    return [mapping.take_changes() for mapping in (state.rows, state.index, state.pending)]  # type: ignore[attr-defined]
+class Changes(NamedTuple):
+    """One fold group's changes: rows and pending entries encoded (None: deleted), and the
+    row keys the index now points to (the index is merged already: it is not stored)."""
+
+    rows: dict[bytes, bytes | None]
+    indexed: list[bytes]
+    pending: dict[bytes, bytes | None]
 
 
-def write_changes(writer: ChangelogWriter, taken: list[dict[bytes, bytes | None]], tables: tuple[faust.Table, ...],
+def take_changes(state: TableState) -> Changes:
+    """The buffered state's changes; the buffers start over."""
+    return Changes(state.rows.take_changes(), state.index.take_changes(),  # type: ignore[attr-defined]
+                   state.pending.take_changes())  # type: ignore[attr-defined]
+
+
+def write_changes(writer: ChangelogWriter, taken: Changes, tables: tuple[faust.Table, RowIndex, faust.Table],
                   partition: int) -> list[Awaitable[None]]:
-    """Apply taken changes to the tables' stores (inside :func:`link_partition`); return their changelog sends."""
+    """Apply taken changes to the stores (inside :func:`link_partition`); return their changelog sends."""
+    rows, index, pending = tables
     sends: list[Awaitable[None]] = []
-    for changes, table in zip(taken, tables):
+    for changes, table in ((taken.rows, rows), (taken.pending, pending)):
         if changes:
             writer.apply(table, changes)
             sends.append(writer.send(table, partition, changes))
+    index.share(taken.indexed, memory_dict(rows))
     return sends
 
 
@@ -324,7 +370,7 @@ def link_groups(batch: list[Any]) -> list[FaustLinkGroup]:
 class FaustFoldTables:
     """The fold's tables (``streams.ports.FoldTables``) over faust Tables and a changelog writer."""
 
-    def __init__(self, tables: tuple[faust.Table, faust.Table, faust.Table], options: dict[str, Any]) -> None:
+    def __init__(self, tables: tuple[faust.Table, RowIndex, faust.Table], options: dict[str, Any]) -> None:
         self.tables = tables
         self.state = buffered_state(*tables)
         self.writer = ChangelogWriter(options)
@@ -338,8 +384,8 @@ class FaustFoldTables:
     def partition(self, group: FaustLinkGroup) -> contextlib.AbstractContextManager[None]:
         return link_partition(group.event)
 
-    def take_changes(self) -> list[dict[bytes, bytes | None]]:
+    def take_changes(self) -> Changes:
         return take_changes(self.state)
 
-    def write(self, group: FaustLinkGroup, changes: list[dict[bytes, bytes | None]]) -> list[Awaitable[None]]:
+    def write(self, group: FaustLinkGroup, changes: Changes) -> list[Awaitable[None]]:
         return write_changes(self.writer, changes, self.tables, group.event.message.partition)
