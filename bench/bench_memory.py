@@ -5,30 +5,40 @@
 Rows are made by the pure fold (``streams.core.fold_many``) from what a start-up
 reconcile writes: one snapshot page of B and one of A per 300 users, then one username
 event on B per user (a converged, then changed, row: every field a live row carries).
-They are stored as the worker stores them: faust's memory store is a ``dict`` of
-``bytes`` keys to ``bytes`` values per table (``faust.stores.memory.Store.data``), the
-values msgpack (``streams.adapters.faust.tables``): ``rows`` (one per link and user) and
-``index`` (one per side: two per row). Prints the RSS the stores add, per row, and with
-``--rocksdb`` the bytes on disk and RSS of the same keys and values in RocksDB
-(``rocksdict``, as faust-streaming's RocksDB store uses it).
+They are held as a worker holds them: the ``rows`` table's store (faust's memory store
+as ``streams.adapters.faust.store.LinkMemoryStore`` makes it: a ``dict`` of ``bytes`` keys
+to the values ``streams.adapters.faust.tables.ROW`` encodes), filled the way a restarted
+worker fills it (``apply_changelog_batch``, as faust's recovery does), and the identity
+index rebuilt from it (``streams.adapters.faust.index.RowIndex``: not stored). Prints the
+RSS they add per row, and with ``--rocksdb`` the bytes on disk and RSS of the same rows in
+RocksDB (``rocksdict``, as faust-streaming's RocksDB store uses it), plus the index in memory.
 """
 
 from __future__ import annotations
 
 import argparse
 import gc
+import multiprocessing
 import os
 import shutil
 import sys
 import tempfile
 import uuid
+from collections.abc import Iterator
 from datetime import datetime, timezone
 from pathlib import Path
+from types import SimpleNamespace
+
+import msgspec
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from streams.adapters.faust.tables import ROW, USER  # noqa: E402
+import faust  # noqa: E402
+
+from streams.adapters.faust.index import RowIndex  # noqa: E402
+from streams.adapters.faust.store import LinkMemoryStore  # noqa: E402
+from streams.adapters.faust.tables import ROW, LinkTable, decode_row, define_tables  # noqa: E402
 from streams.contract.config import Endpoint, Link  # noqa: E402
 from streams.contract.schema import (  # noqa: E402
     Envelope, OfferingUserEvent, OfferingUserRecord, Origin, SnapshotPage,
@@ -63,37 +73,91 @@ def chunk(start: int, n: int) -> list[Envelope]:
     return [page("b", OFF_B, 1), page("a", OFF_A, 2), *events]
 
 
-def build(rows: int) -> tuple[dict[bytes, bytes], dict[bytes, bytes]]:
-    """The two stores, filled a page of users at a time (the fold's own state is dropped)."""
+def fold_rows(rows: int) -> Iterator[tuple[bytes, bytes]]:
+    """(key, value) of every row, as the changelog holds them, a page of users at a time."""
     routes = compile_routes([LINK])
-    store_rows: dict[bytes, bytes] = {}
-    store_index: dict[bytes, bytes] = {}
     for start in range(0, rows, PAGE):
         state = TableState()
         fold_many(state, routes, chunk(start, min(PAGE, rows - start)))
-        store_rows.update((k.encode(), ROW.encode(v)) for k, v in state.rows.items())
-        store_index.update((k.encode(), USER.encode(v)) for k, v in state.index.items())
-    return store_rows, store_index
+        yield from ((k.encode(), ROW.encode(v)) for k, v in state.rows.items())
 
 
-def rocksdb(store_rows: dict[bytes, bytes], store_index: dict[bytes, bytes]) -> tuple[int, int]:
+def write_changelog(rows: int, path: str) -> None:
+    """The rows' changelog, as length-prefixed msgpack batches of 1,000 (key, value) pairs."""
+    encode = msgspec.msgpack.encode
+    with open(path, "wb") as out:
+        batch: list[tuple[bytes, bytes]] = []
+        for pair in fold_rows(rows):
+            batch.append(pair)
+            if len(batch) == 1000:
+                raw = encode(batch)
+                out.write(len(raw).to_bytes(4, "big") + raw)
+                batch = []
+        raw = encode(batch)
+        out.write(len(raw).to_bytes(4, "big") + raw)
+
+
+def changelog(rows: int) -> str:
+    """Folded in a child process, so that the fold's garbage is not in the RSS measured here."""
+    path = tempfile.mktemp(prefix="usync-bench-changelog-")
+    child = multiprocessing.get_context("fork").Process(target=write_changelog, args=(rows, path))
+    child.start()
+    child.join()
+    return path
+
+
+def read_changelog(path: str) -> Iterator[list[tuple[bytes, bytes]]]:
+    """The batches, each pair new bytes objects (as a Kafka fetch gives them)."""
+    decode = msgspec.msgpack.Decoder(list[tuple[bytes, bytes]]).decode
+    with open(path, "rb") as f:
+        while size := f.read(4):
+            yield decode(f.read(int.from_bytes(size, "big")))
+
+
+def rows_table() -> faust.Table:
+    app = faust.App("usync-bench-memory", store="memory://", Table=LinkTable)
+    table, _index, _pending = define_tables(app, 1)
+    return table
+
+
+def recover(store: LinkMemoryStore, path: str) -> None:
+    """Fill the rows table's memory store as a restart does: faust's recovery applies the changelog."""
+    for batch in read_changelog(path):
+        events = [changelog_event(key, value) for key, value in batch]
+        store.apply_changelog_batch(events, to_key=_same, to_value=_same)
+
+
+def changelog_event(key: bytes, value: bytes) -> SimpleNamespace:
+    return SimpleNamespace(key=key, value=value, message=SimpleNamespace(value=value, partition=0))
+
+
+def _same(x: bytes) -> bytes:
+    return x
+
+
+def rocksdb(path_changelog: str, n: int) -> tuple[int, int, int]:
+    """Bytes on disk, RSS of the store, RSS of the index built from it."""
     from rocksdict import Rdict  # faust-streaming's RocksDB store
     path = tempfile.mkdtemp(prefix="usync-bench-rocks-")
     try:
         before = rss()
-        for name, data in (("rows", store_rows), ("index", store_index)):
-            db = Rdict(f"{path}/{name}")
-            for key, value in data.items():
+        db = Rdict(f"{path}/rows")
+        for batch in read_changelog(path_changelog):
+            for key, value in batch:
                 db[key] = value
-            db.flush()
-            db.close()
-        for name in ("rows", "index"):  # reopened and read through, as a worker serving them
-            db = Rdict(f"{path}/{name}")
-            for _ in db.keys():
-                pass
+        db.flush()
+        db.close()
+        db = Rdict(f"{path}/rows")  # reopened and read through, as a worker serving it
+        for _ in db.keys():
+            pass
+        gc.collect()
         grown = rss() - before
+        index = RowIndex(decode_row)
+        index.add(db.items(), n)
+        gc.collect()
+        indexed = rss() - before - grown
         disk = sum(f.stat().st_size for f in Path(path).rglob("*") if f.is_file())
-        return disk, grown
+        return disk, grown, indexed
     finally:
         shutil.rmtree(path, ignore_errors=True)
 
@@ -103,20 +167,29 @@ def main() -> None:
     parser.add_argument("--rows", type=int, default=100_000)
     parser.add_argument("--rocksdb", action="store_true")
     args = parser.parse_args()
+    path = changelog(args.rows)
+    store = rows_table().data
     gc.collect()
     before = rss()
-    store_rows, store_index = build(args.rows)
+    recover(store, path)
     gc.collect()
-    grown = rss() - before
-    n = len(store_rows)
-    value_bytes = sum(map(len, store_rows.values())) + sum(map(len, store_index.values()))
-    key_bytes = sum(map(len, store_rows)) + sum(map(len, store_index))
-    print(f"rows={n} index={len(store_index)} msgpack value bytes/row={value_bytes / n:.0f} "
+    stored = rss() - before
+    index = RowIndex(decode_row)
+    index.add(store.data.items(), len(store.data))  # what the worker does after its recovery (define_tables)
+    gc.collect()
+    indexed = rss() - before - stored
+    n = len(store.data)
+    value_bytes = sum(map(len, store.data.values()))
+    key_bytes = sum(map(len, store.data))
+    print(f"rows={n} index entries={len(index.slots) + len(index.other)} value bytes/row={value_bytes / n:.0f} "
           f"key bytes/row={key_bytes / n:.0f}")
+    print(f"memory store: rows rss bytes/row={stored / n:.0f}, index rss bytes/row={indexed / n:.0f}")
     if args.rocksdb:
-        disk, rocks_rss = rocksdb(store_rows, store_index)
-        print(f"rocksdb: disk bytes/row={disk / n:.0f} rss bytes/row={rocks_rss / n:.0f}")
-    print(f"memory: rows={n} rss_bytes_per_row={grown / n:.0f}")
+        disk, rocks_rss, rocks_index = rocksdb(path, n)
+        print(f"rocksdb: disk bytes/row={disk / n:.0f} rss bytes/row={rocks_rss / n:.0f} "
+              f"index rss bytes/row={rocks_index / n:.0f}")
+    os.unlink(path)
+    print(f"memory: rows={n} rss_bytes_per_row={(stored + indexed) / n:.0f}")
 
 
 if __name__ == "__main__":

@@ -18,7 +18,7 @@ from aiokafka.cluster import ClusterMetadata
 from faust.tables import TableManager
 from faust.tables.recovery import Recovery
 from faust.transport.drivers import aiokafka as faust_aiokafka
-from faust.types import Message
+from faust.types import TP, Message
 from pika.adapters.asyncio_connection import AsyncioConnection
 
 import faust.streams
@@ -43,8 +43,10 @@ def message(offset: int = 0) -> Message:
 @pytest.fixture
 async def app():
     """A faust App as streams.app builds it (our transport and table manager), never started."""
+    from streams.adapters.faust.tables import LinkTable
+
     app = App("usync-hooks", broker=f"kafka://{UNREACHABLE}", store="memory://", web_enabled=False,
-              TableManager=PatientTableManager)
+              TableManager=PatientTableManager, Table=LinkTable)
     yield app
     app.consumer._thread.thread_loop.close()  # the consumer thread's own loop, never run
 
@@ -100,7 +102,31 @@ async def test_faust_rebuilds_our_index_after_a_table_recovery_from_the_memory_s
     rows.data.data[key] = ROW.encode(Row(link="b-to-a", user_username="alice", b_offering_user_uuid="1" * 32))
     await rows.on_recovery_completed(set(), set())
     assert dict(index) == {f"b-to-a:source:{'1' * 32}": "alice"}
-    assert next(iter(index.entries.values())) is next(iter(rows.data.data)) is key
+    assert next(index.slots.items())[3] is next(iter(rows.data.data)) is key
+
+
+async def test_faust_memory_store_recovers_through_the_batch_iterator_link_memory_store_overrides(app):
+    """streams.adapters.faust.store: one partition per link, and the keys of a partition no
+    longer ours dropped after a recovery, as faust drops them per key."""
+    from faust.stores.memory import Store as MemoryStore
+
+    from streams.adapters.faust.store import LinkMemoryStore
+    from streams.adapters.faust.tables import define_tables
+
+    assert parameters(MemoryStore._create_batch_iterator) == ["self", "mark_as_delete", "to_key", "to_value", "batch"]
+    rows, _index, _pending = define_tables(app, 2)
+    store = rows.data
+    assert isinstance(store, LinkMemoryStore)
+
+    def event(key: bytes, value: bytes | None, partition: int) -> SimpleNamespace:
+        return SimpleNamespace(key=key, value=value, message=SimpleNamespace(value=value, partition=partition))
+
+    batch = [event(b"l0:alice", b"1", 0), event(b"l0:bob", b"2", 0), event(b"l1:carol", b"3", 1),
+             event(b"l0:bob", None, 0)]
+    store.apply_changelog_batch(batch, to_key=lambda k: k, to_value=lambda v: v)
+    assert dict(store.data) == {b"l0:alice": b"1", b"l1:carol": b"3"} and store._key_partition == {}
+    await store.on_recovery_completed({TP("rows-changelog", 0)}, {TP("rows-changelog", 1)})
+    assert dict(store.data) == {b"l0:alice": b"1"} and store.link_partition == {b"l0": 0}
 
 
 async def test_faust_table_manager_builds_its_recovery_lazily_in_recovery(app):

@@ -41,7 +41,7 @@ def test_only_exact_lowercase_hex_uuids_are_packed_and_look_alikes_stay_apart():
         index[key] = f"user{n}"
     index.take_changes()
     assert {key: index[key] for key in keys} == {key: f"user{n}" for n, key in enumerate(keys)}
-    assert sum(isinstance(k, int) for k in index.entries) == 1
+    assert len(index.slots) == 1 and len(index.other) == len(look_alikes)
     assert index.get("b-to-a:target:" + uuid) is None and index.get("other:source:" + uuid) is None
 
 
@@ -56,4 +56,4 @@ def test_a_row_in_the_memory_store_and_its_index_entries_hold_one_key_object():
     index[f"b-to-a:target:{'2' * 32}"] = "alice"
     index.share(index.take_changes(), store)
     (stored,) = store
-    assert all(value is stored for value in index.entries.values()) and len(index.entries) == 2
+    assert [value is stored for *_, value in index.slots.items()] == [True, True]

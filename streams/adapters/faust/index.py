@@ -5,9 +5,8 @@ so a worker does not write it to a table and a changelog: it rebuilds it from th
 store after every table recovery (:meth:`RowIndex.rebuild`) and keeps it up to date as
 the fold writes. Stored, the index was two dict entries per row with a bytes key of ~60 B
 and a bytes value each, ~410 B per row of the memory store's ~860 (``bench/bench_memory.py``);
-here an entry is an int key (the offering user uuid and a small (link, side) number in one
-148-bit int: 48 B) whose value is the row's own key object, shared with the rows store:
-~200 B per row for both sides.
+here an entry is a slot of flat arrays (``streams.adapters.faust.slots``) whose value is
+the row's own key object, shared with the rows store.
 
 Keys and values are the fold's (``<link>:<side>:<uuid>`` -> user). A uuid that is not 32
 lowercase hex characters (never seen from Waldur: ``normalize_uuid``) is kept under its
@@ -19,17 +18,15 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Iterator, MutableMapping
 from typing import Any
 
+from streams.adapters.faust.slots import Slots
 from streams.core import Row, row_index_keys
 
-_UUID_BITS = 128
-_UUID_MASK = (1 << _UUID_BITS) - 1
 _GONE: Any = object()
-
-Packed = int | str
 
 
 class RowIndex(MutableMapping[str, str]):
-    """``<link>:<side>:<uuid>`` -> user over ``entries`` (packed key -> the row's key bytes).
+    """``<link>:<side>:<uuid>`` -> user: the row's key (bytes) in :class:`Slots` under the
+    uuid and a number for ``<link>:<side>``, or in ``other`` under a key that is no uuid.
 
     The fold's writes of one batch group sit in ``dirty`` until :meth:`take_changes`
     merges them, as :class:`streams.adapters.faust.tables.BufferedMapping` does for rows.
@@ -37,33 +34,55 @@ class RowIndex(MutableMapping[str, str]):
 
     def __init__(self, decode: Callable[[bytes, bytes], Row]) -> None:
         self.decode = decode  # (row key, stored value) -> Row
-        self.entries: dict[Packed, bytes] = {}
+        self.reset()
+
+    def reset(self) -> None:
+        self.slots = Slots()
+        self.other: dict[str, bytes] = {}
         self.dirty: dict[str, Any] = {}
-        self._ids: dict[str, int] = {}  # "<link>:<side>" -> its number in the packed key
+        self._tags: dict[str, int] = {}  # "<link>:<side>" -> its tag
         self._names: list[str] = [""]
 
     # -- keys ------------------------------------------------------------------------
 
-    def _pack(self, key: str, create: bool = False) -> Packed | None:
+    def _split(self, key: str, create: bool = False) -> tuple[int, int, int] | None:
+        """(hi, lo, tag) of a key whose uuid is 32 lowercase hex characters, else None."""
         prefix, _, uuid = key.rpartition(":")
-        ident = self._ids.get(prefix)
-        if ident is None:
-            if not create:  # nothing was ever stored under this link and side
-                return None
-            ident = self._ids[prefix] = len(self._names)
-            self._names.append(prefix)
+        if len(uuid) != 32:
+            return None
         try:
-            number = int(uuid, 16)
+            hi, lo = int(uuid[:16], 16), int(uuid[16:], 16)
         except ValueError:
-            return key
-        if len(uuid) != 32 or f"{number:032x}" != uuid:  # int() also takes "0x..", "_", signs, spaces
-            return key
-        return number | ident << _UUID_BITS
+            return None
+        if f"{hi:016x}{lo:016x}" != uuid:  # int() also takes "0x", "_", signs and spaces
+            return None
+        tag = self._tags.get(prefix)
+        if tag is None:
+            if not create:
+                return 0, 0, 0  # nothing was ever stored under this link and side
+            tag = self._tags[prefix] = len(self._names)
+            self._names.append(prefix)
+        return hi, lo, tag
 
-    def _unpack(self, packed: Packed) -> str:
-        if isinstance(packed, str):
-            return packed
-        return f"{self._names[packed >> _UUID_BITS]}:{packed & _UUID_MASK:032x}"
+    def _stored(self, key: str) -> bytes | None:
+        split = self._split(key)
+        if split is None:
+            return self.other.get(key)
+        return self.slots.get(*split) if split[2] else None
+
+    def _store(self, key: str, row_key: bytes) -> None:
+        split = self._split(key, create=True)
+        if split is None:
+            self.other[key] = row_key
+        else:
+            self.slots.put(*split, row_key)
+
+    def _drop(self, key: str) -> None:
+        split = self._split(key)
+        if split is None:
+            self.other.pop(key, None)
+        elif split[2]:
+            self.slots.pop(*split)
 
     # -- the mapping -----------------------------------------------------------------
 
@@ -71,8 +90,7 @@ class RowIndex(MutableMapping[str, str]):
         value = self.dirty.get(key, None)
         if value is not None:
             return default if value is _GONE else value
-        packed = self._pack(key)
-        row_key = None if packed is None else self.entries.get(packed)
+        row_key = self._stored(key)
         if row_key is None:
             return default
         return row_key[key.index(":") + 1:].decode()
@@ -91,13 +109,18 @@ class RowIndex(MutableMapping[str, str]):
             raise KeyError(key)
         self.dirty[key] = _GONE
 
+    def _keys(self) -> Iterator[str]:
+        names = self._names
+        for hi, lo, tag, _ in self.slots.items():
+            yield f"{names[tag]}:{hi:016x}{lo:016x}"
+        yield from list(self.other)
+
     def __iter__(self) -> Iterator[str]:
         dirty = self.dirty
         for key, value in dirty.items():
             if value is not _GONE:
                 yield key
-        for packed in list(self.entries):
-            key = self._unpack(packed)
+        for key in list(self._keys()):
             if key not in dirty:
                 yield key
 
@@ -111,12 +134,10 @@ class RowIndex(MutableMapping[str, str]):
         written: dict[bytes, None] = {}
         for key, user in self.dirty.items():
             if user is _GONE:
-                packed = self._pack(key)
-                if packed is not None:
-                    self.entries.pop(packed, None)
+                self._drop(key)
                 continue
             row_key = f"{key[:key.index(':')]}:{user}".encode()
-            self.entries[self._pack(key, create=True)] = row_key  # type: ignore[index]
+            self._store(key, row_key)
             written[row_key] = None
         self.dirty.clear()
         return list(written)
@@ -126,7 +147,7 @@ class RowIndex(MutableMapping[str, str]):
 
         A dict keeps the key object of its first insertion, so the rows store still holds
         an older copy of a row key whose index entry is new: the row is re-inserted under
-        the index's object, and the row's other side pointed at it too (~56 B a row).
+        the index's object, and the row's other side pointed at it too (~64 B a row).
         """
         if store is None:
             return
@@ -139,12 +160,11 @@ class RowIndex(MutableMapping[str, str]):
 
     def _point(self, row_key: bytes, value: bytes) -> None:
         for key in row_index_keys(self.decode(row_key, value)):
-            self.entries[self._pack(key, create=True)] = row_key  # type: ignore[index]
+            self._store(key, row_key)
 
-    def reset(self) -> None:
-        self.entries, self.dirty = {}, {}
-
-    def add(self, rows: Iterable[tuple[bytes, bytes]]) -> None:
-        """Index stored rows: (key, value) pairs, the keys the rows store's own objects."""
+    def add(self, rows: Iterable[tuple[bytes, bytes]], expected: int = 0) -> None:
+        """Index stored rows: (key, value) pairs, the keys the rows store's own objects;
+        ``expected``: how many rows the index will hold (room made once, ~2 entries a row)."""
+        self.slots.reserve(2 * expected)
         for row_key, value in rows:
             self._point(row_key, value)

@@ -1,7 +1,7 @@
 """A compact storage format for :class:`streams.core.Row` (format v2), and the codec that reads all three.
 
 A v2 value is a msgpack array whose first element is the small int ``2`` (a msgspec tag), so it
-cannot be mistaken for either legacy format: today's array (:data:`streams.adapters.faust.tables.ROW`,
+cannot be mistaken for either earlier format: a full array of Row's fields in order (2026-12,
 first element the link name, a string) or the older map (before 2026-12). :class:`_V2` and
 :class:`_Tail` give the storage order. How each Row field is kept:
 
@@ -31,20 +31,19 @@ Measured (this machine, 2 CPUs shared, ``timeit`` best of 5 x 200k; a converged 
 µs timestamps ~1.8e15, A observed 14 µs after B)::
 
                                             bytes  encode    decode
-    tables.ROW (today's array)               260   0.28 µs   0.71 µs
+    a full array (2026-12)                   260   0.28 µs   0.71 µs
     ROWS (v2), converged                     103   1.35 µs   1.7-1.9 µs
     ROWS (v2), converged, b_read_at 0        104   1.5 µs    1.85 µs
     ROWS (v2), a_username differs (tail)     116   1.8 µs    2.4 µs
-    ROWS (v2), restricted and rejected       128   1.9 µs    2.4 µs   (today's: 264 B)
-    ROWS decoding today's array                        -     0.9 µs
+    ROWS (v2), restricted and rejected       128   1.9 µs    2.4 µs   (a full array: 264 B)
+    ROWS decoding a full array                         -     0.9 µs
     ROWS decoding an old map                           -     3.4-3.8 µs
 
 The v2 cost is Python: the hex check and conversion of the ids, and building the Row (from a tuple with
 ``msgspec.convert``: 0.7 µs, where 22 keywords to ``Row(...)`` take 1.0 µs). msgspec itself encodes a v2
 value in 0.14 µs and decodes one in 0.23 µs.
 
-Decode dispatches on the second byte (``0x02``: v2; else today's array, then the map, as
-``tables.ROW`` does). Garbage that is not msgpack raises ``msgspec.DecodeError``; msgpack that is
+Decode dispatches on the second byte (``0x02``: v2; else the full array, then the map). Garbage that is not msgpack raises ``msgspec.DecodeError``; msgpack that is
 none of the three formats raises ``msgspec.ValidationError`` (a subclass of ``DecodeError``).
 """
 
@@ -54,7 +53,6 @@ from typing import Any, Final
 
 import msgspec
 
-from streams.adapters.faust.tables import ROW
 from streams.core import Row
 
 TAG: Final = 2
@@ -66,7 +64,7 @@ _INT_MIN, _UINT_MAX = -(2**63), 2**64 - 1
 
 
 #: A v2 value has at most 7 items, so it starts with a fixarray byte (0x92-0x97), then the tag: no legacy
-#: value has 0x02 second (today's arrays have 22 items, 0xdc 0x00 0x16; a map's second byte is a str header).
+#: value has 0x02 second (full arrays have 22 items, 0xdc 0x00 0x16; a map's second byte is a str header).
 _V2_SECOND_BYTE: Final = bytes([TAG])
 
 
@@ -229,6 +227,23 @@ def _row(key: str, v: _V2) -> Row:
     ), Row)
 
 
+class _MapRow(Row, array_like=False):
+    """A row as stored before rows became arrays: a msgpack map of field names."""
+
+
+def _legacy() -> Any:
+    """Decode a row stored as a full array (Row's field order, 2026-12) or as a map (before)."""
+    array = msgspec.msgpack.Decoder(Row).decode
+    as_map = msgspec.msgpack.Decoder(_MapRow).decode
+
+    def decode(raw: bytes) -> Row:
+        try:
+            return array(raw)
+        except msgspec.ValidationError:
+            return Row(**msgspec.structs.asdict(as_map(raw)))
+    return decode
+
+
 class RowCodec:
     """Rows written in format v2; values stored in either legacy format (an array, a map) still
     decode, and are v2 the next time they are written. ``decode`` needs the row's key (its
@@ -237,7 +252,7 @@ class RowCodec:
     def __init__(self) -> None:
         encode = msgspec.msgpack.Encoder().encode
         v2 = msgspec.msgpack.Decoder(_V2).decode
-        legacy = ROW.decode  # today's array, then the map
+        legacy = _legacy()  # the full array, then the map
 
         def encode_row(row: Row) -> bytes:
             try:
@@ -248,7 +263,7 @@ class RowCodec:
         def decode_row(key: str, raw: bytes) -> Row:
             if raw[1:2] == _V2_SECOND_BYTE:
                 return _row(key, v2(raw))
-            return legacy(raw)  # today's array (0xdc, 22 items) or a map (its second byte a key's header)
+            return legacy(raw)  # a full array (0xdc, 22 items) or a map (its second byte a key's header)
 
         self.encode = encode_row
         self.decode = decode_row
