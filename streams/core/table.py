@@ -36,11 +36,10 @@ class Row(msgspec.Struct, frozen=True, kw_only=True, gc=False, omit_defaults=Tru
     (``*_at``, microseconds since the epoch; ties go to topic order), so facts that set
     different fields commute. ``*_event_id`` is the id of the side's newest fact.
 
-    Stored (tables, changelogs) as a msgpack *array*: field names are not repeated in
-    every row, 260 B instead of 464 B for a converged row, and a decode is no slower
-    (1.27 µs against 1.39 µs, ``bench/bench_memory.py``). So the field order is the
-    storage format: a new field goes at the end, with a default. Rows stored as maps
-    (before 2026-12) still decode (``streams.adapters.faust.tables``).
+    A worker stores rows in a compact format of its own (``streams.adapters.faust.rowcodec``:
+    103 B for a converged row, the link and user in the key). Rows it stored before as a
+    msgpack array of these fields in this order (2026-12) still decode, so the field order
+    is a storage format: a new field goes at the end, with a default.
     """
 
     link: str

@@ -159,18 +159,25 @@ class WorkerProcess:
         except httpx.HTTPError:
             return None
 
+    async def answers(self, timeout: float = 60) -> None:
+        """``/health`` answers 200: from the worker, or from its stand-in while it creates its
+        topics (streams.worker)."""
+        await until(lambda: self._health_is(200), timeout, "the worker's /health")
+
     async def ready(self, timeout: float = 60) -> None:
+        """The worker's own web server answers (the stand-in serves no /metrics)."""
         async def up() -> bool:
-            if self.proc.poll() is not None:
-                raise AssertionError(f"worker exited with {self.proc.returncode}:\n{self.log_text()[-3000:]}")
-            r = await self.get("/health")
-            if r is None or r.status_code != 200:
+            if not await self._health_is(200):
                 return False
-            # While it creates its topics a worker answers /health from a stand-in (streams.worker):
-            # the worker's own web server is the one that also serves /metrics.
             r = await self.get("/metrics")
             return r is not None and r.status_code == 200
         await until(up, timeout, "the worker's web server")
+
+    async def _health_is(self, status: int) -> bool:
+        if self.proc.poll() is not None:
+            raise AssertionError(f"worker exited with {self.proc.returncode}:\n{self.log_text()[-3000:]}")
+        r = await self.get("/health")
+        return r is not None and r.status_code == status
 
     async def table(self) -> dict:
         r = await self.get("/usync/table/")

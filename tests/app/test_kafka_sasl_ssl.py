@@ -92,7 +92,7 @@ async def test_wrong_sasl_credentials_are_one_clear_error_and_both_processes_rec
     bridge_health = f"http://127.0.0.1:{bridge_port}/health"
     try:
         worker = s.start_worker(path)
-        await worker.ready()  # /health answers while the worker waits for Kafka
+        await worker.answers()  # /health answers while the worker waits for Kafka
 
         async def refused() -> bool:
             health, ours = (await worker.get("/health")).json(), await _json(bridge_health)

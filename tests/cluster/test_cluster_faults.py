@@ -69,7 +69,7 @@ async def all_in_sync(p: Pipeline) -> bool:
     replicas in sync: three replicas, so usync created them with replication factor 3."""
     app, kafka = p.config.app_id, p.config.kafka
     names = [kafka.events_topic, kafka.outcomes_topic, f"{app}-by-link", f"{app}-corrections",
-             *(f"{app}-{table}-changelog" for table in ("rows", "index", "pending")), "__consumer_offsets"]
+             *(f"{app}-{table}-changelog" for table in ("rows", "pending")), "__consumer_offsets"]
     admin = await _admin(p)
     try:
         topics = await admin.describe_topics(names)

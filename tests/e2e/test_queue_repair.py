@@ -51,9 +51,13 @@ async def test_a_deleted_queue_is_repaired_by_the_triggered_reconcile(pipeline):
         dump_logs(p)
         raise AssertionError(f"A differs: {p.a_b_difference()}\n{await diagnose(p)}") from None
     repaired = time.monotonic() - started
-    bridge_log = p.running("bridge")[0].tail(10**6)
     # B's four offerings share one subscription (one credential): re-registering it declares
-    # all four queues again, so its pass covers every link touching them, once.
+    # all four queues again, so its pass covers every link touching them, once. A can equal B
+    # before the pass has logged its last link (that link had nothing to repair).
+    bridge = p.running("bridge")[0]
+    await until(lambda: all(f"reconciled link hpc{i}:" in bridge.tail(10**6) for i in range(len(p.links))), 30,
+                "the triggered pass to log every link")
+    bridge_log = bridge.tail(10**6)
     for i in range(len(p.links)):
         assert bridge_log.count(f"reconciled link hpc{i}:") == 1, f"one triggered pass of link hpc{i}"
     assert "Task was destroyed" not in bridge_log

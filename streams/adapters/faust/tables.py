@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import logging
 import time
 import weakref
@@ -172,13 +173,21 @@ async def rebuild(index: RowIndex, rows: faust.Table) -> None:
     fold resumes; an index built incrementally would miss rows that faust's standby reader
     wrote, which become the fold's own when a rebalance promotes their partition."""
     started = time.monotonic()
-    items = list(rows.data.items())  # a snapshot: the standby reader may write meanwhile
+    memory = memory_dict(rows)
+    if memory is not None:  # the standby reader may write meanwhile: a snapshot of the keys (8 B each)
+        keys = list(memory)
+        pairs: Iterator[tuple[bytes, bytes]] = ((key, value) for key in keys if (value := memory.get(key)) is not None)
+        expected = len(keys)
+    else:  # RocksDB: its iterators read a consistent view
+        pairs, expected = iter(rows.data.items()), 0
     index.reset()
-    index.add((), len(items))
-    for start in range(0, len(items), REBUILD_CHUNK):
-        index.add(items[start:start + REBUILD_CHUNK])
+    index.add((), expected)
+    count = 0
+    while chunk := list(itertools.islice(pairs, REBUILD_CHUNK)):
+        index.add(chunk)
+        count += len(chunk)
         await asyncio.sleep(0)
-    log.info("Identity index: %d rows indexed in %.1f s", len(items), time.monotonic() - started)
+    log.info("Identity index: %d rows indexed in %.1f s", count, time.monotonic() - started)
 
 
 def memory_dict(table: faust.Table) -> MutableMapping[bytes, bytes] | None:
