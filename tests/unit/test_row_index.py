@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+from uuid import uuid4
+
+import msgspec
 from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from streams.adapters.faust.index import RowIndex
+from streams.adapters.faust.rowcodec import packed_uuids
 from streams.adapters.faust.tables import ROW, decode_row
 from streams.core import Row, TableState, derived_index, fold, row_key
 from tests.unit.test_fold_properties import LINKS, histories
+from tests.unit.test_row_codec import rows as any_row
 
 
 def worker_state() -> tuple[TableState, RowIndex]:
@@ -57,3 +63,18 @@ def test_a_row_in_the_memory_store_and_its_index_entries_hold_one_key_object():
     index.share(index.take_changes(), store)
     (stored,) = store
     assert [value is stored for *_, value in index.slots.items()] == [True, True]
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(any_row().filter(lambda r: len(r.user_username) > 0), max_size=8), st.booleans())
+def test_rebuilt_from_stored_rows_the_index_is_what_they_imply(rows, hex_ids):
+    # Rows whose four ids are uuid hex are read without being decoded (rowcodec.packed_uuids).
+    if hex_ids:
+        rows = [msgspec.structs.replace(r, b_offering_user_uuid=uuid4().hex, b_event_id=uuid4().hex,
+                                        a_offering_user_uuid=uuid4().hex, a_event_id=uuid4().hex) for r in rows]
+    stored = {row_key(r.link, r.user_username).encode(): ROW.encode(r) for r in rows}
+    latest = {key: ROW.decode_at(key.decode(), value) for key, value in stored.items()}
+    assert all(packed_uuids(v) is not None for v in stored.values()) or not hex_ids
+    index = RowIndex(decode_row)
+    index.add(stored.items(), len(stored))
+    assert dict(index) == derived_index(latest.values())

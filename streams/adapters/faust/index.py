@@ -18,6 +18,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Iterator, MutableMapping
 from typing import Any
 
+from streams.adapters.faust.rowcodec import packed_uuids
 from streams.adapters.faust.slots import Slots
 from streams.core import Row, row_index_keys
 
@@ -42,6 +43,7 @@ class RowIndex(MutableMapping[str, str]):
         self.dirty: dict[str, Any] = {}
         self._tags: dict[str, int] = {}  # "<link>:<side>" -> its tag
         self._names: list[str] = [""]
+        self._by_link: dict[bytes, tuple[int, int]] = {}  # link -> (its source tag, its target tag)
 
     # -- keys ------------------------------------------------------------------------
 
@@ -56,13 +58,26 @@ class RowIndex(MutableMapping[str, str]):
             return None
         if f"{hi:016x}{lo:016x}" != uuid:  # int() also takes "0x", "_", signs and spaces
             return None
+        tag = self._tag(prefix, create)
+        return hi, lo, tag  # tag 0: nothing was ever stored under this link and side
+
+    def _tag(self, prefix: str, create: bool) -> int:
         tag = self._tags.get(prefix)
         if tag is None:
             if not create:
-                return 0, 0, 0  # nothing was ever stored under this link and side
+                return 0
             tag = self._tags[prefix] = len(self._names)
             self._names.append(prefix)
-        return hi, lo, tag
+        return tag
+
+    def _link_tags(self, row_key: bytes) -> tuple[int, int]:
+        """The tags of a row's link, source side and target side."""
+        link = row_key[:row_key.index(b":")]
+        tags = self._by_link.get(link)
+        if tags is None:
+            name = link.decode()
+            tags = self._by_link[link] = (self._tag(f"{name}:source", True), self._tag(f"{name}:target", True))
+        return tags
 
     def _stored(self, key: str) -> bytes | None:
         split = self._split(key)
@@ -93,7 +108,7 @@ class RowIndex(MutableMapping[str, str]):
         row_key = self._stored(key)
         if row_key is None:
             return default
-        return row_key[key.index(":") + 1:].decode()
+        return row_key[row_key.index(b":") + 1:].decode()  # link names hold no colon
 
     def __getitem__(self, key: str) -> str:
         value = self.get(key, _GONE)
@@ -159,8 +174,14 @@ class RowIndex(MutableMapping[str, str]):
             self._point(row_key, value)
 
     def _point(self, row_key: bytes, value: bytes) -> None:
-        for key in row_index_keys(self.decode(row_key, value)):
-            self._store(key, row_key)
+        both = packed_uuids(value)
+        if both is None:  # an id that is no uuid, a side not known yet, or an older format
+            for key in row_index_keys(self.decode(row_key, value)):
+                self._store(key, row_key)
+            return
+        (b, a), (source, target), put = both, self._link_tags(row_key), self.slots.put
+        put(int.from_bytes(b[:8], "big"), int.from_bytes(b[8:], "big"), source, row_key)
+        put(int.from_bytes(a[:8], "big"), int.from_bytes(a[8:], "big"), target, row_key)
 
     def add(self, rows: Iterable[tuple[bytes, bytes]], expected: int = 0) -> None:
         """Index stored rows: (key, value) pairs, the keys the rows store's own objects;

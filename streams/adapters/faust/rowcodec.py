@@ -227,6 +227,15 @@ def _row(key: str, v: _V2) -> Row:
     ), Row)
 
 
+def packed_uuids(raw: bytes) -> tuple[bytes, bytes] | None:
+    """B's and A's offering user uuids, 16 raw bytes each, read straight from a v2 value whose
+    four ids are hex (a fixarray, the tag, then a 64-byte bin: the usual case); None for any
+    other value, whose row must be decoded. Rebuilding the identity index reads only these."""
+    if len(raw) >= 68 and raw[0] & 0xF0 == 0x90 and raw[1:4] == b"\x02\xc4\x40":
+        return raw[4:20], raw[36:52]
+    return None
+
+
 class _MapRow(Row, array_like=False):
     """A row as stored before rows became arrays: a msgpack map of field names."""
 
