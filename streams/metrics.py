@@ -26,6 +26,11 @@ class Metrics:
         self.lookups = Counter("usync_lookups", "Identity-index lookups made", ["site", "status"], registry=registry)
         self.reconcile_passes = Counter("usync_reconcile_passes", "Reconcile passes", ["result"], registry=registry)
         self.snapshot_pages = Counter("usync_snapshot_pages", "Snapshot pages written", ["link", "site"], registry=registry)
+        self.listing_facts = Counter("usync_listing_facts", "What comparing reconcile listings with the table wrote "
+                                     "to the events topic (listed: a difference; unlisted: a user gone)", ["kind"],
+                                     registry=registry)
+        self.checkpoints = Counter("usync_checkpoints", "Table checkpoints written, per partition", ["result"],
+                                   registry=registry)
         self.table_rows = Gauge("usync_table_rows", "Rows in this worker's partitions of the table", registry=registry)
         self.dead_lettered = Counter("usync_dead_lettered", "Records the worker wrote to the DLQ (poison records)",
                                      ["topic", "reason_class"], registry=registry)

@@ -1,12 +1,20 @@
 """The records usync writes to Kafka, as msgspec Structs.
 
 Every inbound fact is an :class:`Envelope` on the events topic; its ``body`` is one of
-four kinds, told apart by the ``kind`` tag:
+these kinds, told apart by the ``kind`` tag:
 
 - :class:`OfferingUserEvent`: a Waldur broker message, decoded as Waldur sends it
   (all five actions, unknown extra keys tolerated, ``state`` a display string or the
   integer that ``username_set`` carries);
-- :class:`SnapshotPage`: one page of a REST listing taken by the reconciler;
+- :class:`SnapshotPage`: one page of a REST listing taken by the reconciler. Since
+  2026-12 listings go to the listings topic (short retention, ``source`` ``listing``)
+  and the events topic keeps only what they changed; pages written there before still fold;
+- :class:`Listed`: a listed offering user whose listed state differs from what one
+  link's table held (``source`` ``reconcile``);
+- :class:`Unlisted`: an offering user a link's table held in a listed state that a
+  complete listing did not have;
+- :class:`ListingSummary`: one per listing (offering, states) and pass: what was listed,
+  how many users, a digest; it says the listing is complete as of its ``received_at``;
 - :class:`Lookup`: the answer to a single-object GET made on an identity-index miss;
 - :class:`Rejection`: Waldur A refused the correct stage's PATCH (a 4xx that is not
   about credentials or a missing object), so the fold can mark the row and the worker
@@ -96,6 +104,8 @@ class Origin(str, enum.Enum):
     SNAPSHOT = "snapshot"
     LOOKUP = "lookup"
     REJECTION = "rejection"
+    LISTING = "listing"  # a reconcile listing page, on the listings topic (never the events topic)
+    RECONCILE = "reconcile"  # what a reconcile pass found: Listed, Unlisted, ListingSummary
 
 
 class Action(str, enum.Enum):
@@ -188,7 +198,53 @@ class Rejection(msgspec.Struct, kw_only=True, tag="rejection", tag_field="kind",
     status: int
 
 
-Body = OfferingUserEvent | SnapshotPage | Lookup | Rejection
+class Listed(msgspec.Struct, kw_only=True, tag="listed", tag_field="kind", omit_defaults=True):
+    """A reconcile listing had ``user`` on the envelope's offering differently from what
+    ``link``'s table held (``was_*``, for audit readers: null when the table had no such
+    user). The envelope's ``received_at`` is when the listing's page was requested."""
+
+    link: str
+    snapshot_id: str
+    states: list[str]
+    user: OfferingUserRecord
+    was_username: str | None = None
+    was_state: str | None = None
+
+
+class Unlisted(msgspec.Struct, kw_only=True, tag="unlisted", tag_field="kind", omit_defaults=True):
+    """A complete listing in ``states`` did not have ``offering_user_uuid``, which ``link``'s
+    table held for ``user_username`` in one of those states (``was_state``). The fold sets
+    that side's state to ``Unlisted``: not in a listed state, which one unknown until an
+    event or lookup says. The envelope's ``received_at`` is when the listing began."""
+
+    link: str
+    snapshot_id: str
+    states: list[str]
+    offering_user_uuid: str
+    user_username: str
+    was_username: str | None = None
+    was_state: str | None = None
+
+
+class ListingSummary(msgspec.Struct, kw_only=True, tag="listing", tag_field="kind", omit_defaults=True):
+    """One complete listing of an offering in ``states`` (every page): the audit trail of a
+    reconcile pass that changed nothing. ``digest``: sha256 over the listed users' uuid,
+    user, username, state and restricted flag, in uuid order (``listing_digest``). The
+    envelope's ``received_at`` is when the first page was requested: facts observed before
+    it about this side of every link of the offering are older than the listing, and the
+    fold ignores them when they arrive after it."""
+
+    snapshot_id: str
+    offering_uuid: str
+    states: list[str]
+    pages: int
+    total: int
+    listed: int
+    digest: str
+    finished_at: datetime
+
+
+Body = OfferingUserEvent | SnapshotPage | Lookup | Rejection | Listed | Unlisted | ListingSummary
 
 
 class Envelope(msgspec.Struct, kw_only=True, omit_defaults=True):
@@ -322,10 +378,25 @@ def decode_payload(raw: bytes) -> OfferingUserEvent:
         raise PayloadError(f"not JSON: {exc}") from None
 
 
+def listing_digest(users: Any) -> str:
+    """The digest of a listing (:class:`ListingSummary`): sha256 over each listed user's
+    uuid, user, username, state and restricted flag, sorted by uuid. Two listings with
+    the same digest listed the same users in the same states."""
+    digest = hashlib.sha256()
+    for user in sorted(users, key=lambda u: normalize_uuid(u.uuid)):
+        digest.update(msgspec.json.encode((normalize_uuid(user.uuid), user.user_username, user.username or "",
+                                           state_display(user.state) or "", user.is_restricted)))
+    return digest.hexdigest()
+
+
 def json_schemas() -> dict[str, Any]:
     """JSON Schema of each topic's record, for audit consumers."""
+    from streams.core.checkpoint import CheckpointRecord  # the core's Row: the core imports this module
+
     return {
         "events": msgspec.json.schema(Envelope),
         "outcomes": msgspec.json.schema(Outcome),
         "dlq": msgspec.json.schema(DeadLetter),
+        "listings": msgspec.json.schema(Envelope),
+        "checkpoints": msgspec.json.schema(CheckpointRecord),
     }

@@ -17,11 +17,21 @@ event ``username_set``        username, state (Waldur's integer, 5 -> "OK")
 event ``delete``              state = "Deleted"
 any other action              nothing (a newer Waldur must not break the fold)
 snapshot record, 200 lookup   username, state, restricted (B)
+listed (its link)             the same, from the listed record
 404/410 lookup                state = "Deleted" if the index knew the user
+unlisted (its link)           state = "Unlisted" if the index knew the user
+listing summary               the side's mark (``marks``): the listing's start, if newer
 rejection (A side, its link)  rejected_desired, rejected_observed, rejected_at and
                               rejected_count (+1 if desired and observed are the
                               mark's, else 1), unless not newer than rejected_at
 ============================  =======================================================
+
+A side's mark says a complete listing of it began then: every fact observed before it
+is older than what the listing saw, and is ignored (the listing's differences are facts
+of their own, ``listed`` and ``unlisted``; what it confirmed unchanged is written
+nowhere but in the mark). The mark is one value per (link, side), set by a fact from the
+side's own partition, so it keeps its place among that side's facts in any
+interleaving of the links.
 
 (every write but a rejection's also sets the side's offering_user_uuid, event id and
 observation time, and on B's side ``b_read_at``: the observation time for a snapshot
@@ -50,25 +60,32 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Iterable, Sequence
-from typing import Final, NamedTuple
+from typing import TYPE_CHECKING, Final, NamedTuple
 
 import msgspec
 from msgspec.structs import replace
 
 from streams.contract.config import Link
 from streams.core.routing import SOURCE, TARGET, Routes, Side, compile_routes
-from streams.core.table import DELETED, OK, Pending, Row, TableState, index_key, row_key
+from streams.core.table import DELETED, OK, UNLISTED, Pending, Row, TableState, index_key, mark_key, row_key
 from streams.contract.schema import (
     Action,
     Envelope,
+    Listed,
+    ListingSummary,
     Lookup,
     OfferingUserEvent,
+    Origin,
     Rejection,
     OfferingUserRecord,
     SnapshotPage,
+    Unlisted,
     normalize_uuid,
     state_display,
 )
+
+if TYPE_CHECKING:
+    from streams.core.listing import Listings
 
 GONE_STATUSES: Final = frozenset({404, 410})
 
@@ -93,11 +110,15 @@ class FoldResult(msgspec.Struct, kw_only=True):
     after a refused PATCH would otherwise each cost a verification, the last one forever.
     ``lookups``: identity-index misses, at most one per (link, side, offering user).
     ``unrouted``: envelopes no link takes (the worker counts or dead-letters them).
+    ``reconciled``: links a listing summary was folded for (the worker raises their drift again).
+    ``facts``: what comparing listing pages found (``streams.core.listing``), for the events topic.
     """
 
     dirty: list[str]
     lookups: list[LookupNeeded]
     unrouted: int = 0
+    reconciled: list[str] = []
+    facts: list[Envelope] = []
 
 
 class _SideFields(NamedTuple):
@@ -123,17 +144,21 @@ _FIELDS: Final[dict[str, _SideFields]] = {
 class _Batch:
     """The mutable accumulator of one fold call; the only allocation per call."""
 
-    __slots__ = ("state", "dirty", "lookups", "unrouted", "restating")
+    __slots__ = ("state", "dirty", "lookups", "unrouted", "restating", "reconciled", "facts", "listings")
 
-    def __init__(self, state: TableState) -> None:
+    def __init__(self, state: TableState, listings: Listings | None = None) -> None:
         self.state = state
         self.dirty: dict[str, None] = {}  # an insertion-ordered set
         self.lookups: dict[str, LookupNeeded] = {}
         self.unrouted = 0
         self.restating = False  # folding a snapshot: every row it writes is dirty
+        self.reconciled: dict[str, None] = {}
+        self.facts: list[Envelope] = []
+        self.listings = listings
 
     def result(self) -> FoldResult:
-        return FoldResult(dirty=list(self.dirty), lookups=list(self.lookups.values()), unrouted=self.unrouted)
+        return FoldResult(dirty=list(self.dirty), lookups=list(self.lookups.values()), unrouted=self.unrouted,
+                          reconciled=list(self.reconciled), facts=self.facts)
 
 
 # -- public API ---------------------------------------------------------------
@@ -158,19 +183,27 @@ def fold_many(state: TableState, links: Sequence[Link] | Routes, envelopes: Iter
 
 
 def fold_by_link(
-    state: TableState, links: Sequence[Link] | Routes, items: Iterable[tuple[str, Envelope]]
+    state: TableState, links: Sequence[Link] | Routes, items: Iterable[tuple[str, Envelope]],
+    listings: Listings | None = None,
 ) -> FoldResult:
     """Fold envelopes already repartitioned by link: each only into the link it is keyed by.
 
     After repartitioning, an envelope feeding two links arrives once per link, possibly
     in different partitions; folding it into all its links here would fold it twice.
+    A listing page (``source`` ``listing``) is not folded: ``listings`` compares it with
+    the table and the facts it finds are in the result, for the events topic (without
+    ``listings`` it is ignored).
     """
-    batch = _Batch(state)
+    batch = _Batch(state, listings)
     routes = compile_routes(links)
     for link_name, envelope in items:
         for link, side in routes.of_envelope(envelope):
             if link.name == link_name:
-                _fold_routed(batch, link, side, envelope)
+                if envelope.origin is Origin.LISTING:
+                    if listings is not None:
+                        batch.facts.extend(listings.compare(state, link, side, envelope))
+                else:
+                    _fold_routed(batch, link, side, envelope)
                 break
         else:
             batch.unrouted += 1
@@ -183,6 +216,9 @@ def fold_by_link(
 def _fold_routed(batch: _Batch, link: Link, side: Side, envelope: Envelope) -> None:
     body = envelope.body
     kind = type(body)
+    if kind is not Rejection and kind is not ListingSummary \
+            and observed_at(envelope) < batch.state.marks.get(mark_key(link.name, side), 0):
+        return  # older than the side's newest complete listing, which saw what this says or newer
     if kind is OfferingUserEvent:
         _fold_event(batch, link.name, side, envelope, body)  # type: ignore[arg-type]
     elif kind is SnapshotPage:
@@ -197,6 +233,12 @@ def _fold_routed(batch: _Batch, link: Link, side: Side, envelope: Envelope) -> N
         _fold_lookup(batch, link.name, side, envelope, body)  # type: ignore[arg-type]
     elif kind is Rejection and side == TARGET and body.link == link.name:  # type: ignore[union-attr]
         _fold_rejection(batch, body, observed_at(envelope))  # type: ignore[arg-type]
+    elif kind is Listed and body.link == link.name:  # type: ignore[union-attr]
+        _fold_record(batch, link.name, side, body.user, envelope.event_id, observed_at(envelope))  # type: ignore[union-attr]
+    elif kind is Unlisted and body.link == link.name:  # type: ignore[union-attr]
+        _fold_unlisted(batch, link.name, side, envelope, body)  # type: ignore[arg-type]
+    elif kind is ListingSummary:
+        _fold_summary(batch, link.name, side, observed_at(envelope))
 
 
 def _event_effect(event: OfferingUserEvent) -> tuple[str | None, str | None] | None:
@@ -253,6 +295,23 @@ def _fold_lookup(batch: _Batch, link: str, side: Side, envelope: Envelope, looku
     if user is not None:
         _write(batch, link, side, user, offering_user_uuid, envelope.event_id, observed_at(envelope), None, DELETED, None,
                read=True)
+
+
+def _fold_unlisted(batch: _Batch, link: str, side: Side, envelope: Envelope, unlisted: Unlisted) -> None:
+    offering_user_uuid = normalize_uuid(unlisted.offering_user_uuid)
+    user = batch.state.index.get(index_key(link, side, offering_user_uuid))
+    if user is not None:
+        _write(batch, link, side, user, offering_user_uuid, envelope.event_id, observed_at(envelope), None, UNLISTED,
+               None)
+
+
+def _fold_summary(batch: _Batch, link: str, side: Side, began: int) -> None:
+    """A complete listing of this side began at ``began``: the side's mark, if newer."""
+    key = mark_key(link, side)
+    marks = batch.state.marks
+    if began > marks.get(key, 0):
+        marks[key] = began
+    batch.reconciled[link] = None
 
 
 def _fold_rejection(batch: _Batch, rejection: Rejection, seen: int) -> None:
@@ -352,6 +411,8 @@ def _write(
     always while a snapshot is folded (see :class:`FoldResult`). ``read``: the fact is a
     live read of the whole offering user (snapshot record or lookup), so while it is
     B's newest fact, ``b_read_at`` says when B was last seen as the row says."""
+    if seen < batch.state.marks.get(mark_key(link, side), 0):
+        return  # older than the side's newest complete listing: it saw what this says, or newer
     key = row_key(link, user)
     row = batch.state.rows.get(key)
     if row is None:

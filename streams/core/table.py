@@ -1,11 +1,14 @@
 """The username table: what usync knows of each (link, user), and the identity index.
 
-State is three string-keyed mappings, so the Faust worker can back them with Faust
+State is four string-keyed mappings, so the Faust worker can back them with Faust
 tables (RocksDB) and replay and tests with plain dicts:
 
 - ``rows``:    ``<link>:<user_username>``           -> :class:`Row`
 - ``index``:   ``<link>:<side>:<offering_user_uuid>`` -> user_username
 - ``pending``: ``<link>:<side>:<offering_user_uuid>`` -> :class:`Pending`
+- ``marks``:   ``<link>:<side>``                     -> when the newest complete listing of
+  that side began (µs): facts observed before it are older than the listing
+  (``streams.core.fold``, :class:`~streams.contract.schema.ListingSummary`)
 
 Link names cannot contain ``:`` (see ``streams.contract.config.Name``), so a key splits at its first
 colon. ``desired`` and ``actual`` are derived from a row, never stored: storing them
@@ -27,6 +30,8 @@ from streams.contract.config import Link
 
 OK: Final = "OK"
 DELETED: Final = "Deleted"
+#: A side's state after a complete listing in its states did not have it (an Unlisted fact).
+UNLISTED: Final = "Unlisted"
 
 
 class Row(msgspec.Struct, frozen=True, kw_only=True, gc=False, omit_defaults=True, array_like=True):
@@ -101,6 +106,7 @@ class TableState:
     rows: MutableMapping[str, Row] = field(default_factory=dict)
     index: MutableMapping[str, str] = field(default_factory=dict)
     pending: MutableMapping[str, Pending] = field(default_factory=dict)
+    marks: MutableMapping[str, int] = field(default_factory=dict)
 
 
 def empty_state() -> TableState:
@@ -118,6 +124,10 @@ def split_row_key(key: str) -> tuple[str, str]:
 
 def index_key(link: str, side: str, offering_user_uuid: str) -> str:
     return f"{link}:{side}:{offering_user_uuid}"
+
+
+def mark_key(link: str, side: str) -> str:
+    return f"{link}:{side}"
 
 
 def row_index_keys(row: Row) -> list[str]:
@@ -160,6 +170,7 @@ def as_dict(state: TableState) -> dict[str, Any]:
         "rows": {key: row_builtins(state.rows[key]) for key in sorted(state.rows)},
         "index": {key: state.index[key] for key in sorted(state.index)},
         "pending": {key: msgspec.to_builtins(state.pending[key]) for key in sorted(state.pending)},
+        "marks": {key: state.marks[key] for key in sorted(state.marks)},
     }
 
 

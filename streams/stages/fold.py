@@ -10,18 +10,22 @@ verifies before it PATCHes).
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Sequence
+import logging
+from collections.abc import Awaitable, Callable, Sequence
 
 import msgspec
 
-from streams.contract.schema import CorrectionRequest, Envelope, request_encoder
+from streams.contract.schema import CorrectionRequest, Envelope, envelope_encoder, request_encoder
 from streams.core import FoldResult, LookupNeeded, Routes, Row, fold_by_link, needing_correction
+from streams.core.listing import Listings
 from streams.metrics import Metrics
 from streams.ports import Emit, FoldTables, LinkGroup
 from streams.retry import retry_forever
 from streams.stages.dead_letter import UNDECODABLE, DeadLetters
 from streams.stages.lookups import Lookups
 from streams.stages.route import unpack
+
+log = logging.getLogger("usync.fold")
 
 FOLD_BATCH = 64  # by-link records, each an array of up to route.MAX_RECORD_ENVELOPES
 
@@ -91,14 +95,28 @@ class RequestCorrection:
 
 
 class Fold:
+    """``emit_fact``: the events topic, for what comparing listing pages found
+    (``streams.core.listing``); ``reconciled``: told the links a listing summary was folded
+    for (the re-raise scan raises their drift again, as a listing restating it once did)."""
+
     def __init__(self, routes: Routes, tables: FoldTables, request: RequestCorrection, lookups: Lookups,
-                 metrics: Metrics, dead: DeadLetters) -> None:
+                 metrics: Metrics, dead: DeadLetters, emit_fact: Emit | None = None,
+                 reconciled: Callable[[list[str]], None] | None = None) -> None:
         self.routes = routes
         self.tables = tables
         self.request = request
         self.lookups = lookups
         self.metrics = metrics
         self.dead = dead
+        self.emit_fact = emit_fact
+        self.reconciled = reconciled or (lambda links: None)
+        self.listings = Listings()
+
+    async def _fact(self, envelope: Envelope) -> None:
+        key, value = envelope.key.encode(), envelope_encoder.encode(envelope)
+        assert self.emit_fact is not None
+        self.metrics.listing_facts.labels(type(envelope.body).__name__.lower()).inc()
+        await retry_forever(lambda: self.emit_fact(key, value), f"reconcile fact {envelope.event_id}")
 
     async def fold_batch(self, groups: Sequence[LinkGroup]) -> None:
         """Fold each link's envelopes into its partition; requests and dead letters, then
@@ -110,13 +128,19 @@ class Fold:
         for group in groups:
             items = envelopes_of(group, self.dead, requests)
             with tables.partition(group):
-                result: FoldResult = fold_by_link(state, routes, items)
+                result: FoldResult = fold_by_link(state, routes, items, self.listings if self.emit_fact else None)
                 rows = needing_correction(state, routes, result.dirty)
             folded.append((group, tables.take_changes()))  # each key once per batch
             self.metrics.events_folded.labels(group.link).inc(len(items))
             needs.extend(result.lookups)
             requests.extend(self.request(row) for row in rows)
+            requests.extend(self._fact(fact) for fact in result.facts)  # before the pages' offsets are committed
+            if result.reconciled:
+                self.reconciled(result.reconciled)
         await asyncio.gather(*requests)
+        for cut in self.listings.cut_short:
+            log.info("%s (a restart or rebalance cut it): users it did not have are found by the next pass", cut)
+        self.listings.cut_short.clear()
         writes = []
         for group, changes in folded:
             with tables.partition(group):

@@ -251,7 +251,7 @@ def test_the_table_exports_as_plain_sorted_json():
     fold(state, LINKS, on_b(event("update", "5" * 32, username="x", state="OK")))
     exported = as_dict(state)
     assert msgspec.json.decode(msgspec.json.encode(exported)) == exported
-    assert list(exported) == ["rows", "index", "pending"]
+    assert list(exported) == ["rows", "index", "pending", "marks"]
     assert exported["rows"]["b-to-a:alice"]["b_username"] == "alice_b"
 
 
