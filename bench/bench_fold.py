@@ -270,11 +270,12 @@ async def main() -> None:
         rate, per_cpu = await worker_fold(path, env, total)
         print(f"worker fold:  {rate:>10,.0f} events/s (1 worker: route, repartition, fold); "
               f"{per_cpu:,.0f} events per CPU-second of the worker")
-        _state, folded, seconds = await replay(config)
+        replayed = await replay(config)
+        folded, seconds = replayed.folded, replayed.seconds
         print(f"replay:       {folded / seconds:>10,.0f} events/s")
         # The sink phase must not carry the replayed table: every full collection during
         # it would walk those rows (a worker keeps its table in RocksDB, off the heap).
-        del _state
+        del replayed
         gc.collect()
     sink = await sink_bench(args.patches)
     print(f"sink:         {sink.rate:>10,.0f} PATCH/s (GET B + GET A + PATCH + 2 records each; "

@@ -118,7 +118,7 @@ def read_changelog(path: str) -> Iterator[list[tuple[bytes, bytes]]]:
 
 def rows_table() -> faust.Table:
     app = faust.App("usync-bench-memory", store="memory://", Table=LinkTable)
-    table, _index, _pending = define_tables(app, 1)
+    table, _index, _pending, _marks = define_tables(app, 1)
     return table
 
 

@@ -18,7 +18,7 @@ from aiokafka.partitioner import murmur2
 from streams.contract.config import Config
 from streams.adapters.kafka.client import client_options
 from streams.adapters.kafka.producers import ReplaceableProducer, known_partitions
-from streams.adapters.kafka.topics import ensure_topics
+from streams.adapters.kafka.topics import ensure_topics, producer_codec
 from streams.errors import KafkaRefused, KafkaUnavailable
 
 from bridges.health import Health
@@ -60,6 +60,7 @@ class KafkaOutlet:
             client_options(config), "bridge", prepare=lambda: ensure_topics(config), on_state=self._state,
             rng=rng or random.Random(),  # each start backs off from 1 s again: an outage does not grow the next
             linger_ms=0, max_batch_size=256 * 1024, request_timeout_ms=30_000,
+            compression_type=producer_codec(config.kafka.compression.events),
         )
 
     def _state(self, failure: BaseException | None) -> None:

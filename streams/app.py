@@ -25,15 +25,19 @@ from streams.adapters.faust.app import (
     App, broker_credentials, crash_on_error, held_back_unless_done, register_views, tables_state, topic_emitter,
 )
 from streams.adapters.faust.recovery import PatientTableManager
-from streams.adapters.faust.tables import FaustFoldTables, LinkTable, define_tables, link_groups, table_state
+from streams.adapters.faust.tables import (
+    FaustFoldTables, LinkTable, Tables, define_tables, link_groups, table_state,
+)
 from streams.adapters.kafka.client import KafkaAccess, client_options
 from streams.adapters.kafka.consumer import BatchConsumer, WindowConsumer
 from streams.adapters.kafka.producers import RecordSender
-from streams.adapters.kafka.topics import by_link_topic, corrections_topic
+from streams.adapters.kafka.groups import ROUTE_CLIENT_ID, every_member_reads_listings
+from streams.adapters.kafka.topics import by_link_topic, corrections_topic, producer_codec
 from streams.adapters.waldur import Clients
 from streams.contract.config import Config
 from streams.contract.schema import OutcomeAction
 from streams.core import RetryWindow, compile_routes
+from streams.core.listing import Listings
 from streams.metrics import Metrics
 from streams.stages import correct_loop, dead_letter, fold, lookups, reraise, route
 from streams.stages.correct import Corrector
@@ -51,7 +55,7 @@ class Usync:
     app: faust.App
     metrics: Metrics
     clients: Clients
-    tables: tuple[Any, Any, Any]
+    tables: Tables
     router: BatchConsumer
     sink_loop: WindowConsumer
     records: RecordSender
@@ -77,6 +81,7 @@ def faust_app(config: Config, store: str, web_port: int | None, data_dir: str | 
         TableManager=PatientTableManager,  # table recovery waits out a Kafka outage
         broker_commit_every=1000, broker_commit_interval=1.0, producer_acks=-1,
         producer_linger=0.005,  # changelog and correction records go out in batches
+        producer_compression_type=producer_codec(kafka.compression.internal),
     )
 
 
@@ -93,22 +98,21 @@ def create_app(config: Config, *, store: str = "rocksdb", web_port: int | None =
     corrections = app.topic(corrections_topic(config), partitions=kafka.partitions, **raw)
     # The correct stage's facts and outcomes go out on a producer of their own: faust's send
     # path costs more per record than the stage spends on a whole correction.
-    records = RecordSender(options, access=access)
+    records = RecordSender(options, access=access, compression=producer_codec(kafka.compression.events))
     emit_event = records.emitter(kafka.events_topic)
     dead = dead_letter.DeadLetters(records.emitter(kafka.dlq_topic), metrics)
     request = fold.RequestCorrection(topic_emitter(corrections), metrics, routes)
     finder = lookups.Lookups(clients, emit_event, metrics, state)
-    folder_tables = FaustFoldTables(tables, options)
-    folder = fold.Fold(routes, folder_tables, request, finder, metrics, dead)
+    folder_tables = FaustFoldTables(tables, options, producer_codec(kafka.compression.internal))
+    route_group = f"{config.app_id}-route"
+    reraiser, folder, reconciler = _history_stages(config, routes, state, request, folder_tables, finder, metrics,
+                                                   dead, records, clients, route_group)
     corrector = Corrector(routes.by_name, clients, metrics, emit_event, records.emitter(kafka.outcomes_topic))
-    reconciler = Reconcile(config.links, clients, metrics, emit_event, config.reconcile_interval)
-    reraiser = reraise.Reraiser(config.links, state, request, settle=config.reraise_interval,
-                                window=RetryWindow(config.rejection_retry, config.rejection_retry_max))
-    router = BatchConsumer("router", options, kafka.events_topic, f"{config.app_id}-route",
+    router = BatchConsumer("router", options, [kafka.events_topic, kafka.listings_topic], route_group,
                            route.Route(routes, metrics, lambda pairs: records.send_all(by_link.get_topic_name(), pairs),
                                        dead).handle,
                            max_records=route.FETCH_RECORDS, max_partition_fetch_bytes=8 << 20, fetch_max_bytes=64 << 20,
-                           access=access)
+                           access=access, client_id=ROUTE_CLIENT_ID)
     lanes = correct_loop.CorrectLoop(corrector, dead)  # a lane per target site: the bulkheads
     sink = WindowConsumer("sink", options, corrections.get_topic_name(), f"{config.app_id}-sink", lanes.dispatch,
                           lanes.cancel, window=correct_loop.WINDOW, max_records=correct_loop.BATCH,
@@ -158,6 +162,24 @@ def create_app(config: Config, *, store: str = "rocksdb", web_port: int | None =
                               token=config.web_token()))
     return Usync(config=config, app=app, metrics=metrics, clients=clients, tables=tables, router=router,
                  sink_loop=sink, records=records)
+
+
+def _history_stages(config: Config, routes: Any, state: Callable[[], Any], request: fold.RequestCorrection,
+                    folder_tables: FaustFoldTables, finder: lookups.Lookups, metrics: Metrics,
+                    dead: dead_letter.DeadLetters, records: RecordSender, clients: Clients, route_group: str,
+                    ) -> tuple[reraise.Reraiser, fold.Fold, Reconcile]:
+    """The stages that write the history: the fold (it compares listings with the table,
+    streams.core.listing), the re-raise scan (it finds who a listing lacked) and the reconciler."""
+    emit_event, listings = records.emitter(config.kafka.events_topic), Listings()
+    reraiser = reraise.Reraiser(config.links, state, request, settle=config.reraise_interval,
+                                window=RetryWindow(config.rejection_retry, config.rejection_retry_max),
+                                listings=listings, emit_fact=fold.fact_emitter(emit_event, metrics))
+    folder = fold.Fold(routes, folder_tables, request, finder, metrics, dead, emit_fact=emit_event,
+                       reconciled=reraiser.reconciled, listings_complete=reraiser.listings_complete, listings=listings)
+    reconciler = Reconcile(config.links, clients, metrics, emit_event, config.reconcile_interval,
+                           emit_listing=records.emitter(config.kafka.listings_topic),
+                           differences=every_member_reads_listings(client_options(config), route_group))
+    return reraiser, folder, reconciler
 
 
 def _health_report(app: faust.App, dead: dead_letter.DeadLetters, access: KafkaAccess, router: BatchConsumer,

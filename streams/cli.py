@@ -48,7 +48,8 @@ async def reconcile_links(config: Config, links: Sequence[Link] | None = None) -
     """One reconcile pass over ``links`` (default: every link) outside the worker, then close."""
     from streams.adapters.kafka.client import client_options
     from streams.adapters.kafka.producers import RecordSender
-    from streams.adapters.kafka.topics import ensure_topics
+    from streams.adapters.kafka.groups import every_member_reads_listings
+    from streams.adapters.kafka.topics import ensure_topics, producer_codec
     from streams.adapters.waldur import Clients
     from streams.metrics import Metrics
     from streams.stages.reconcile import Reconcile
@@ -56,11 +57,14 @@ async def reconcile_links(config: Config, links: Sequence[Link] | None = None) -
     await ensure_topics(config)
     metrics = Metrics()
     clients = Clients(config, metrics)
-    records = RecordSender(client_options(config), "reconcile")
+    options = client_options(config)
+    records = RecordSender(options, "reconcile", compression=producer_codec(config.kafka.compression.events))
     await records.start()
     try:
         return await Reconcile(config.links if links is None else links, clients, metrics,
-                               records.emitter(config.kafka.events_topic), config.reconcile_interval).run_pass()
+                               records.emitter(config.kafka.events_topic), config.reconcile_interval,
+                               emit_listing=records.emitter(config.kafka.listings_topic),
+                               differences=every_member_reads_listings(options, f"{config.app_id}-route")).run_pass()
     finally:
         await records.stop()
         await clients.close()
@@ -91,6 +95,19 @@ def _cmd_reconcile(args: argparse.Namespace) -> int:
     return 0
 
 
+def _instant(text: str | None, option: str):
+    """An ISO instant from the command line (naive: UTC)."""
+    from datetime import datetime, timezone
+
+    if not text:
+        return None
+    try:
+        value = datetime.fromisoformat(text)
+    except ValueError:
+        raise ConfigError(f"usync replay: {option} {text!r} is not an ISO time (e.g. 2026-12-06T10:02:00Z)") from None
+    return value if value.tzinfo else value.replace(tzinfo=timezone.utc)
+
+
 def _cmd_replay(args: argparse.Namespace) -> int:
     from datetime import datetime
 
@@ -103,10 +120,19 @@ def _cmd_replay(args: argparse.Namespace) -> int:
 
     config = _load(args.config)
     tune_gc()
-    since = datetime.fromisoformat(args.since) if args.since else None
+    since, until = _instant(args.since, "--from"), _instant(args.until, "--until")
+    if since is not None and (until is not None or args.from_beginning):
+        raise ConfigError("usync replay: --from starts at an instant with no checkpoint; "
+                          "it goes with neither --until nor --from-beginning")
     console = Console(stderr=True)
-    state, folded, seconds = asyncio.run(replay(config, since=since, console=console))
-    console.print(f"folded {folded:,} envelopes in {seconds:.2f} s ({folded / seconds if seconds else 0:,.0f} events/s)")
+    done = asyncio.run(replay(config, since=since, console=console, until=until, from_beginning=args.from_beginning,
+                              processes=args.processes))
+    state, folded, seconds = done.state, done.folded, done.seconds
+    started = (f"from checkpoints as of {done.checkpoint.isoformat()} ({done.checkpoint_rows:,} rows)"
+               if done.checkpoint else "from the beginning" if since is None else f"from {since.isoformat()}")
+    console.print(f"{started}: folded {folded:,} envelopes{f' up to {until.isoformat()}' if until else ''} "
+                  f"in {seconds:.2f} s ({folded / seconds if seconds else 0:,.0f} events/s"
+                  f"{f', {done.processes} processes' if done.processes > 1 else ''})")
     Console().print(drift_table(config, state))
     table = as_dict(state)
     if args.json:
@@ -227,7 +253,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     replay = commands.add_parser("replay", help="rebuild the table from the events topic, no network")
     replay.add_argument("--config", required=True)
-    replay.add_argument("--from", dest="since", default=None, help="ISO time to start from (default: the beginning)")
+    replay.add_argument("--from", dest="since", default=None,
+                        help="ISO time to start from, without a checkpoint: a partial table (default: the newest checkpoints)")
+    replay.add_argument("--until", default=None,
+                        help="ISO time: the table as it was then (the newest checkpoints before it, then the facts up to it)")
+    replay.add_argument("--from-beginning", action="store_true", help="fold everything, ignoring the checkpoints")
+    replay.add_argument("--processes", type=int, default=1,
+                        help="fold the events topic's partitions on this many processes (default 1)")
     replay.add_argument("--json", default=None, help="write the table as JSON to this file")
     replay.add_argument("--compare", default=None, help="URL of a live worker's /usync/table/; exit 1 if different")
     replay.set_defaults(run=_cmd_replay)

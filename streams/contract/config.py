@@ -13,7 +13,7 @@ import os
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Annotated, Final
+from typing import Annotated, Final, Literal
 
 import msgspec
 
@@ -114,11 +114,38 @@ class Link(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     target_states: list[str] = msgspec.field(default_factory=lambda: list(DEFAULT_STATES))
 
 
+#: Kafka's record-batch codecs (aiokafka's; lz4 and zstd through cramjam).
+Codec = Literal["none", "gzip", "lz4", "zstd"]
+
+
+class Compression(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    """The codec of each topic usync writes: set on the topic (``compression.type``) and by
+    usync's producers. zstd by default: ``bench/bench_history.py`` measured it smallest on
+    the real record mix at a producer and consumer CPU per record close to lz4's (the
+    figures are in docs/capacity.md). ``internal``: the worker's repartition and
+    corrections topics and faust's changelogs."""
+
+    events: Codec = "zstd"
+    outcomes: Codec = "zstd"
+    dlq: Codec = "zstd"
+    listings: Codec = "zstd"
+    checkpoints: Codec = "zstd"
+    internal: Codec = "zstd"
+
+
 class Kafka(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     bootstrap_servers: str = "127.0.0.1:9092"
     events_topic: str = "waldur.offering-users.events"
     dlq_topic: str = "waldur.offering-users.dlq"
     outcomes_topic: str = "waldur.username-sync.outcomes"
+    # A reconcile pass's listings, page by page (the events topic keeps only what they
+    # changed); kept ``listings_retention`` seconds (default: 3 reconcile intervals, at
+    # least an hour): long enough for a worker down for a while to compare them.
+    listings_topic: str = "waldur.offering-users.listings"
+    listings_retention: Positive | None = None
+    # Table checkpoints, kept as long as the events topic (replay starts from them).
+    checkpoints_topic: str = "waldur.offering-users.checkpoints"
+    compression: Compression = msgspec.field(default_factory=Compression)
     partitions: PositiveInt = 8
     # Replicas of every topic usync creates (its own, faust's changelogs and internal
     # topics) and the in-sync replicas a write needs. Unset: 3 and 2 when
@@ -168,6 +195,10 @@ class Config(msgspec.Struct, kw_only=True, forbid_unknown_fields=True, dict=True
     kafka: Kafka = msgspec.field(default_factory=Kafka)
     rabbitmq: RabbitMQ = msgspec.field(default_factory=RabbitMQ)
     reconcile_interval: Positive = 900.0
+    # Seconds between a worker's table checkpoints (streams.stages.checkpoint): what
+    # `usync replay` starts from; `replay --until T` folds what lies between the one
+    # before T and T.
+    checkpoint_interval: Positive = 86400.0
     # A row whose PATCH A refused (400, 409, 422 ...) is tried again only when B's or A's
     # username changes, or after this many seconds, doubling per refusal in a row up to
     # rejection_retry_max (streams.core.decide.RetryWindow).
@@ -184,6 +215,11 @@ class Config(msgspec.Struct, kw_only=True, forbid_unknown_fields=True, dict=True
     # the worker says so in one WARNING at start. /health and /metrics are always open.
     web_token_env: str | None = None
     data_dir: str = ".local/usync-data"
+
+    @property
+    def listings_retention(self) -> float:
+        """Seconds the listings topic keeps pages: configured, else 3 reconcile intervals (at least an hour)."""
+        return self.kafka.listings_retention or max(3600.0, 3 * self.reconcile_interval)
 
     def secret(self, env_name: str) -> Secret:
         """The value of a secret-holding environment variable (checked at load)."""

@@ -40,6 +40,7 @@ class CheckpointPart(msgspec.Struct, kw_only=True, tag="part", tag_field="kind",
     seq: int
     rows: list[Row] = []
     pending: list[Pending] = []
+    previous: int = -1  # the partition's manifest before this checkpoint (as on the manifest)
 
 
 class CheckpointManifest(msgspec.Struct, kw_only=True, tag="manifest", tag_field="kind", omit_defaults=True):
@@ -66,10 +67,11 @@ checkpoint_encoder = msgspec.json.Encoder()
 checkpoint_decoder = msgspec.json.Decoder(CheckpointRecord)
 
 
-def parts_of(checkpoint_id: str, partition: int, rows: list[Row], pending: list[Pending],
+def parts_of(checkpoint_id: str, partition: int, rows: list[Row], pending: list[Pending], previous: int = -1,
              size: int = CHECKPOINT_ROWS) -> list[CheckpointPart]:
     """The parts of one partition's checkpoint (at least one, so a manifest always has one)."""
-    parts = [CheckpointPart(checkpoint_id=checkpoint_id, partition=partition, seq=seq, rows=rows[i:i + size])
+    parts = [CheckpointPart(checkpoint_id=checkpoint_id, partition=partition, seq=seq, rows=rows[i:i + size],
+                            previous=previous)
              for seq, i in enumerate(range(0, max(len(rows), 1), size))]
     parts[-1].pending = pending
     return parts

@@ -132,11 +132,11 @@ class Listings:
                 facts.append(_listed(state, link.name, side, envelope, page, record))
         if page.last:
             del self.open[key]
-            if listing.pages == set(range(page.page + 1)):
+            if listing.pages == set(range(1, page.page + 1)):  # Waldur's pages count from 1
                 self.complete.setdefault((link.name, side), []).append(listing)
             else:
                 self.cut_short.append(f"listing {page.snapshot_id} of {link.name}'s {side}: {len(listing.pages)} "
-                                      f"of its {page.page + 1} pages seen here")
+                                      f"of its {page.page} pages seen here")
         return facts
 
     def _forget_old(self, link: str, side: str) -> None:

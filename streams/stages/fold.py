@@ -94,6 +94,15 @@ class RequestCorrection:
         await retry_forever(lambda: self.emit(key, value), f"correction request for {request.key}")
 
 
+def fact_emitter(emit: Emit, metrics: Metrics) -> Callable[[Envelope], Awaitable[None]]:
+    """Writes what a reconcile listing found to the events topic, through any outage."""
+    async def emit_fact(envelope: Envelope) -> None:
+        key, value = envelope.key.encode(), envelope_encoder.encode(envelope)
+        metrics.listing_facts.labels(type(envelope.body).__name__.lower()).inc()
+        await retry_forever(lambda: emit(key, value), f"reconcile fact {envelope.event_id}")
+    return emit_fact
+
+
 class Fold:
     """``emit_fact``: the events topic, for what comparing listing pages found
     (``streams.core.listing``); ``reconciled``: told the links a listing summary was folded
@@ -101,7 +110,8 @@ class Fold:
 
     def __init__(self, routes: Routes, tables: FoldTables, request: RequestCorrection, lookups: Lookups,
                  metrics: Metrics, dead: DeadLetters, emit_fact: Emit | None = None,
-                 reconciled: Callable[[list[str]], None] | None = None) -> None:
+                 reconciled: Callable[[list[str]], None] | None = None,
+                 listings_complete: Callable[[], None] | None = None, listings: Listings | None = None) -> None:
         self.routes = routes
         self.tables = tables
         self.request = request
@@ -110,13 +120,10 @@ class Fold:
         self.dead = dead
         self.emit_fact = emit_fact
         self.reconciled = reconciled or (lambda links: None)
-        self.listings = Listings()
+        self.listings_complete = listings_complete or (lambda: None)
+        self.listings = listings or Listings()
 
-    async def _fact(self, envelope: Envelope) -> None:
-        key, value = envelope.key.encode(), envelope_encoder.encode(envelope)
-        assert self.emit_fact is not None
-        self.metrics.listing_facts.labels(type(envelope.body).__name__.lower()).inc()
-        await retry_forever(lambda: self.emit_fact(key, value), f"reconcile fact {envelope.event_id}")
+        self._fact = fact_emitter(emit_fact, metrics) if emit_fact is not None else None
 
     async def fold_batch(self, groups: Sequence[LinkGroup]) -> None:
         """Fold each link's envelopes into its partition; requests and dead letters, then
@@ -134,7 +141,8 @@ class Fold:
             self.metrics.events_folded.labels(group.link).inc(len(items))
             needs.extend(result.lookups)
             requests.extend(self.request(row) for row in rows)
-            requests.extend(self._fact(fact) for fact in result.facts)  # before the pages' offsets are committed
+            if self._fact is not None:  # before the pages' offsets are committed
+                requests.extend(self._fact(fact) for fact in result.facts)
             if result.reconciled:
                 self.reconciled(result.reconciled)
         await asyncio.gather(*requests)
@@ -147,3 +155,5 @@ class Fold:
                 writes.extend(tables.write(group, changes))
         await asyncio.gather(*writes)
         self.lookups.start(needs)
+        if self.listings.complete:
+            self.listings_complete()

@@ -9,30 +9,80 @@ window (``RetryWindow``: 1 h doubling to 24 h by default) has passed since the r
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Awaitable, Callable, Iterator, Sequence
 
 from streams.contract.config import Link
+from streams.contract.schema import Envelope
 from streams.core import RetryWindow, Row, TableState, drift_by_link, retry_due, row_key
+from streams.core.listing import Listings
 from streams.ports import Clock, SystemClock
 
 log = logging.getLogger("usync.reraise")
 
 RERAISE_INTERVAL = 30.0  # default seconds between scans for rows left in drift (config: reraise_interval)
-RERAISE_SETTLE = 30.0  # default age a row's newest fact must have before it is raised again
+RERAISE_SETTLE = 30.0
+UNLISTED_SLICE = 5000  # rows read between two yields to the loop  # default age a row's newest fact must have before it is raised again
 
 
 class Reraiser:
+    """Also where a complete listing's absent users are found (``listings``: the fold's;
+    ``emit_fact`` writes the Unlisted facts): one pass over the table answers every
+    listing completed since the last scan."""
+
     def __init__(self, links: Sequence[Link], state: Callable[[], TableState],
                  request: Callable[[Row], Awaitable[None]], clock: Clock | None = None,
-                 window: RetryWindow | None = None, settle: float = RERAISE_SETTLE) -> None:
+                 window: RetryWindow | None = None, settle: float = RERAISE_SETTLE, *,
+                 listings: Listings | None = None, emit_fact: Callable[[Envelope], Awaitable[None]] | None = None) -> None:
         self.links = links
         self.state = state
         self.request = request
         self.clock = clock or SystemClock()
         self.window = window or RetryWindow()
         self.settle = settle
+        self.listings = listings
+        self.emit_fact = emit_fact
         self.raised_again: dict[str, int] = {}  # row key -> the newest fact it was raised again for
+        self._unlisted_task: asyncio.Future[None] | None = None
+
+    def reconciled(self, links: list[str]) -> None:
+        """A listing of these links completed: their rows in drift are raised again (once
+        more per pass, as the pages restating every row did before the listings topic)."""
+        prefixes = tuple(f"{link}:" for link in links)
+        for key in [key for key in self.raised_again if key.startswith(prefixes)]:
+            del self.raised_again[key]
+
+    async def unlisted(self) -> int:
+        """Write an Unlisted fact for each row a listing completed since the last scan did not have."""
+        if self.listings is None or self.emit_fact is None:
+            return 0
+        complete = self.listings.take_complete()
+        if not complete:
+            return 0
+        state = self.state()
+        facts: list[Envelope] = []
+        rows = state.rows
+        for i, key in enumerate(list(rows)):
+            row = rows.get(key)
+            if row is not None:
+                facts.extend(self.listings.unlisted(state, row, complete))
+            if i % UNLISTED_SLICE == UNLISTED_SLICE - 1:
+                await asyncio.sleep(0)  # ~10 ms of rows at a time: the fold and heartbeats go on
+        for fact in facts:
+            log.info("%s: %s is not in the listing %s", fact.body.link, fact.body.user_username,  # type: ignore[union-attr]
+                     fact.body.snapshot_id)  # type: ignore[union-attr]
+        await asyncio.gather(*(self.emit_fact(fact) for fact in facts))
+        return len(facts)
+
+    def listings_complete(self) -> None:
+        """The fold saw a listing's last page: look for its absent users now, not at the next scan."""
+        if self._unlisted_task is None or self._unlisted_task.done():
+            self._unlisted_task = asyncio.ensure_future(self._unlisted_until_none())
+
+    async def _unlisted_until_none(self) -> None:
+        while self.listings is not None and self.listings.complete:
+            await self.unlisted()
 
     def _candidates(self, now: int) -> Iterator[tuple[Row, str]]:
         for found in drift_by_link(self.state(), self.links).values():  # one pass over the table
@@ -45,7 +95,12 @@ class Reraiser:
 
     async def scan(self) -> int:
         """Raise every settled drifting row not raised for its newest fact yet, and every
-        refused row whose retry window passed; return how many."""
+        refused row whose retry window passed; return how many. Then the listings' absent users."""
+        raised = await self._raise()
+        await self.unlisted()
+        return raised
+
+    async def _raise(self) -> int:
         now = self.clock.micros()
         settled_before = now - int(self.settle * 1_000_000)
         raised = 0

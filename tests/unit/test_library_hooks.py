@@ -96,7 +96,7 @@ async def test_faust_rebuilds_our_index_after_a_table_recovery_from_the_memory_s
     from streams.adapters.faust.tables import ROW, define_tables
     from streams.core import Row
 
-    rows, index, _pending = define_tables(app, 1)
+    rows, index, _pending, _marks = define_tables(app, 1)
     assert isinstance(rows.data, MemoryStore) and isinstance(rows.data.data, dict)
     key = b"b-to-a:alice"
     rows.data.data[key] = ROW.encode(Row(link="b-to-a", user_username="alice", b_offering_user_uuid="1" * 32))
@@ -114,7 +114,7 @@ async def test_faust_memory_store_recovers_through_the_batch_iterator_link_memor
     from streams.adapters.faust.tables import define_tables
 
     assert parameters(MemoryStore._create_batch_iterator) == ["self", "mark_as_delete", "to_key", "to_value", "batch"]
-    rows, _index, _pending = define_tables(app, 2)
+    rows, _index, _pending, _marks = define_tables(app, 2)
     store = rows.data
     assert isinstance(store, LinkMemoryStore)
 

@@ -53,7 +53,7 @@ def listing(draw, side: str):
     pages = [records[:split], records[split:]] if draw(st.booleans()) else [records]
     return [Envelope(event_id=f"s:{i}", site=site, origin=Origin.LISTING, offering_uuid=offering,
                      received_at=LATER + timedelta(milliseconds=i),
-                     body=SnapshotPage(snapshot_id="s", offering_uuid=offering, states=LISTED_STATES[side], page=i,
+                     body=SnapshotPage(snapshot_id="s", offering_uuid=offering, states=LISTED_STATES[side], page=i + 1,
                                        last=i == len(pages) - 1, total=len(records), users=users))
             for i, users in enumerate(pages)]
 

@@ -140,15 +140,25 @@ class TableMapping(MutableMapping[str, V]):
 
 ROW = RowCodec()
 PENDING = Codec[Pending](Pending)
+MARK = Codec[int](int)
 
 
 def decode_row(row_key: bytes, value: bytes) -> Row:
     return ROWS.decode(row_key.decode(), value)
 
 
-def define_tables(app: faust.App, partitions: int, topic_configs: Mapping[str, str] | None = None,
-                  ) -> tuple[faust.Table, RowIndex, faust.Table]:
-    """The worker's tables (rows, pending) and the identity index derived from the rows,
+class Tables(NamedTuple):
+    """The worker's tables: rows, the identity index derived from them, parked events, and
+    each (link, side)'s listing mark (a few bytes per link)."""
+
+    rows: faust.Table
+    index: RowIndex
+    pending: faust.Table
+    marks: faust.Table
+
+
+def define_tables(app: faust.App, partitions: int, topic_configs: Mapping[str, str] | None = None) -> Tables:
+    """The worker's tables (rows, pending, marks) and the identity index derived from the rows,
     rebuilt after every table recovery; ``topic_configs`` goes to each changelog topic faust
     creates (``min.insync.replicas`` on a cluster; the replication factor is the app's)."""
     def table(name: str) -> faust.Table:
@@ -162,7 +172,7 @@ def define_tables(app: faust.App, partitions: int, topic_configs: Mapping[str, s
     async def rebuild_index() -> None:
         await rebuild(index, rows)
 
-    return rows, index, table("pending")
+    return Tables(rows, index, table("pending"), table("marks"))
 
 
 REBUILD_CHUNK = 5000  # rows indexed between two yields to the loop (~15 ms: heartbeats go on)
@@ -196,8 +206,9 @@ def memory_dict(table: faust.Table) -> MutableMapping[bytes, bytes] | None:
     return store.data if isinstance(store, MemoryStore) else None
 
 
-def table_state(rows: faust.Table, index: RowIndex, pending: faust.Table) -> TableState:
-    return TableState(rows=TableMapping(rows, ROW), index=index, pending=TableMapping(pending, PENDING))
+def table_state(rows: faust.Table, index: RowIndex, pending: faust.Table, marks: faust.Table) -> TableState:
+    return TableState(rows=TableMapping(rows, ROW), index=index, pending=TableMapping(pending, PENDING),
+                      marks=TableMapping(marks, MARK))
 
 
 _GONE: Any = object()
@@ -263,8 +274,9 @@ class BufferedMapping(TableMapping[V]):
         return changes
 
 
-def buffered_state(rows: faust.Table, index: RowIndex, pending: faust.Table) -> TableState:
-    return TableState(rows=BufferedMapping(rows, ROW), index=index, pending=BufferedMapping(pending, PENDING))
+def buffered_state(rows: faust.Table, index: RowIndex, pending: faust.Table, marks: faust.Table) -> TableState:
+    return TableState(rows=BufferedMapping(rows, ROW), index=index, pending=BufferedMapping(pending, PENDING),
+                      marks=BufferedMapping(marks, MARK))
 
 
 class ChangelogWriter:
@@ -278,9 +290,9 @@ class ChangelogWriter:
     ahead of the table state it produced (docs/invariants.md, 1).
     """
 
-    def __init__(self, options: dict[str, Any]) -> None:
+    def __init__(self, options: dict[str, Any], compression: str | None = None) -> None:
         self._producer = ReplaceableProducer(options, "changelog", max_batch_size=BATCH_BYTES,
-                                             max_request_size=4 * BATCH_BYTES)
+                                             max_request_size=4 * BATCH_BYTES, compression_type=compression)
 
     async def start(self) -> None:
         await self._producer.start()
@@ -332,26 +344,26 @@ class ChangelogWriter:
 
 
 class Changes(NamedTuple):
-    """One fold group's changes: rows and pending entries encoded (None: deleted), and the
-    row keys the index now points to (the index is merged already: it is not stored)."""
+    """One fold group's changes: rows, pending entries and marks encoded (None: deleted), and
+    the row keys the index now points to (the index is merged already: it is not stored)."""
 
     rows: dict[bytes, bytes | None]
     indexed: list[bytes]
     pending: dict[bytes, bytes | None]
+    marks: dict[bytes, bytes | None]
 
 
 def take_changes(state: TableState) -> Changes:
     """The buffered state's changes; the buffers start over."""
     return Changes(state.rows.take_changes(), state.index.take_changes(),  # type: ignore[attr-defined]
-                   state.pending.take_changes())  # type: ignore[attr-defined]
+                   state.pending.take_changes(), state.marks.take_changes())  # type: ignore[attr-defined]
 
 
-def write_changes(writer: ChangelogWriter, taken: Changes, tables: tuple[faust.Table, RowIndex, faust.Table],
-                  partition: int) -> list[Awaitable[None]]:
+def write_changes(writer: ChangelogWriter, taken: Changes, tables: Tables, partition: int) -> list[Awaitable[None]]:
     """Apply taken changes to the stores (inside :func:`link_partition`); return their changelog sends."""
-    rows, index, pending = tables
+    rows, index, pending, marks = tables
     sends: list[Awaitable[None]] = []
-    for changes, table in ((taken.rows, rows), (taken.pending, pending)):
+    for changes, table in ((taken.rows, rows), (taken.pending, pending), (taken.marks, marks)):
         if changes:
             writer.apply(table, changes)
             sends.append(writer.send(table, partition, changes))
@@ -382,10 +394,10 @@ def link_groups(batch: list[Any]) -> list[FaustLinkGroup]:
 class FaustFoldTables:
     """The fold's tables (``streams.ports.FoldTables``) over faust Tables and a changelog writer."""
 
-    def __init__(self, tables: tuple[faust.Table, RowIndex, faust.Table], options: dict[str, Any]) -> None:
+    def __init__(self, tables: Tables, options: dict[str, Any], compression: str | None = None) -> None:
         self.tables = tables
         self.state = buffered_state(*tables)
-        self.writer = ChangelogWriter(options)
+        self.writer = ChangelogWriter(options, compression)
 
     async def start(self) -> None:
         await self.writer.start()

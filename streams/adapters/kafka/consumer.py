@@ -81,13 +81,15 @@ class BatchConsumer:
     alone turned true ~0.5 s after a restart, while the group join took ~9 s more
     (issue 19): readiness reads ``joined``."""
 
-    def __init__(self, name: str, options: dict[str, Any], topic: str, group_id: str, handle: BatchHandler, *,
-                 max_records: int, revoke_wait: float | None = None, on_assignment: AssignmentHook | None = None,
-                 access: KafkaAccess | None = None, **settings: Any) -> None:
+    def __init__(self, name: str, options: dict[str, Any], topic: str | list[str], group_id: str,
+                 handle: BatchHandler, *, max_records: int, revoke_wait: float | None = None,
+                 on_assignment: AssignmentHook | None = None, access: KafkaAccess | None = None,
+                 **settings: Any) -> None:
         self.name = name
         self.access = access or KafkaAccess(options)  # a refused start: KafkaRefused, one ERROR
         self.options = options
-        self.topic = topic
+        self.topics = [topic] if isinstance(topic, str) else list(topic)
+        self.topic = self.topics[0]  # whose partitions on_assignment counts
         self.group_id = group_id
         self.handle = handle
         self.max_records = max_records
@@ -123,11 +125,11 @@ class BatchConsumer:
         listener = _Listener(self.name, self._idle, self.revoke_wait, self.on_assignment,
                              lambda: len(consumer.partitions_for_topic(self.topic) or ()), self._joined,
                              lambda: self._revoked(consumer))
-        consumer.subscribe([self.topic], listener=listener)
+        consumer.subscribe(self.topics, listener=listener)
         try:
             await self.access.attempt(consumer.start)
             self.connected = True
-            log.info("%s: consuming %s as group %s", self.name, self.topic, self.group_id)
+            log.info("%s: consuming %s as group %s", self.name, ", ".join(self.topics), self.group_id)
             await self._consume(consumer, backoff)
         finally:
             self._disconnected()

@@ -121,9 +121,9 @@ class RecordSender(ReplaceableProducer):
     BATCH_BYTES = 1024 * 1024
 
     def __init__(self, options: dict[str, Any], what: str = "record", linger_ms: int = 5,
-                 access: KafkaAccess | None = None) -> None:
+                 access: KafkaAccess | None = None, compression: str | None = None) -> None:
         super().__init__(options, what, access=access, linger_ms=linger_ms, max_batch_size=self.BATCH_BYTES,
-                         max_request_size=4 * self.BATCH_BYTES)
+                         max_request_size=4 * self.BATCH_BYTES, compression_type=compression)
 
     async def send(self, topic: str, key: bytes, value: bytes) -> None:
         """Send; return once acknowledged. A failed send raises, and the producer is replaced."""

@@ -13,9 +13,20 @@ from streams.retry import retry_forever
 
 log = logging.getLogger("usync.kafka")
 
-# The events, DLQ and outcomes topics are the audit log and the replay source:
-# nothing is ever deleted by age or size unless the operator says so.
+# The events, DLQ and outcomes topics are the audit log and the replay source, and the
+# checkpoints topic is where replay starts: nothing is ever deleted by age or size unless
+# the operator says so.
 UNLIMITED = {"retention.ms": "-1", "retention.bytes": "-1"}
+
+
+def topic_codec(codec: str) -> dict[str, str]:
+    """The topic's ``compression.type`` for a configured codec: what the broker stores."""
+    return {"compression.type": "uncompressed" if codec == "none" else codec}
+
+
+def producer_codec(codec: str) -> str | None:
+    """aiokafka's ``compression_type`` for a configured codec (batches compressed before sending)."""
+    return None if codec == "none" else codec
 
 
 def by_link_topic(config: Config) -> str:
@@ -31,15 +42,19 @@ def corrections_topic(config: Config) -> str:
 
 
 def topic_specs(config: Config, *, worker: bool = False) -> list[NewTopic]:
-    kafka = config.kafka
-    specs = [
-        NewTopic(name, kafka.partitions, kafka.replication_factor, topic_configs=UNLIMITED | kafka.replica_configs)
-        for name in (kafka.events_topic, kafka.dlq_topic, kafka.outcomes_topic)
-    ]
+    kafka, codecs = config.kafka, config.kafka.compression
+
+    def spec(name: str, codec: str, retention: dict[str, str]) -> NewTopic:
+        return NewTopic(name, kafka.partitions, kafka.replication_factor,
+                        topic_configs=retention | kafka.replica_configs | topic_codec(codec))
+
+    listings = {"retention.ms": str(int(config.listings_retention * 1000)), "retention.bytes": "-1"}
+    specs = [spec(kafka.events_topic, codecs.events, UNLIMITED), spec(kafka.dlq_topic, codecs.dlq, UNLIMITED),
+             spec(kafka.outcomes_topic, codecs.outcomes, UNLIMITED),
+             spec(kafka.listings_topic, codecs.listings, listings),
+             spec(kafka.checkpoints_topic, codecs.checkpoints, UNLIMITED)]
     if worker:  # derived from the events topic, so the broker's default retention is enough
-        for name in (by_link_topic(config), corrections_topic(config)):
-            specs.append(NewTopic(name, kafka.partitions, kafka.replication_factor,
-                                  topic_configs=dict(kafka.replica_configs)))
+        specs += [spec(name, codecs.internal, {}) for name in (by_link_topic(config), corrections_topic(config))]
     return specs
 
 
