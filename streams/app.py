@@ -26,11 +26,12 @@ from streams.adapters.faust.app import (
 )
 from streams.adapters.faust.recovery import PatientTableManager
 from streams.adapters.faust.tables import (
-    FaustFoldTables, LinkTable, Tables, define_tables, link_groups, table_state,
+    FaustCheckpointSource, FaustFoldTables, LinkTable, Tables, define_tables, link_groups, table_state,
 )
 from streams.adapters.kafka.client import KafkaAccess, client_options
 from streams.adapters.kafka.consumer import BatchConsumer, WindowConsumer
 from streams.adapters.kafka.producers import RecordSender
+from streams.adapters.kafka.checkpoints import TopicSink, fold_fence
 from streams.adapters.kafka.groups import ROUTE_CLIENT_ID, every_member_reads_listings
 from streams.adapters.kafka.topics import by_link_topic, corrections_topic, producer_codec
 from streams.adapters.waldur import Clients
@@ -40,6 +41,7 @@ from streams.core import RetryWindow, compile_routes
 from streams.core.listing import Listings
 from streams.metrics import Metrics
 from streams.stages import correct_loop, dead_letter, fold, lookups, reraise, route
+from streams.stages.checkpoint import CATCH_UP, Checkpointer
 from streams.stages.correct import Corrector
 from streams.stages.reconcile import Reconcile
 from streams.stages.web import Views
@@ -122,27 +124,16 @@ def create_app(config: Config, *, store: str = "rocksdb", web_port: int | None =
     app.task(crash_on_error(app, sink.run))
     app.task(crash_on_error(app, _running(records)))
 
-    # A fold that raises takes the worker down rather than only the agent: faust would
-    # restart the agent on its buffered stream, past the batch held back, and could then
-    # commit past that batch. A restarted worker reads again from the last commit.
-    fold_started = asyncio.Event()
-
-    @app.agent(by_link, supervisor_strategy=mode.CrashingSupervisor)
-    async def fold_agent(stream: faust.StreamT) -> None:
-        await folder_tables.start()
-        fold_started.set()
-        try:
-            async for batch in stream.take_events(fold.FOLD_BATCH, within=0.02):
-                with held_back_unless_done(batch):
-                    await folder.fold_batch(link_groups(batch))
-        finally:
-            fold_started.clear()
-            await folder_tables.stop()  # the worker is stopping: let its producer close cleanly
+    fold_started = _fold_agent(app, by_link, folder_tables, folder)
 
     app.timer(config.reraise_interval)(crash_on_error(app, reraiser.scan))
     app.timer(lookups.PENDING_RETRY_INTERVAL)(crash_on_error(app, finder.retry_pending))
     if reconcile:
         app.timer(1.0, on_leader=True)(crash_on_error(app, reconciler.tick))
+    checkpointer = Checkpointer(FaustCheckpointSource(app, folder_tables, by_link.get_topic_name(), kafka.partitions),
+                                TopicSink(config, records), fold_fence(config, folder.caught_up, CATCH_UP),
+                                config.checkpoint_interval, metrics)
+    app.timer(min(30.0, config.checkpoint_interval / 4))(crash_on_error(app, checkpointer.tick))
 
     _known_series(metrics, config, by_link.get_topic_name(), corrections.get_topic_name())
     metrics.tables_waiting.set_function(lambda: tables_state(app) == "waiting-for-kafka")
@@ -162,6 +153,29 @@ def create_app(config: Config, *, store: str = "rocksdb", web_port: int | None =
                               token=config.web_token()))
     return Usync(config=config, app=app, metrics=metrics, clients=clients, tables=tables, router=router,
                  sink_loop=sink, records=records)
+
+
+def _fold_agent(app: faust.App, by_link: Any, folder_tables: FaustFoldTables, folder: fold.Fold) -> asyncio.Event:
+    """The fold agent; the event is set while it runs.
+
+    A fold that raises takes the worker down rather than only the agent: faust would
+    restart the agent on its buffered stream, past the batch held back, and could then
+    commit past that batch. A restarted worker reads again from the last commit."""
+    fold_started = asyncio.Event()
+
+    @app.agent(by_link, supervisor_strategy=mode.CrashingSupervisor)
+    async def fold_agent(stream: faust.StreamT) -> None:
+        await folder_tables.start()
+        fold_started.set()
+        try:
+            async for batch in stream.take_events(fold.FOLD_BATCH, within=0.02):
+                with held_back_unless_done(batch):
+                    await folder.fold_batch(link_groups(batch))
+        finally:
+            fold_started.clear()
+            await folder_tables.stop()  # the worker is stopping: let its producer close cleanly
+
+    return fold_started
 
 
 def _history_stages(config: Config, routes: Any, state: Callable[[], Any], request: fold.RequestCorrection,

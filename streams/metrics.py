@@ -29,6 +29,8 @@ class Metrics:
         self.listing_facts = Counter("usync_listing_facts", "What comparing reconcile listings with the table wrote "
                                      "to the events topic (listed: a difference; unlisted: a user gone)", ["kind"],
                                      registry=registry)
+        self.listing_pages = Counter("usync_listing_pages_compared", "Reconcile listing pages the fold compared "
+                                     "with the table", ["link"], registry=registry)
         self.checkpoints = Counter("usync_checkpoints", "Table checkpoints written, per partition", ["result"],
                                    registry=registry)
         self.table_rows = Gauge("usync_table_rows", "Rows in this worker's partitions of the table", registry=registry)

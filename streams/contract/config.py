@@ -133,6 +133,11 @@ class Compression(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     internal: Codec = "zstd"
 
 
+def _beside(events_topic: str, what: str) -> str:
+    """A topic named after the events topic: its trailing "events" made ``what``, else ``.what`` added."""
+    return events_topic[: -len("events")] + what if events_topic.endswith("events") else f"{events_topic}.{what}"
+
+
 class Kafka(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     bootstrap_servers: str = "127.0.0.1:9092"
     events_topic: str = "waldur.offering-users.events"
@@ -141,10 +146,13 @@ class Kafka(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     # A reconcile pass's listings, page by page (the events topic keeps only what they
     # changed); kept ``listings_retention`` seconds (default: 3 reconcile intervals, at
     # least an hour): long enough for a worker down for a while to compare them.
-    listings_topic: str = "waldur.offering-users.listings"
+    # Unset: the events topic's name with "events" at its end made "listings"
+    # (waldur.offering-users.listings), else with ".listings" added.
+    listings_topic: str | None = None
     listings_retention: Positive | None = None
     # Table checkpoints, kept as long as the events topic (replay starts from them).
-    checkpoints_topic: str = "waldur.offering-users.checkpoints"
+    # Unset: named after the events topic as above ("checkpoints").
+    checkpoints_topic: str | None = None
     compression: Compression = msgspec.field(default_factory=Compression)
     partitions: PositiveInt = 8
     # Replicas of every topic usync creates (its own, faust's changelogs and internal
@@ -169,6 +177,8 @@ class Kafka(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     recovery_delay: NonNegative = 0.0
 
     def __post_init__(self) -> None:
+        self.listings_topic = self.listings_topic or _beside(self.events_topic, "listings")
+        self.checkpoints_topic = self.checkpoints_topic or _beside(self.events_topic, "checkpoints")
         if self.replication_factor is None:
             self.replication_factor = 3 if len(self.bootstrap_servers.split(",")) > 1 else 1
         if self.min_insync_replicas is None and self.replication_factor > 1:

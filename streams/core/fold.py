@@ -119,6 +119,7 @@ class FoldResult(msgspec.Struct, kw_only=True):
     unrouted: int = 0
     reconciled: list[str] = []
     facts: list[Envelope] = []
+    compared: int = 0  # listing pages compared with the table
 
 
 class _SideFields(NamedTuple):
@@ -144,7 +145,7 @@ _FIELDS: Final[dict[str, _SideFields]] = {
 class _Batch:
     """The mutable accumulator of one fold call; the only allocation per call."""
 
-    __slots__ = ("state", "dirty", "lookups", "unrouted", "restating", "reconciled", "facts", "listings")
+    __slots__ = ("state", "dirty", "lookups", "unrouted", "restating", "reconciled", "facts", "listings", "compared")
 
     def __init__(self, state: TableState, listings: Listings | None = None) -> None:
         self.state = state
@@ -155,10 +156,11 @@ class _Batch:
         self.reconciled: dict[str, None] = {}
         self.facts: list[Envelope] = []
         self.listings = listings
+        self.compared = 0
 
     def result(self) -> FoldResult:
         return FoldResult(dirty=list(self.dirty), lookups=list(self.lookups.values()), unrouted=self.unrouted,
-                          reconciled=list(self.reconciled), facts=self.facts)
+                          reconciled=list(self.reconciled), facts=self.facts, compared=self.compared)
 
 
 # -- public API ---------------------------------------------------------------
@@ -202,6 +204,7 @@ def fold_by_link(
                 if envelope.origin is Origin.LISTING:
                     if listings is not None:
                         batch.facts.extend(listings.compare(state, link, side, envelope))
+                        batch.compared += 1
                 else:
                     _fold_routed(batch, link, side, envelope)
                 break

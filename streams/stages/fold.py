@@ -122,8 +122,22 @@ class Fold:
         self.reconciled = reconciled or (lambda links: None)
         self.listings_complete = listings_complete or (lambda: None)
         self.listings = listings or Listings()
+        self.positions: dict[int, int] = {}  # by-link partition -> the offset after the last one folded
+        self._advanced = asyncio.Event()
 
         self._fact = fact_emitter(emit_fact, metrics) if emit_fact is not None else None
+
+    async def caught_up(self, ends: dict[int, int], timeout: float) -> bool:
+        """Wait until each partition of ``ends`` is folded up to its offset (False: not within ``timeout``)."""
+        async def reached() -> None:
+            while any(self.positions.get(partition, 0) < end for partition, end in ends.items() if end > 0):
+                await self._advanced.wait()
+        try:
+            async with asyncio.timeout(timeout):
+                await reached()
+            return True
+        except TimeoutError:
+            return False
 
     async def fold_batch(self, groups: Sequence[LinkGroup]) -> None:
         """Fold each link's envelopes into its partition; requests and dead letters, then
@@ -138,7 +152,9 @@ class Fold:
                 result: FoldResult = fold_by_link(state, routes, items, self.listings if self.emit_fact else None)
                 rows = needing_correction(state, routes, result.dirty)
             folded.append((group, tables.take_changes()))  # each key once per batch
-            self.metrics.events_folded.labels(group.link).inc(len(items))
+            self.metrics.events_folded.labels(group.link).inc(len(items) - result.compared)
+            if result.compared:
+                self.metrics.listing_pages.labels(group.link).inc(result.compared)
             needs.extend(result.lookups)
             requests.extend(self.request(row) for row in rows)
             if self._fact is not None:  # before the pages' offsets are committed
@@ -154,6 +170,11 @@ class Fold:
             with tables.partition(group):
                 writes.extend(tables.write(group, changes))
         await asyncio.gather(*writes)
+        for group in groups:
+            _topic, partition, offset = group.places[-1]
+            self.positions[partition] = max(self.positions.get(partition, 0), offset + 1)
+        self._advanced.set()
+        self._advanced.clear()
         self.lookups.start(needs)
         if self.listings.complete:
             self.listings_complete()

@@ -196,6 +196,25 @@ class WorkerProcess:
         self.log.close()
 
 
+async def read_all(topic: str, bootstrap: str = KAFKA_BOOTSTRAP) -> list[Any]:
+    """Every record of ``topic`` now (ConsumerRecords), read without a group."""
+    from aiokafka import AIOKafkaConsumer
+
+    consumer = AIOKafkaConsumer(topic, bootstrap_servers=bootstrap, group_id=None, auto_offset_reset="earliest",
+                                enable_auto_commit=False)
+    await consumer.start()
+    try:
+        out: list[Any] = []
+        while True:
+            batch = await consumer.getmany(timeout_ms=1000)
+            if not batch:
+                return out
+            for messages in batch.values():
+                out.extend(messages)
+    finally:
+        await consumer.stop()
+
+
 def patches(site: Any, since: int = 0) -> list[Any]:
     return [c for c in site.calls.since(since) if c.method == "PATCH"]
 

@@ -26,6 +26,7 @@ import faust
 import msgspec
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
+from aiokafka.partitioner import DefaultPartitioner
 from faust.stores.memory import Store as MemoryStore
 from faust.streams import _current_event  # the ContextVar faust sets per event
 from faust.types import TP
@@ -398,6 +399,7 @@ class FaustFoldTables:
         self.tables = tables
         self.state = buffered_state(*tables)
         self.writer = ChangelogWriter(options, compression)
+        self.watching: dict[int, set[bytes]] = {}  # partition -> row keys written since a checkpoint's copy began
 
     async def start(self) -> None:
         await self.writer.start()
@@ -412,4 +414,64 @@ class FaustFoldTables:
         return take_changes(self.state)
 
     def write(self, group: FaustLinkGroup, changes: Changes) -> list[Awaitable[None]]:
-        return write_changes(self.writer, changes, self.tables, group.event.message.partition)
+        partition = group.event.message.partition
+        watched = self.watching.get(partition)
+        if watched is not None:
+            watched.update(changes.rows)
+        return write_changes(self.writer, changes, self.tables, partition)
+
+
+class FaustCheckpointSource:
+    """The tables as the checkpoint stage reads them (``streams.stages.checkpoint.CheckpointSource``).
+
+    A link's rows are all in the by-link partition of its name (the producers' default
+    partitioner, as the route stage writes), so a key's partition is its link's."""
+
+    def __init__(self, app: faust.App, fold_tables: FaustFoldTables, by_link: str, partitions: int) -> None:
+        self.app, self.fold_tables, self.by_link, self.partitions = app, fold_tables, by_link, partitions
+        self._partitioner = DefaultPartitioner()
+        self._every = list(range(partitions))
+        self._of_link: dict[bytes, int] = {}
+
+    def partition_of(self, key: bytes) -> int:
+        link = key.partition(b":")[0]
+        found = self._of_link.get(link)
+        if found is None:
+            found = self._of_link[link] = self._partitioner(link, self._every, self._every)
+        return found
+
+    def active(self) -> set[int]:
+        return {tp.partition for tp in self.app.assignor.assigned_actives() if tp.topic == self.by_link}
+
+    def keys(self, partition: int) -> list[bytes]:
+        rows = self.fold_tables.tables.rows
+        memory = memory_dict(rows)
+        if memory is not None:
+            return list(memory)  # every partition's: value() answers only this one's
+        return list(rows.data._db_for_partition(partition).keys())  # noqa: SLF001 (one RocksDB per partition)
+
+    def value(self, partition: int, key: bytes) -> bytes | None:
+        if self.partition_of(key) != partition:
+            return None
+        return self.fold_tables.tables.rows.data.get(key)
+
+    def watch(self, partition: int) -> set[bytes]:
+        return self.fold_tables.watching.setdefault(partition, set())
+
+    def unwatch(self, partition: int) -> None:
+        self.fold_tables.watching.pop(partition, None)
+
+    def _entries(self, table: faust.Table, partition: int) -> Iterator[tuple[bytes, bytes]]:
+        for key in list(table.data.keys()):
+            if self.partition_of(key) == partition and (value := table.data.get(key)) is not None:
+                yield key, value
+
+    def pending(self, partition: int) -> list[Pending]:
+        return [PENDING.decode(value) for _key, value in self._entries(self.fold_tables.tables.pending, partition)]
+
+    def marks(self, partition: int) -> dict[str, int]:
+        return {key.decode(): MARK.decode(value) for key, value in self._entries(self.fold_tables.tables.marks,
+                                                                                 partition)}
+
+    def decode(self, key: bytes, value: bytes) -> Row:
+        return decode_row(key, value)

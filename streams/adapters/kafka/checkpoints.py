@@ -10,12 +10,20 @@ of the history.
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from datetime import datetime
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient
 
+from streams.adapters.kafka.client import client_options, kafka_transient
+from streams.adapters.kafka.producers import RecordSender
+from streams.adapters.kafka.readers import partitions_of, reader
+from streams.adapters.kafka.topics import by_link_topic
+from streams.contract.config import Config
 from streams.core.checkpoint import CheckpointManifest, CheckpointPart, checkpoint_decoder
+from streams.retry import retry_forever
 
 READ_TIMEOUT_MS = 15_000
 
@@ -50,7 +58,7 @@ async def newest_manifest(consumer: AIOKafkaConsumer, tp: TopicPartition, end: i
     return None
 
 
-async def parts_of(consumer: AIOKafkaConsumer, tp: TopicPartition, manifest: CheckpointManifest) -> list[CheckpointPart]:
+async def read_parts(consumer: AIOKafkaConsumer, tp: TopicPartition, manifest: CheckpointManifest) -> list[CheckpointPart]:
     """The manifest's parts, read in one sweep from its first to its last."""
     wanted = set(manifest.parts)
     parts: list[CheckpointPart] = []
@@ -89,5 +97,69 @@ async def find(consumer: AIOKafkaConsumer, topic: str, partitions: list[TopicPar
         newest = await newest_manifest(consumer, tp, ends[tp], until)
         if newest is not None:
             manifest, offset = newest
-            result[tp.partition] = Found(manifest, offset, await parts_of(consumer, tp, manifest))
+            result[tp.partition] = Found(manifest, offset, await read_parts(consumer, tp, manifest))
     return result
+
+
+class TopicSink:
+    """The checkpoints topic for the checkpoint stage (``streams.stages.checkpoint.CheckpointSink``)."""
+
+    def __init__(self, config: Config, records: RecordSender) -> None:
+        self.config, self.records = config, records
+        self.topic = config.kafka.checkpoints_topic
+
+    async def previous(self, partition: int) -> tuple[int, datetime | None]:
+        """The partition's newest manifest: (offset, instant), (-1, None) when it has none."""
+        async with reader(self.config) as consumer:
+            tp = TopicPartition(self.topic, partition)
+            consumer.assign([tp])
+            end = (await consumer.end_offsets([tp]))[tp]
+            newest = await newest_manifest(consumer, tp, end, None)
+        return (-1, None) if newest is None else (newest[1], newest[0].instant)
+
+    async def send(self, partition: int, key: bytes, value: bytes) -> int:
+        return await retry_forever(lambda: self.records.send_to(self.topic, partition, key, value),
+                                   f"checkpoint record to {self.topic}[{partition}]", transient=kafka_transient)
+
+
+async def committed(options: dict[str, Any], group: str, topic: str) -> dict[int, int]:
+    """``group``'s committed offsets on ``topic``, per partition (none committed: absent)."""
+    admin = AIOKafkaAdminClient(**options, request_timeout_ms=15_000)
+    await admin.start()
+    try:
+        offsets = await admin.list_consumer_group_offsets(group)
+    finally:
+        await admin.close()
+    return {tp.partition: meta.offset for tp, meta in offsets.items() if tp.topic == topic and meta.offset >= 0}
+
+
+def fold_fence(config: Config, caught_up: Callable[[dict[int, int], float], Awaitable[bool]],
+               timeout: float) -> Callable[[set[int]], Awaitable[dict[int, int] | None]]:
+    """The checkpoint stage's fence (``streams.stages.checkpoint``): the route group's committed
+    events offsets, once the fold reached the by-link end offsets taken after them."""
+    options, by_link = client_options(config), by_link_topic(config)
+
+    async def ends(partitions: set[int]) -> dict[int, int]:
+        async with reader(config) as consumer:
+            tps = [TopicPartition(by_link, p) for p in partitions]
+            return {tp.partition: offset for tp, offset in (await consumer.end_offsets(tps)).items()}
+
+    async def fence(partitions: set[int]) -> dict[int, int] | None:
+        def patiently(call: Callable[[], Awaitable[Any]], what: str) -> Awaitable[Any]:
+            return retry_forever(call, f"checkpoint fence: {what}", transient=kafka_transient)
+
+        covers = await patiently(lambda: committed(options, f"{config.app_id}-route", config.kafka.events_topic),
+                                 "the route group's offsets")
+        by_link_ends = await patiently(lambda: ends(partitions), "the by-link end offsets")
+        folded = await patiently(lambda: committed(options, config.app_id, by_link), "the fold's offsets")
+        waiting = {p: end for p, end in by_link_ends.items() if folded.get(p, 0) < end}
+        if waiting and not await caught_up(waiting, timeout):
+            return None
+        events = await patiently(lambda: _events_partitions(config), "the events topic's partitions")
+        return {p: covers.get(p, 0) for p in events}
+    return fence
+
+
+async def _events_partitions(config: Config) -> list[int]:
+    async with reader(config) as consumer:
+        return [tp.partition for tp in await partitions_of(consumer, config.kafka.events_topic)]

@@ -133,6 +133,15 @@ class RecordSender(ReplaceableProducer):
         except Exception as exc:
             await self._failed(producer, exc, topic)
 
+    async def send_to(self, topic: str, partition: int, key: bytes, value: bytes) -> int:
+        """Send to one partition; return the record's offset once acknowledged."""
+        producer = await self.current()
+        try:
+            return (await (await producer.send(topic, value, key=key, partition=partition))).offset
+        except Exception as exc:
+            await self._failed(producer, exc, topic)
+            raise  # _failed always raises
+
     async def send_all(self, topic: str, records: list[tuple[bytes, bytes]]) -> None:
         """Send every (key, value); return once Kafka acknowledged them all."""
         producer = await self.current()
