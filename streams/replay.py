@@ -146,8 +146,10 @@ async def fold_partitions(config: Config, state: TableState, start: dict[int, in
     topic = config.kafka.events_topic
     routes = compile_routes(config.links)
     folded = 0
+    remaining = {TopicPartition(topic, p) for p in end if end[p] > start[p]}
+    if not remaining:
+        return 0
     async with reader(config, **FETCH) as consumer:
-        remaining = {TopicPartition(topic, p) for p in end if end[p] > start[p]}
         consumer.assign(sorted(remaining, key=lambda tp: tp.partition))
         for tp in remaining:
             consumer.seek(tp, start[tp.partition])

@@ -8,12 +8,13 @@ import json
 import re
 import subprocess
 from collections import Counter
+from datetime import datetime, timezone
 from typing import Any
 
 import httpx
 
 from streams.contract.schema import envelope_decoder
-from tests.app.harness import USYNC, LinkSpec, Setup, patches, read_all, until, usernames
+from tests.app.harness import USYNC, LinkSpec, Setup, bridge_and_worker, patches, read_all, until, usernames
 
 FAST_RATES = "requests_per_second = 200\nburst = 200\nconcurrency = 16"
 
@@ -111,3 +112,44 @@ async def test_passes_write_only_what_they_change_and_replay_equals_live(setup):
         return all(rows[f"hpc:{n}"].get("b_state") == "Unlisted" for n in removed)
     await until(settled, 30, "the removed users to be unlisted in the table")
     await replay_equals_live(s, path, worker)
+
+
+async def test_replay_until_any_instant_equals_the_table_then_and_plain_replay_starts_from_a_checkpoint(setup, bridge):
+    s = setup
+    users = {f"c{i:02d}": s.add_user(f"c{i:02d}") for i in range(20)}
+    path = s.write_config([LinkSpec("hpc", s.offering_a, s.offering_b)], top="checkpoint_interval = 3\n")
+    _, worker = await bridge_and_worker(s, bridge, path)
+    captured: list[tuple[str, dict]] = []
+    for phase in range(3):
+        for name, (_, b_ou) in list(users.items())[phase * 5:phase * 5 + 8]:  # overlapping: users change twice
+            s.b.set_username(b_ou, f"{name}-{phase}")
+        want = {n: s.b.offering_user(b).username or "" for n, (_, b) in users.items()}
+        await until(lambda: usernames(s.a, s.offering_a) == want, 60, f"A to converge in phase {phase}")
+        await until(lambda: _settled(worker, want), 30, f"the table to settle in phase {phase}")
+        written = await metric(worker, "usync_checkpoints_total")
+        table = await worker.table()
+        captured.append((datetime.now(timezone.utc).isoformat(), table))
+        assert await worker.table() == table  # nothing moved around the instant
+        await until(lambda: _more(worker, written), 30, "a checkpoint after the instant")
+
+    for instant, table in captured:
+        out = s.tmp / "until.json"
+        text = await run(s, "replay", "--config", str(path), "--until", instant, "--json", str(out))
+        assert "from checkpoints as of" in text, text
+        assert json.loads(out.read_text()) == table, instant
+    plain, whole = s.tmp / "plain.json", s.tmp / "whole.json"
+    assert "from checkpoints as of" in await run(s, "replay", "--config", str(path), "--json", str(plain))
+    assert "from the beginning" in await run(s, "replay", "--config", str(path), "--from-beginning", "--json",
+                                             str(whole))
+    live = await worker.table()
+    assert json.loads(plain.read_text()) == json.loads(whole.read_text()) == live
+
+
+async def _settled(worker: Any, want: dict[str, str]) -> bool:
+    rows = (await worker.table())["rows"]
+    return all(rows.get(f"hpc:{n}", {}).get("a_username") == u == rows[f"hpc:{n}"].get("b_username")
+               for n, u in want.items() if u)
+
+
+async def _more(worker: Any, written: float) -> bool:
+    return await metric(worker, "usync_checkpoints_total") > written
