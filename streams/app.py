@@ -150,7 +150,7 @@ def create_app(config: Config, *, store: str = "rocksdb", web_port: int | None =
         log.warning("web_token_env is not configured: /usync/table/, /usync/drift/ and POST /usync/reconcile/ "
                     "answer anyone who reaches port %s", app.conf.web_port)
     register_views(app, Views(config.links, state, metrics, reconciler.run_pass, health, components,
-                              token=config.web_token()))
+                              token=config.web_token(), checkpoint=checkpointer.now))
     return Usync(config=config, app=app, metrics=metrics, clients=clients, tables=tables, router=router,
                  sink_loop=sink, records=records)
 

@@ -39,6 +39,10 @@ CATCH_UP = 120.0  # seconds the fold may take to reach the fence before the chec
 RETRY = 60.0  # seconds before a checkpoint that could not be taken is tried again
 
 
+class CheckpointDeferred(Exception):
+    """A checkpoint asked for now could not be taken yet (try again)."""
+
+
 class CheckpointSource(Protocol):
     """The worker's tables, as the checkpoint stage reads them (``streams.adapters.faust.tables``)."""
 
@@ -96,6 +100,18 @@ class Checkpointer:
             return
         for partition in sorted(due & self.source.active()):
             await self.checkpoint(partition, covers)
+
+    async def now(self) -> list[dict[str, object]]:
+        """A checkpoint of every partition this worker folds, now (``POST /usync/checkpoint/``)."""
+        partitions = self.source.active()
+        for partition in partitions:
+            if partition not in self.last:
+                self.last[partition] = await self.sink.previous(partition)
+        covers = await self.fence(partitions)
+        if covers is None:
+            raise CheckpointDeferred("the fold has not caught up with the by-link topic yet")
+        written = [await self.checkpoint(partition, covers) for partition in sorted(partitions & self.source.active())]
+        return [{"partition": m.partition, "rows": m.rows, "instant": m.instant.isoformat()} for m in written]
 
     async def _due(self) -> set[int]:
         now = self.clock.now()

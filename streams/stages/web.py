@@ -12,6 +12,7 @@ import msgspec
 from streams.contract.config import Link, Secret
 from streams.core import TableState, as_dict, drift_by_link
 from streams.metrics import Metrics
+from streams.stages.checkpoint import CheckpointDeferred
 
 DRIFT_MAX_AGE = 10.0  # seconds a /metrics scrape may reuse the drift gauges
 
@@ -20,13 +21,15 @@ Components = Callable[[], dict[str, tuple[str, bool]]]
 
 
 class Views:
-    """``/usync/table/``, ``/usync/drift/``, ``POST /usync/reconcile/``, ``/metrics``,
+    """``/usync/table/``, ``/usync/drift/``, ``POST /usync/reconcile/``, ``POST /usync/checkpoint/``, ``/metrics``,
     ``/health``, ``/health/live``, ``/health/ready``."""
 
     def __init__(self, links: Sequence[Link], state: Callable[[], TableState], metrics: Metrics,
                  reconcile: Callable[[], Awaitable[dict[str, int]]], health: Callable[[], dict[str, Any]],
-                 components: Components = dict, token: Secret | None = None) -> None:
+                 components: Components = dict, token: Secret | None = None,
+                 checkpoint: Callable[[], Awaitable[list[dict[str, Any]]]] | None = None) -> None:
         self.links = links
+        self.checkpoint = checkpoint
         self.token = token
         self.state = state
         self.metrics = metrics
@@ -71,6 +74,13 @@ class Views:
     async def reconcile_now(self) -> dict[str, Any]:
         """One reconcile pass now (ops, tests); answers when every page is written."""
         return {"reconciled": await self.reconcile()}
+
+    async def checkpoint_now(self) -> dict[str, Any]:
+        """A table checkpoint of every partition this worker folds, now (ops, before an upgrade; tests)."""
+        try:
+            return {"checkpoints": await self.checkpoint() if self.checkpoint else []}
+        except CheckpointDeferred as exc:
+            return {"checkpoints": [], "deferred": str(exc)}
 
     def exposition(self) -> bytes:
         self.drift(max_age=DRIFT_MAX_AGE)  # refresh the gauges

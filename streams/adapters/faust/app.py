@@ -151,6 +151,11 @@ def register_views(app: faust.App, views: Any) -> None:
         async def post(self, request: Any) -> Any:
             return refused(self, request) or self.json(await views.reconcile_now())
 
+    @app.page("/usync/checkpoint/")
+    class CheckpointView(faust.web.View):
+        async def post(self, request: Any) -> Any:
+            return refused(self, request) or self.json(await views.checkpoint_now())
+
     @app.page("/metrics")
     async def metrics_view(web: Any, request: Any) -> Any:
         return web.bytes(views.exposition(), content_type="text/plain; version=0.0.4")
