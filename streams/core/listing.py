@@ -65,24 +65,30 @@ def _side(row: Row, side: Side) -> tuple[str | None, str | None, str | None, boo
             row.a_username_at, row.a_state_at, row.a_observed_at)
 
 
-def differs(state: TableState, link: str, side: Side, record: OfferingUserRecord, seen: int) -> bool:
+def differs(state: TableState, link: str, side: Side, record: OfferingUserRecord, seen: int,
+            mark: int | None = None) -> bool:
     """Folding ``record`` (observed at ``seen``) into ``link``'s ``side`` would change a row's
-    values or the identity index (tests/unit/test_listing.py holds it to the fold itself)."""
-    if seen < state.marks.get(mark_key(link, side), 0):
+    values or the identity index (tests/unit/test_listing.py holds it to the fold itself);
+    ``mark``: the side's, when the caller has it."""
+    if seen < (state.marks.get(mark_key(link, side), 0) if mark is None else mark):
         return False
-    uuid = normalize_uuid(record.uuid)
+    uuid = record.uuid if len(record.uuid) == 32 and record.uuid.islower() else normalize_uuid(record.uuid)
     user = record.user_username
-    if state.index.get(index_key(link, side, uuid)) != user:
+    if state.index.get(f"{link}:{side}:{uuid}") != user:
         return True  # a new offering user, or one that was another user's
-    row = state.rows.get(row_key(link, user))
+    row = state.rows.get(f"{link}:{user}")
     if row is None:
         return True
-    _uuid, username, row_state, restricted, username_at, state_at, observed = _side(row, side)
+    if side == SOURCE:
+        username, row_state, username_at, state_at = row.b_username, row.b_state, row.b_username_at, row.b_state_at
+        if record.is_restricted != row.b_restricted and seen >= row.b_observed_at:
+            return True
+    else:
+        username, row_state, username_at, state_at = row.a_username, row.a_state, row.a_username_at, row.a_state_at
     if (record.username or "") != username and seen >= username_at:
         return True
-    if state_display(record.state) != row_state and seen >= state_at:
-        return True
-    return side == SOURCE and record.is_restricted != restricted and seen >= observed
+    listed_state = record.state if record.state == row_state else state_display(record.state)
+    return listed_state != row_state and seen >= state_at
 
 
 @dataclass
@@ -126,9 +132,11 @@ class Listings:
         listing.pages.add(page.page)
         listing.page = envelope
         facts = []
+        mark = state.marks.get(mark_key(link.name, side), 0)
+        uuids = listing.uuids
         for record in page.users:
-            listing.uuids.add(normalize_uuid(record.uuid))
-            if differs(state, link.name, side, record, seen):
+            uuids.add(normalize_uuid(record.uuid))
+            if differs(state, link.name, side, record, seen, mark):
                 facts.append(_listed(state, link.name, side, envelope, page, record))
         if page.last:
             del self.open[key]

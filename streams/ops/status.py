@@ -26,7 +26,7 @@ from streams.contract.config import Config, Link
 from streams.core.routing import compile_routes
 from streams.adapters.kafka.client import client_options
 from streams.ops.kafka_read import REQUEST_TIMEOUT_MS, aware, partitions_of, reader
-from streams.contract.schema import Envelope, Outcome, SnapshotPage, Origin, event_key
+from streams.contract.schema import Envelope, ListingSummary, Outcome, SnapshotPage, Origin, event_key
 
 HTTP_TIMEOUT: Final = 10.0
 _EVENT_SOURCES: Final = (Origin.STOMP, Origin.AMQP)
@@ -155,8 +155,8 @@ async def topic_tails(config: Config, scan: int) -> _Tails:
             for link, _side in routes.of_envelope(e):
                 if e.origin in _EVENT_SOURCES:
                     _later(tails.last_event, link.name, e.received_at)
-                elif isinstance(e.body, SnapshotPage) and e.body.last:
-                    _later(tails.last_reconcile, link.name, e.received_at)
+                elif isinstance(e.body, ListingSummary) or (isinstance(e.body, SnapshotPage) and e.body.last):
+                    _later(tails.last_reconcile, link.name, e.received_at)  # a listing's summary, or an older last page
     async with reader(config) as consumer:
         for value in await _read_tail(consumer, config.kafka.outcomes_topic, scan):
             try:

@@ -22,8 +22,12 @@ from streams.core.routing import compile_routes
 from streams.ops.kafka_read import aware, partitions_of, reader, start_offsets
 from streams.ops.topics import topic_names
 from streams.contract.schema import (
+    Body,
     DeadLetter,
     Envelope,
+    Listed,
+    ListingSummary,
+    Unlisted,
     Lookup,
     Rejection,
     OfferingUserEvent,
@@ -60,9 +64,13 @@ class Facts:
     text: str = ""  # dead letters: the raw bytes, searched for the user
 
 
-def _envelope_users(body: OfferingUserEvent | SnapshotPage | Lookup | Rejection) -> set[str]:
-    if isinstance(body, Rejection):
+def _envelope_users(body: Body) -> set[str]:
+    if isinstance(body, Rejection | Unlisted):
         return {body.user_username, normalize_uuid(body.offering_user_uuid)}
+    if isinstance(body, Listed):
+        return {body.user.user_username, normalize_uuid(body.user.uuid), normalize_uuid(body.user.user_uuid)}
+    if isinstance(body, ListingSummary):
+        return set()
     if isinstance(body, OfferingUserEvent):
         return {normalize_uuid(body.offering_user_uuid), normalize_uuid(body.user_uuid)}
     if isinstance(body, SnapshotPage):
