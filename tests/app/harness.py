@@ -110,8 +110,8 @@ class Setup:
         [b_ou] = self.b.add_project_member(ub, self.project_b)
         return a_ou, b_ou
 
-    def start_worker(self, config_path: Path, *extra: str) -> "WorkerProcess":
-        worker = WorkerProcess(config_path, self.env, self.tmp, len(self.workers), list(extra))
+    def start_worker(self, config_path: Path, *extra: str, code: Path | None = None) -> "WorkerProcess":
+        worker = WorkerProcess(config_path, self.env, self.tmp, len(self.workers), list(extra), code)
         self.workers.append(worker)
         return worker
 
@@ -137,16 +137,21 @@ def make_setup(federation: Any, tmp: Path) -> Setup:
 class WorkerProcess:
     """``usync worker`` as a subprocess (memory store), its log in a file."""
 
-    def __init__(self, config_path: Path, env: dict[str, str], tmp: Path, n: int, extra: list[str]) -> None:
+    def __init__(self, config_path: Path, env: dict[str, str], tmp: Path, n: int, extra: list[str],
+                 code: Path | None = None) -> None:
+        """``code``: another tree of usync to run (an older release), with this venv."""
         self.port = free_port()
         self.log_path = tmp / f"worker-{n}.log"
         self.log = open(self.log_path, "ab")
-        self.args = [USYNC, "worker", "--config", str(config_path), "--store", "memory",
+        command = [USYNC] if code is None else [str(ROOT / ".local/venv/bin/python"), "-c",
+                                                  "import sys; from streams.cli import main; sys.exit(main())"]
+        self.args = [*command, "worker", "--config", str(config_path), "--store", "memory",
                      "--web-port", str(self.port), "--data-dir", str(tmp / f"data-{n}"), *extra]
-        self.env = env
+        self.env = env if code is None else {**env, "PYTHONPATH": str(code)}
         #: Sent with every request: the operator token when the config names one (``web_token_env``).
         self.headers: dict[str, str] = {}
-        self.proc = subprocess.Popen(self.args, env=env, stdout=self.log, stderr=subprocess.STDOUT, cwd=ROOT)
+        self.proc = subprocess.Popen(self.args, env=self.env, stdout=self.log, stderr=subprocess.STDOUT,
+                                     cwd=code or ROOT)
 
     @property
     def url(self) -> str:
@@ -229,11 +234,11 @@ def usernames(site: Any, offering: Any) -> dict[str, str]:
 
 
 async def bridge_and_worker(s: Setup, bridge: Callable[[Config], Awaitable[Any]], path: Path,
-                            *worker_args: str) -> tuple[Any, WorkerProcess]:
+                            *worker_args: str, code: Path | None = None) -> tuple[Any, WorkerProcess]:
     """The in-process bridge (the ``bridge`` fixture) and a first worker for the config at
     ``path``, once the worker answers and the bridge is subscribed on both sites."""
     b = await bridge(s.config(path))
-    worker = s.start_worker(path, *worker_args)
+    worker = s.start_worker(path, *worker_args, code=code)
     await worker.ready()
     await until(lambda: bridge_ready(b, 2), 30, "the bridge's subscriptions")
     return b, worker

@@ -113,6 +113,23 @@ async def test_passes_write_only_what_they_change_and_replay_equals_live(setup):
     await until(settled, 30, "the removed users to be unlisted in the table")
     await replay_equals_live(s, path, worker)
 
+    # kill -9 between a pass's listing and its writes: the worker is gone when the listing is
+    # made; the next owner compares it with the committed table (its changelog), not with
+    # anything held in memory, and writes the differences (KIP-557's trap, KAFKA-12508)
+    worker.kill9()
+    again = list(users)[20:25]
+    for name in again:
+        s.a.drift_username(users[name][0], f"{name}-again")
+    before = await kinds(config.kafka.events_topic)
+    await run(s, "reconcile", "--config", str(path))
+    successor = s.start_worker(path, "--no-reconcile")  # only the listing made while no worker ran
+    await successor.ready()
+    await until(lambda: all(s.a.offering_user(users[n][0]).username == n for n in again), 90,
+                "the drifts listed while no worker ran to be corrected")
+    wrote = await kinds(config.kafka.events_topic) - before
+    assert (wrote["Listed"], wrote["ListingSummary"]) == (5, 2)
+    await replay_equals_live(s, path, successor)
+
 
 async def test_replay_until_any_instant_equals_the_table_then_and_plain_replay_starts_from_a_checkpoint(setup, bridge):
     s = setup

@@ -13,7 +13,10 @@ from collections.abc import Awaitable, Callable
 from typing import Any, Final
 
 from aiokafka.admin import AIOKafkaAdminClient
-from aiokafka.errors import KafkaError
+from aiokafka.errors import for_code
+
+from streams.adapters.kafka.client import kafka_transient
+from streams.retry import retry_forever
 
 log = logging.getLogger("usync.kafka")
 
@@ -32,6 +35,8 @@ async def member_client_ids(options: dict[str, Any], group: str, timeout_ms: int
     ids = []
     for response in responses:
         for described in response.groups:
+            if described[0]:  # a coordinator loading, moving: asked again
+                raise for_code(described[0])(f"describing group {group}")
             members = described[5]  # (error_code, group_id, state, protocol_type, protocol, members, ...)
             ids.extend(member[1] for member in members)  # (member_id, client_id, client_host, metadata, assignment)
     return ids
@@ -39,13 +44,9 @@ async def member_client_ids(options: dict[str, Any], group: str, timeout_ms: int
 
 def every_member_reads_listings(options: dict[str, Any], group: str) -> Callable[[], Awaitable[bool]]:
     """Asks the route group whether every member is a worker that compares listings."""
-    async def ask() -> bool:
-        try:
-            ids = await member_client_ids(options, group)
-        except (KafkaError, OSError) as exc:  # unsure: the events topic, which every version folds
-            log.warning("could not describe the route group %s (%s): this pass writes its listings to the events "
-                        "topic", group, exc)
-            return False
+    async def ask() -> bool:  # waits out Kafka like the pass's own writes would: a guess could go either way
+        ids = await retry_forever(lambda: member_client_ids(options, group), f"describing the route group {group}",
+                                  transient=kafka_transient)
         old = [client_id for client_id in ids if client_id != ROUTE_CLIENT_ID]
         if old:
             log.info("route group %s: %d of %d members predate the listings topic (%s)", group, len(old), len(ids),
