@@ -171,14 +171,17 @@ def _reachable(host: str) -> str:
 
 
 def _cmd_topics_schema(args: argparse.Namespace) -> int:
-    import msgspec
+    from pathlib import Path
 
-    from streams.ops.topics import topic_schemas
+    from streams.ops.topics import schema_text, topic_schemas, write_schemas
 
     config = _load(args.config) if args.config else None
+    if args.write:
+        for path in write_schemas(Path(args.write), config):
+            print(f"wrote {path}")
+        return 0
     schemas = topic_schemas(args.topic, config)
-    document = schemas[args.topic] if args.topic else schemas
-    sys.stdout.write(msgspec.json.format(msgspec.json.encode(document)).decode() + "\n")
+    sys.stdout.write(schema_text(schemas[args.topic] if args.topic else schemas))
     return 0
 
 
@@ -261,6 +264,8 @@ def build_parser() -> argparse.ArgumentParser:
     schema = topics_commands.add_parser("schema", help="the JSON Schema of every topic's records")
     schema.add_argument("--topic", choices=["events", "outcomes", "dlq"], default=None, help="one topic only")
     schema.add_argument("--config", default=None, help="annotate the schemas with the configured topic names")
+    schema.add_argument("--write", default=None, metavar="DIR",
+                        help="write one <topic>.schema.json per topic into DIR (docs/schemas: the kept copy)")
     schema.set_defaults(run=_cmd_topics_schema)
 
     tail = commands.add_parser("tail", help="audit records as JSON lines (outcomes, events or dlq)")
