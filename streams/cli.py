@@ -7,6 +7,7 @@ import asyncio
 import os
 import sys
 from collections.abc import Awaitable, Callable, Sequence
+from typing import Any
 
 from streams.contract.config import Config, ConfigError, Link, load_config
 
@@ -204,6 +205,42 @@ def _cmd_tail(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_audit(args: argparse.Namespace) -> int:
+    from datetime import datetime, timedelta, timezone
+
+    from rich.console import Console
+
+    from streams.ops.audit import Window, summary, tables, write_json_lines
+    from streams.ops.audit_sources import audit_site
+    from streams.ops.kafka_read import parse_when
+
+    config = _load(args.config)
+    now = datetime.now(timezone.utc)
+    window = Window(since=parse_when(args.since, now), until=parse_when(args.until, now) if args.until else now,
+                    skew=timedelta(seconds=args.skew))
+    err = Console(stderr=True)
+    report = asyncio.run(audit_site(config, args.site, window, rate=args.rate, progress=err.print))
+    if sys.stdout.isatty() and not args.json:
+        for table in tables(report):
+            Console().print(table)
+    else:
+        write_json_lines(report, sys.stdout)
+    err.print(summary(report))
+    return 0 if report.clean else 1
+
+
+def _add_audit(commands: Any) -> None:
+    audit = commands.add_parser("audit", help="usync's PATCHes and folded events on a site against Waldur's event log")
+    audit.add_argument("--config", required=True)
+    audit.add_argument("--site", required=True, help="the site whose event log is read")
+    audit.add_argument("--since", default="24h", help="ISO time or a duration back from now (default: 24h)")
+    audit.add_argument("--until", default=None, help="ISO time or a duration back from now (default: now)")
+    audit.add_argument("--skew", type=float, default=120.0, help="seconds a PATCH and Waldur's record may be apart")
+    audit.add_argument("--rate", type=float, default=None, help="requests per second to the site (default: its rates)")
+    audit.add_argument("--json", action="store_true", help="JSON lines also on a terminal")
+    audit.set_defaults(run=_cmd_audit)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="usync", description="Keep Waldur usernames in sync, event by event.")
     parser.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
@@ -268,6 +305,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="write one <topic>.schema.json per topic into DIR (docs/schemas: the kept copy)")
     schema.set_defaults(run=_cmd_topics_schema)
 
+    _add_audit(commands)
     tail = commands.add_parser("tail", help="audit records as JSON lines (outcomes, events or dlq)")
     tail.add_argument("--config", required=True)
     tail.add_argument("--topic", choices=["outcomes", "events", "dlq"], default="outcomes")
