@@ -218,7 +218,7 @@ def _cmd_audit(args: argparse.Namespace) -> int:
     now = datetime.now(timezone.utc)
     window = Window(since=parse_when(args.since, now), until=parse_when(args.until, now) if args.until else now,
                     skew=timedelta(seconds=args.skew))
-    err = Console(stderr=True)
+    err = Console(stderr=True, soft_wrap=True)  # one line per message, also in a log file
     report = asyncio.run(audit_site(config, args.site, window, rate=args.rate, progress=err.print))
     if sys.stdout.isatty() and not args.json:
         for table in tables(report):
