@@ -65,12 +65,13 @@ class EventLog:
         self.not_logged = 0  # events this version did not write
 
     def emit(self, event_type: str, message: str, context: dict[str, Any], scopes: tuple[str, ...],
-             actor: dict[str, Any] | None = None) -> LoggedEvent | None:
+             actor: dict[str, Any] | None = None, created: datetime | None = None) -> LoggedEvent | None:
+        """Log one event now (``created``: at that time, to load a history; never before the last)."""
         if event_type not in self.logged_types:
             self.not_logged += 1
             return None
         # the request's context (the middleware's actor), then the event's own fields
-        event = LoggedEvent(uuid=new_uuid(), created=now(), event_type=event_type, message=message,
+        event = LoggedEvent(uuid=new_uuid(), created=created or now(), event_type=event_type, message=message,
                             context={**(actor or {}), **context}, scopes=scopes)
         at = len(self.events)
         if self.times and event.created.timestamp() < self.times[-1]:
@@ -96,8 +97,9 @@ class EventLog:
 
 
 def username_updated(log: EventLog, ou_uuid: str, old: str | None, new: str | None, offering: dict[str, Any],
-                     affected_user: dict[str, Any], scopes: tuple[str, ...], actor: dict[str, Any] | None) -> None:
+                     affected_user: dict[str, Any], scopes: tuple[str, ...], actor: dict[str, Any] | None,
+                     created: datetime | None = None) -> None:
     context = {"offering_user_uuid": ou_uuid, "old_username": old or "", "new_username": new or "",
                "changed_fields": ["username"], **offering, **affected_user}
     log.emit(USERNAME_UPDATED, f"Offering user username changed for {ou_uuid}: '{old or ''}' -> '{new or ''}'.",
-             context, scopes, actor)
+             context, scopes, actor, created)

@@ -1,14 +1,23 @@
 """The audit's matching (streams/core/audit.py) and its stage (streams/ops/audit.py) with fakes
-at the ports: Waldur's event log and usync's topics, no I/O."""
+at the ports (Waldur's event log, usync's topics), and the event log's HTTP adapter
+(streams/adapters/waldur_events.py) against ``httpx.MockTransport``: no I/O."""
 
 from __future__ import annotations
 
 import io
 import json
 from datetime import datetime, timedelta, timezone
+from typing import Any
 
-from streams.contract.config import Endpoint, Link
+import httpx
+import pytest
+
+from streams.adapters.waldur import SiteClient
+from streams.adapters.waldur_events import WaldurEventLog
+from streams.contract.config import Endpoint, Link, Rates, Secret
 from streams.core.audit import LoggedChange, Patch, Sighting, Window, match
+from streams.errors import GaveUp
+from streams.metrics import Metrics
 from streams.ops.audit import Audit, lines, summary, tables, write_json_lines
 
 T0 = datetime(2026, 12, 6, 8, 0, tzinfo=timezone.utc)
@@ -143,3 +152,46 @@ async def test_the_stage_reads_both_sources_wide_enough_and_reports() -> None:
     matched, gaps, unlogged = tables(report, shown=10)
     assert (matched.row_count, gaps.row_count, unlogged.row_count) == (10, 5, 2)
     assert "50" in str(matched.title) and "the last 10" in str(matched.title)
+
+
+# -- the event log over HTTP (httpx.MockTransport: no network) -----------------------------
+
+
+def event_log_site(total: int, status: int = 200) -> tuple[Any, list[Any]]:
+    seen: list[httpx.Request] = []
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        seen.append(request)
+        if status != 200:
+            return httpx.Response(status, json={"detail": "no"})
+        page = int(request.url.params.get("page", "1"))
+        events = [{"uuid": f"{n:032x}", "created": (T0 + timedelta(seconds=n)).isoformat(),
+                   "event_type": "marketplace_offering_user_updated", "message": "...",
+                   "context": {"offering_user_uuid": ou(n), "old_username": None, "new_username": f"u{n}",
+                               "changed_fields": ["username"], "user_username": "staff"}}
+                  for n in range((page - 1) * 100, min(page * 100, total))]
+        return httpx.Response(200, json=events, headers={"X-Result-Count": str(total)})
+
+    client = SiteClient("a", "http://a.example/api/", Secret("t0ken"), Rates(requests_per_second=1000, burst=1000),
+                        Metrics(), max_attempts=1, transport=httpx.MockTransport(answer))
+    return client, seen
+
+
+async def test_the_event_log_is_read_page_by_page_with_the_filters_waldur_knows() -> None:
+    client, seen = event_log_site(250)
+    log = WaldurEventLog(client, "http://a.example/api")
+    changes = await log.username_changes(["a" * 32], T0, T0 + timedelta(hours=1))
+    assert [c.new for c in changes] == [f"u{n}" for n in range(250)] and log.calls == 3
+    assert changes[0] == LoggedChange(event_uuid="0" * 32, created=T0, offering_user_uuid=ou(0), old="", new="u0",
+                                      actor="staff")
+    params = [dict(r.url.params) for r in seen]
+    assert sorted(p["page"] for p in params) == ["1", "2", "3"]
+    assert params[0] == {"event_type": "marketplace_offering_user_updated", "o": "created", "page_size": "100",
+                         "scope": f"http://a.example/api/marketplace-provider-offerings/{'a' * 32}/", "page": "1",
+                         "created_from": f"{T0.timestamp():.6f}", "created_to": f"{(T0 + timedelta(hours=1)).timestamp():.6f}"}
+
+
+async def test_an_event_log_that_refuses_gives_up_naming_the_status() -> None:
+    client, _ = event_log_site(0, status=403)
+    with pytest.raises(GaveUp, match="HTTP 403"):
+        await WaldurEventLog(client, "http://a.example/api/").username_changes(["a" * 32], T0, T0)
