@@ -138,13 +138,15 @@ def tables(report: Report, shown: int = 50) -> list[Any]:
     for group, rows in groups.items():
         cut = rows[-shown:] if group == "matched" else rows
         table = Table(title=f"{titles[group]}: {len(rows)}" + (f" (the last {len(cut)})" if len(cut) < len(rows) else ""))
-        for column in ("time", "offering user", "old", "new", "link / user", "seen"):
+        columns = ["time", "offering user", "old", "new", "by"] + (["seen"] if group == "matched" else [])
+        for column in columns:
             table.add_column(column)
         for r in cut:
-            seen = ", ".join(x for x in ("PATCH" if r.get("by_usync") else "", "broker" if r.get("broker_event") else "")
-                             if x) if group == "matched" else ""
-            who = f"{r['link']} / {r['user_username']}" if r.get("link") else r.get("actor", "")
-            table.add_row(r.get("waldur_at") or r.get("usync_at"), r["offering_user_uuid"], r["old_username"],
-                          r["new_username"], who, seen)
+            by = f"usync: {r['link']} / {r['user_username']}" if r.get("link") else (r.get("actor") or "(no request)")
+            row = [r.get("waldur_at") or r.get("usync_at"), r["offering_user_uuid"], r["old_username"], r["new_username"], by]
+            if group == "matched":
+                row.append(", ".join(x for x in ("PATCH" if r.get("by_usync") else "",
+                                                 "broker" if r.get("broker_event") else "") if x))
+            table.add_row(*row)
         out.append(table)
     return out
