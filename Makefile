@@ -17,6 +17,7 @@ install: $(STAMP)
 	@services/rabbitmq.sh install
 	@services/kafka.sh install
 	@services/prometheus.sh install
+	@services/kcat.sh install
 
 services: install
 	@services/rabbitmq.sh start

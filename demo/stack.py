@@ -129,8 +129,8 @@ class Tracker:
         for method in ("set_username", "drift_username"):
             original = getattr(store, method)
 
-            def hooked(ref: Any, username: Any, _original: Any = original) -> Any:
-                ou = _original(ref, username)
+            def hooked(ref: Any, username: Any, _original: Any = original, **options: Any) -> Any:
+                ou = _original(ref, username, **options)  # a PATCH passes its actor (the event log's)
                 callback(ou.uuid)
                 return ou
 

@@ -7,6 +7,7 @@ import asyncio
 import os
 import sys
 from collections.abc import Awaitable, Callable, Sequence
+from typing import Any
 
 from streams.contract.config import Config, ConfigError, Link, load_config
 
@@ -197,14 +198,17 @@ def _reachable(host: str) -> str:
 
 
 def _cmd_topics_schema(args: argparse.Namespace) -> int:
-    import msgspec
+    from pathlib import Path
 
-    from streams.ops.topics import topic_schemas
+    from streams.ops.topics import schema_text, topic_schemas, write_schemas
 
     config = _load(args.config) if args.config else None
+    if args.write:
+        for path in write_schemas(Path(args.write), config):
+            print(f"wrote {path}")
+        return 0
     schemas = topic_schemas(args.topic, config)
-    document = schemas[args.topic] if args.topic else schemas
-    sys.stdout.write(msgspec.json.format(msgspec.json.encode(document)).decode() + "\n")
+    sys.stdout.write(schema_text(schemas[args.topic] if args.topic else schemas))
     return 0
 
 
@@ -225,6 +229,57 @@ def _cmd_tail(args: argparse.Namespace) -> int:
     except KeyboardInterrupt:
         pass
     return 0
+
+
+def _cmd_audit(args: argparse.Namespace) -> int:
+    from datetime import datetime, timedelta, timezone
+
+    from rich.console import Console
+
+    from streams.ops.audit import Window, summary, tables, write_json_lines
+    from streams.ops.audit_sources import audit_site
+    from streams.ops.kafka_read import parse_when
+
+    config = _load(args.config)
+    now = datetime.now(timezone.utc)
+    window = Window(since=parse_when(args.since, now), until=parse_when(args.until, now) if args.until else now,
+                    skew=timedelta(seconds=args.skew))
+    err = Console(stderr=True, soft_wrap=True)  # one line per message, also in a log file
+    report = asyncio.run(audit_site(config, args.site, window, rate=args.rate, progress=err.print))
+    if sys.stdout.isatty() and not args.json:
+        for table in tables(report):
+            Console().print(table)
+    else:
+        write_json_lines(report, sys.stdout)
+    err.print(summary(report))
+    return 0 if report.clean else 1
+
+
+def _add_audit(commands: Any) -> None:
+    audit = commands.add_parser("audit", help="usync's PATCHes and folded events on a site against Waldur's event log")
+    audit.add_argument("--config", required=True)
+    audit.add_argument("--site", required=True, help="the site whose event log is read")
+    audit.add_argument("--since", default="24h", help="ISO time or a duration back from now (default: 24h)")
+    audit.add_argument("--until", default=None, help="ISO time or a duration back from now (default: now)")
+    audit.add_argument("--skew", type=float, default=120.0, help="seconds a PATCH and Waldur's record may be apart")
+    audit.add_argument("--rate", type=float, default=None, help="requests per second to the site (default: its rates)")
+    audit.add_argument("--json", action="store_true", help="JSON lines also on a terminal")
+    audit.set_defaults(run=_cmd_audit)
+
+
+def _add_replay(commands: Any) -> None:
+    replay = commands.add_parser("replay", help="rebuild the table from the events topic, no network")
+    replay.add_argument("--config", required=True)
+    replay.add_argument("--from", dest="since", default=None,
+                        help="ISO time to start from, without a checkpoint: a partial table (default: the newest checkpoints)")
+    replay.add_argument("--until", default=None,
+                        help="ISO time: the table as it was then (the newest checkpoints before it, then the facts up to it)")
+    replay.add_argument("--from-beginning", action="store_true", help="fold everything, ignoring the checkpoints")
+    replay.add_argument("--processes", type=int, default=1,
+                        help="fold the events topic's partitions on this many processes (default 1)")
+    replay.add_argument("--json", default=None, help="write the table as JSON to this file")
+    replay.add_argument("--compare", default=None, help="URL of a live worker's /usync/table/; exit 1 if different")
+    replay.set_defaults(run=_cmd_replay)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -251,18 +306,7 @@ def build_parser() -> argparse.ArgumentParser:
     reconcile.add_argument("--config", required=True)
     reconcile.set_defaults(run=_cmd_reconcile)
 
-    replay = commands.add_parser("replay", help="rebuild the table from the events topic, no network")
-    replay.add_argument("--config", required=True)
-    replay.add_argument("--from", dest="since", default=None,
-                        help="ISO time to start from, without a checkpoint: a partial table (default: the newest checkpoints)")
-    replay.add_argument("--until", default=None,
-                        help="ISO time: the table as it was then (the newest checkpoints before it, then the facts up to it)")
-    replay.add_argument("--from-beginning", action="store_true", help="fold everything, ignoring the checkpoints")
-    replay.add_argument("--processes", type=int, default=1,
-                        help="fold the events topic's partitions on this many processes (default 1)")
-    replay.add_argument("--json", default=None, help="write the table as JSON to this file")
-    replay.add_argument("--compare", default=None, help="URL of a live worker's /usync/table/; exit 1 if different")
-    replay.set_defaults(run=_cmd_replay)
+    _add_replay(commands)
 
     config = commands.add_parser("config", help="configuration tools")
     config_commands = config.add_subparsers(dest="config_command", required=True)
@@ -291,10 +335,14 @@ def build_parser() -> argparse.ArgumentParser:
     topics = commands.add_parser("topics", help="topic tools")
     topics_commands = topics.add_subparsers(dest="topics_command", required=True)
     schema = topics_commands.add_parser("schema", help="the JSON Schema of every topic's records")
-    schema.add_argument("--topic", choices=["events", "outcomes", "dlq"], default=None, help="one topic only")
+    schema.add_argument("--topic", choices=["events", "outcomes", "dlq", "listings", "checkpoints"], default=None,
+                        help="one topic only")
     schema.add_argument("--config", default=None, help="annotate the schemas with the configured topic names")
+    schema.add_argument("--write", default=None, metavar="DIR",
+                        help="write one <topic>.schema.json per topic into DIR (docs/schemas: the kept copy)")
     schema.set_defaults(run=_cmd_topics_schema)
 
+    _add_audit(commands)
     tail = commands.add_parser("tail", help="audit records as JSON lines (outcomes, events or dlq)")
     tail.add_argument("--config", required=True)
     tail.add_argument("--topic", choices=["outcomes", "events", "dlq"], default="outcomes")

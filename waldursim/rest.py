@@ -38,6 +38,7 @@ from .models import (
     iso,
     norm_uuid,
 )
+from .events_api import EventsApi, actor
 from .store import NotAuthenticated, NotFound, PermissionDenied, SimError, ValidationError
 
 if TYPE_CHECKING:
@@ -45,6 +46,7 @@ if TYPE_CHECKING:
 
 DEFAULT_PAGE_SIZE = 10
 MAX_PAGE_SIZE = 300
+EVENTS_MAX_PAGE_SIZE = 100  # Waldur's event list pages at most 100
 OBJECT_TYPES = {
     "call", "course_account", "importable_resources", "offering_resources_sync", "offering_user", "order",
     "proposal", "resource", "resource_api_key_rotation", "resource_end_date_change_request",
@@ -122,6 +124,7 @@ class Api:
         self.site = site
         self.store = site.store
         self._list_cache: OrderedDict[tuple[Any, ...], list[str]] = OrderedDict()
+        self.events = EventsApi(self)
 
     # -- app ----------------------------------------------------------------------------
 
@@ -150,6 +153,8 @@ class Api:
         r.add_post(ident + "{uuid}/register_queue/", self.register_queue)
         r.add_get("/api/marketplace-provider-resources/", self.provider_resource_list)
         r.add_get("/api/marketplace-provider-resources/{uuid}/", self.provider_resource_retrieve)
+        r.add_get("/api/events/", self.events.list)
+        r.add_get("/api/events/{uuid}/", self.events.retrieve)
         r.add_get("/api/event-subscriptions/", self.subscription_list)
         r.add_get("/api/event-subscriptions/{uuid}/", self.subscription_retrieve)
         r.add_post("/api/event-subscriptions/{uuid}/create_queue/", self.create_queue)
@@ -246,8 +251,9 @@ class Api:
     def api(self, request: web.Request) -> str:
         return f"{request.scheme}://{request.host}/api/"
 
-    def paginate(self, request: web.Request, items: list[Any], render: Any) -> web.Response:
-        """DRF's LinkHeaderPagination as Waldur configures it (page_size 10, max 300)."""
+    def paginate(self, request: web.Request, items: list[Any], render: Any,
+                 max_page_size: int = MAX_PAGE_SIZE) -> web.Response:
+        """DRF's LinkHeaderPagination as Waldur configures it (page_size 10, max 300; events: 100)."""
         q = request.query
         try:
             page_size = int(q.get("page_size", DEFAULT_PAGE_SIZE))
@@ -255,7 +261,7 @@ class Api:
                 page_size = DEFAULT_PAGE_SIZE
         except ValueError:
             page_size = DEFAULT_PAGE_SIZE
-        page_size = min(page_size, MAX_PAGE_SIZE)
+        page_size = min(page_size, max_page_size)
         count = len(items)
         last = max(1, math.ceil(count / page_size))
         raw_page = q.get("page", "1")
@@ -475,7 +481,7 @@ class Api:
         username = data.get("username", "")
         if username is not None and not isinstance(username, str):
             raise ValidationError({"username": ["Not a valid string."]})
-        ou = self.store.create_offering_user(offering_uuid, user_uuid, username=username)
+        ou = self.store.create_offering_user(offering_uuid, user_uuid, username=username, actor=actor(request, viewer))
         return json_response(self.render_ou(ou, self.api(request)), 201)
 
     async def ou_update(self, request: web.Request) -> web.Response:
@@ -490,7 +496,7 @@ class Api:
                 raise ValidationError({"username": ["Not a valid string."]})
             if username in self.site.faults.faults.reserved_usernames:
                 raise ValidationError({"username": [RESERVED_USERNAME]})
-            self.store.set_username(ou, username)
+            self.store.set_username(ou, username, actor=actor(request, viewer))
         return json_response(self.render_ou(ou, self.api(request)))
 
     async def ou_delete(self, request: web.Request) -> web.Response:
@@ -498,7 +504,7 @@ class Api:
         ou = self._visible_ou(request, viewer)
         if not self.store.can_change(viewer, ou):
             raise PermissionDenied(NO_PERMISSION)
-        self.store.delete_offering_user(ou)
+        self.store.delete_offering_user(ou, actor=actor(request, viewer))
         return web.Response(status=204)
 
     # -- users --------------------------------------------------------------------------------

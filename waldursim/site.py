@@ -18,6 +18,7 @@ import socket
 import ssl
 import time
 from collections import deque
+from contextlib import AbstractContextManager
 from typing import Any, Iterable, Literal
 
 import msgspec
@@ -26,6 +27,7 @@ from aiohttp import web
 from . import events
 from .broker import BrokerAdmin, BrokerError, ManagementClient
 from .calls import CallLog
+from .eventlog import EventLog
 from .faults import FaultInjector, Faults
 from .models import (
     OFFERING_USER,
@@ -353,8 +355,19 @@ class Site:
     def delete_offering_user(self, offering_user: Ref) -> OfferingUser:
         return self.store.delete_offering_user(offering_user)
 
+    def bulk(self) -> AbstractContextManager[None]:
+        """``with site.bulk(): ...``: saves as Waldur's bulk paths make them (import, cleanup):
+        no broker message and no event-log record."""
+        return self.store.side_effects_skipped()
+
+    @property
+    def event_log(self) -> EventLog:
+        """Waldur's audit log (``GET /api/events/``); ``.logged_types = OLDER_WALDUR`` makes
+        this site a Waldur that logs only creations and deletions."""
+        return self.store.event_log
+
     def drift_username(self, offering_user: Ref, username: str | None) -> OfferingUser:
-        """Change a username without any event (drift)."""
+        """Change a username without any event (drift) and without an event-log record."""
         return self.store.drift_username(offering_user, username)
 
     def drift(self, offering: Ref, count: int = 1, *, prefix: str = "drift-") -> list[OfferingUser]:

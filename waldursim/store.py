@@ -9,11 +9,13 @@ mutations run on the event loop's thread; nothing here blocks or does I/O.
 from __future__ import annotations
 
 import itertools
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from typing import Any, Protocol
 
-from . import events
+from . import events, eventlog
 from .models import (
+    DISPLAY,
     OFFERING_USER,
     EXPOSABLE_FIELDS,
     PROFILE_FIELDS,
@@ -112,6 +114,51 @@ class Store:
         self.queue_by_key: dict[tuple[str, str, str], str] = {}  # (subscription, offering, type)
         self.version = 0  # bumped by every change that can alter a listing
         self._seq = itertools.count(1)
+        #: Waldur's own audit log (GET /api/events/): see waldursim/eventlog.py.
+        self.event_log = eventlog.EventLog()
+        #: True inside side_effects_skipped(): saves publish nothing and log nothing.
+        self.silent = False
+
+    @contextmanager
+    def side_effects_skipped(self) -> Iterator[None]:
+        """Saves as Waldur's bulk paths make them (an import, a cleanup): the state changes, but
+        neither a broker message nor an event-log record is written."""
+        self.silent, before = True, self.silent
+        try:
+            yield
+        finally:
+            self.silent = before
+
+    def _publish(self, ou: OfferingUser, payload: dict[str, Any]) -> None:
+        if not self.silent:
+            self.emit(ou, payload)
+
+    # -- the event log's context fields (LoggableMixin: `<entity>_<field>`) -----------------
+
+    def _log_offering(self, ou: OfferingUser) -> dict[str, Any]:
+        offering = self.offerings[ou.offering]
+        customer = self.customers.get(offering.customer)
+        return {"offering_uuid": offering.uuid, "offering_name": offering.name, "offering_type": offering.type,
+                "customer_uuid": offering.customer, "customer_name": customer.name if customer else ""}
+
+    def _log_user(self, prefix: str, user_uuid: str) -> dict[str, Any]:
+        user = self.users[user_uuid]
+        return {f"{prefix}_uuid": user.uuid, f"{prefix}_username": user.username,
+                f"{prefix}_full_name": user.full_name, f"{prefix}_email": user.email}
+
+    def _scopes(self, ou: OfferingUser) -> tuple[str, ...]:
+        return (ou.offering, self.offerings[ou.offering].customer)
+
+    def _log_account(self, event_type: str, verb: str, ou: OfferingUser, actor: dict[str, Any] | None) -> None:
+        """created / deleted / restriction_updated: the offering user's own log fields."""
+        if self.silent:
+            return
+        user, offering = self.users[ou.user], self.offerings[ou.offering]
+        context = {"offering_user_username": ou.username or "", "offering_user_is_restricted": ou.is_restricted,
+                   "offering_user_get_state_display": DISPLAY[ou.state],
+                   **self._log_offering(ou), **self._log_user("user", ou.user)}
+        self.event_log.emit(event_type, f"Account for user {user.username} in offering {offering.name} has been {verb}.",
+                            context, self._scopes(ou), actor)
 
     # -- lookups --------------------------------------------------------------------------
 
@@ -235,7 +282,7 @@ class Store:
             exposed = self.offerings[ou.offering].exposed_attributes
             relevant = sorted(changed.intersection(exposed))
             if relevant:
-                self.emit(ou, events.attribute_update_payload(ou, user, relevant, exposed))
+                self._publish(ou, events.attribute_update_payload(ou, user, relevant, exposed))
 
     def create_customer(self, name: str, *, owners: Iterable[Ref] = ()) -> Customer:
         customer = Customer(uuid=new_uuid(), name=name, owners={ref(o) for o in owners})
@@ -337,6 +384,7 @@ class Store:
         state: OfferingUserState | None = None,
         is_restricted: bool = False,
         emit: bool = True,
+        actor: dict[str, Any] | None = None,
     ) -> OfferingUser:
         off, u = self.offering(offering), self.user(user)
         if (off.uuid, u.uuid) in self.ou_by_pair:
@@ -352,13 +400,14 @@ class Store:
         self.ou_by_offering[off.uuid][ou.uuid] = None
         self.ou_by_user.setdefault(u.uuid, {})[ou.uuid] = None
         self.version += 1
-        if emit:
-            self.emit(ou, events.create_payload(ou, u, off.exposed_attributes))
+        if emit:  # emit=False: loaded as a bulk import is (no message, no log)
+            self._publish(ou, events.create_payload(ou, u, off.exposed_attributes))
             if username and off.type == SLURM:
-                self.emit(ou, events.username_set_payload(ou, self.resource_backend_ids(ou)))
+                self._publish(ou, events.username_set_payload(ou, self.resource_backend_ids(ou)))
+            self._log_account(eventlog.CREATED, "created", ou, actor)
         return ou
 
-    def set_username(self, offering_user: Ref, username: str | None) -> OfferingUser:
+    def set_username(self, offering_user: Ref, username: str | None, *, actor: dict[str, Any] | None = None) -> OfferingUser:
         """What a PATCH of `username` does: same value is a no-op (no save, no event);
         otherwise Requested/Creating move to OK, `update` is emitted, then on
         Marketplace.Slurm `username_set` if the new username is non-empty."""
@@ -366,18 +415,22 @@ class Store:
         if ou.username == username:
             return ou
         changed = ["username"]
-        ou.username = username
+        old, ou.username = ou.username, username
         if username and ou.state in (OfferingUserState.REQUESTED, OfferingUserState.CREATING):
             ou.state = OfferingUserState.OK
             changed.append("state")
         ou.modified = now()
         self.version += 1
-        self.emit(ou, events.update_payload(ou, changed))
+        self._publish(ou, events.update_payload(ou, changed))
         if username and self.offerings[ou.offering].type == SLURM:
-            self.emit(ou, events.username_set_payload(ou, self.resource_backend_ids(ou)))
+            self._publish(ou, events.username_set_payload(ou, self.resource_backend_ids(ou)))
+        if not self.silent:
+            eventlog.username_updated(self.event_log, ou.uuid, old, username, self._log_offering(ou),
+                                      self._log_user("affected_user", ou.user), self._scopes(ou), actor)
         return ou
 
-    def update_offering_user(self, offering_user: Ref, **changes: Any) -> OfferingUser:
+    def update_offering_user(self, offering_user: Ref, *, actor: dict[str, Any] | None = None,
+                             **changes: Any) -> OfferingUser:
         """Change state / runtime_state / is_restricted (one save, one `update`)."""
         ou = self.offering_user(offering_user)
         changed = []
@@ -394,17 +447,20 @@ class Store:
         if changed:
             ou.modified = now()
             self.version += 1
-            self.emit(ou, events.update_payload(ou, changed))
+            self._publish(ou, events.update_payload(ou, changed))
+            if "is_restricted" in changed:
+                self._log_account(eventlog.RESTRICTION_UPDATED, "updated", ou, actor)
         return ou
 
-    def delete_offering_user(self, offering_user: Ref) -> OfferingUser:
+    def delete_offering_user(self, offering_user: Ref, *, actor: dict[str, Any] | None = None) -> OfferingUser:
         ou = self.offering_user(offering_user)
         del self.offering_users[ou.uuid]
         del self.ou_by_pair[(ou.offering, ou.user)]
         self.ou_by_offering[ou.offering].pop(ou.uuid, None)
         self.ou_by_user.get(ou.user, {}).pop(ou.uuid, None)
         self.version += 1
-        self.emit(ou, events.delete_payload(ou))
+        self._publish(ou, events.delete_payload(ou))
+        self._log_account(eventlog.DELETED, "deleted", ou, actor)
         return ou
 
     def drift_username(self, offering_user: Ref, username: str | None) -> OfferingUser:
