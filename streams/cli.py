@@ -267,6 +267,48 @@ def _add_audit(commands: Any) -> None:
     audit.set_defaults(run=_cmd_audit)
 
 
+def _cmd_index(args: argparse.Namespace) -> int:
+    from streams.history import run_index
+
+    config = _load(args.config)
+
+    def progress(done) -> None:  # noqa: ANN001
+        if done.records and done.records % 100_000 < 10_000:
+            print(f"indexed {done.records:,} records: {done.entries:,} entries", file=sys.stderr)
+
+    done = asyncio.run(run_index(config, once=args.once, progress=progress))
+    print(f"indexed {done.records:,} records into {done.entries:,} entries ({done.bytes:,} B) in {done.seconds:.1f} s",
+          file=sys.stderr)
+    return 0
+
+
+def _cmd_history(args: argparse.Namespace) -> int:
+    from streams.history import history, render
+    from streams.ops.kafka_read import parse_when
+
+    config = _load(args.config)
+    since = parse_when(args.since) if args.since else None
+    until = parse_when(args.until) if args.until else None
+    lines = asyncio.run(history(config, args.user, link=args.link, since=since, until=until))
+    render(lines, sys.stdout, terminal=sys.stdout.isatty() and not args.json)
+    return 0 if lines else 1
+
+
+def _add_history(commands: Any) -> None:
+    index = commands.add_parser("index", help="keep the user index (usync history reads it)")
+    index.add_argument("--config", required=True)
+    index.add_argument("--once", action="store_true", help="index up to the end of the topics now, then exit")
+    index.set_defaults(run=_cmd_index)
+    hist = commands.add_parser("history", help="one user's timeline: every fact, outcome and dead letter about them")
+    hist.add_argument("user", help="user_username, user_uuid or an offering user's uuid on any site")
+    hist.add_argument("--config", required=True)
+    hist.add_argument("--link", default=None, help="only this link")
+    hist.add_argument("--since", default=None, help="ISO time or a duration back from now (15m, 2h, 7d)")
+    hist.add_argument("--until", default=None, help="ISO time or a duration back from now")
+    hist.add_argument("--json", action="store_true", help="JSON lines even on a terminal")
+    hist.set_defaults(run=_cmd_history)
+
+
 def _add_replay(commands: Any) -> None:
     replay = commands.add_parser("replay", help="rebuild the table from the events topic, no network")
     replay.add_argument("--config", required=True)
@@ -307,6 +349,7 @@ def build_parser() -> argparse.ArgumentParser:
     reconcile.set_defaults(run=_cmd_reconcile)
 
     _add_replay(commands)
+    _add_history(commands)
 
     config = commands.add_parser("config", help="configuration tools")
     config_commands = config.add_subparsers(dest="config_command", required=True)

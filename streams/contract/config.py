@@ -153,6 +153,10 @@ class Kafka(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     # Table checkpoints, kept as long as the events topic (replay starts from them).
     # Unset: named after the events topic as above ("checkpoints").
     checkpoints_topic: str | None = None
+    # Where each user's facts are (`usync index` writes it, `usync history` reads it), keyed
+    # by user; a reader reads one of its partitions. Unset: named after the events topic.
+    user_index_topic: str | None = None
+    index_partitions: PositiveInt = 64
     compression: Compression = msgspec.field(default_factory=Compression)
     partitions: PositiveInt = 8
     # Replicas of every topic usync creates (its own, faust's changelogs and internal
@@ -179,6 +183,7 @@ class Kafka(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     def __post_init__(self) -> None:
         self.listings_topic = self.listings_topic or _beside(self.events_topic, "listings")
         self.checkpoints_topic = self.checkpoints_topic or _beside(self.events_topic, "checkpoints")
+        self.user_index_topic = self.user_index_topic or _beside(self.events_topic, "user-index")
         if self.replication_factor is None:
             self.replication_factor = 3 if len(self.bootstrap_servers.split(",")) > 1 else 1
         if self.min_insync_replicas is None and self.replication_factor > 1:

@@ -342,6 +342,48 @@ class CorrectionRequest(msgspec.Struct, kw_only=True, omit_defaults=True):
         return f"{self.link}:{self.user_username}"
 
 
+class Conclusion(msgspec.Struct, kw_only=True, omit_defaults=True):
+    """What the fold concluded for a (link, user) after a fact: each side's username and
+    state, whether A is in drift, and the username a correction would ask A for."""
+
+    b_username: str | None = None
+    b_state: str | None = None
+    a_username: str | None = None
+    a_state: str | None = None
+    drift: bool = False
+    asks: str | None = None
+
+
+class IndexEntry(msgspec.Struct, kw_only=True, tag="entry", tag_field="kind", omit_defaults=True):
+    """One fact about ``user`` on the user-index topic (key: the user's ``user_username``):
+    where it is (``topic`` is ``events``, ``outcomes`` or ``dlq``), when it was observed, what
+    it is (the body's kind, or the outcome's action) and, for an events fact, what the fold
+    concluded after it on ``link``."""
+
+    schema_version: int = SCHEMA_VERSION
+    user: str
+    topic: str
+    partition: int
+    offset: int
+    at: datetime
+    what: str
+    link: str = ""
+    after: Conclusion | None = None
+
+
+class IndexAlias(msgspec.Struct, kw_only=True, tag="alias", tag_field="kind", omit_defaults=True):
+    """``uuid`` (a user_uuid or an offering-user uuid, on ``site``) names ``user`` (key: the uuid)."""
+
+    schema_version: int = SCHEMA_VERSION
+    uuid: str
+    user: str
+    site: str = ""
+
+
+IndexRecord = IndexEntry | IndexAlias
+index_decoder = msgspec.json.Decoder(IndexRecord)
+
+
 def event_key(site: str, offering_uuid: str) -> str:
     return f"{site}:{offering_uuid}"
 
@@ -399,4 +441,5 @@ def json_schemas() -> dict[str, Any]:
         "dlq": msgspec.json.schema(DeadLetter),
         "listings": msgspec.json.schema(Envelope),
         "checkpoints": msgspec.json.schema(CheckpointRecord),
+        "user-index": msgspec.json.schema(IndexRecord),
     }

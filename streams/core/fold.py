@@ -145,7 +145,8 @@ _FIELDS: Final[dict[str, _SideFields]] = {
 class _Batch:
     """The mutable accumulator of one fold call; the only allocation per call."""
 
-    __slots__ = ("state", "dirty", "lookups", "unrouted", "restating", "reconciled", "facts", "listings", "compared")
+    __slots__ = ("state", "dirty", "lookups", "unrouted", "restating", "reconciled", "facts", "listings", "compared",
+                 "trail")
 
     def __init__(self, state: TableState, listings: Listings | None = None) -> None:
         self.state = state
@@ -157,6 +158,7 @@ class _Batch:
         self.facts: list[Envelope] = []
         self.listings = listings
         self.compared = 0
+        self.trail: dict[str, None] | None = None  # row keys written, when a caller asks (fold_traced)
 
     def result(self) -> FoldResult:
         return FoldResult(dirty=list(self.dirty), lookups=list(self.lookups.values()), unrouted=self.unrouted,
@@ -211,6 +213,16 @@ def fold_by_link(
         else:
             batch.unrouted += 1
     return batch.result()
+
+
+def fold_traced(state: TableState, links: Sequence[Link] | Routes, envelope: Envelope) -> list[str]:
+    """Fold one envelope into every link it feeds; return the keys of the rows it wrote, in
+    order (what an audit trail shows after the fact: ``streams.history``)."""
+    batch = _Batch(state)
+    batch.trail = {}
+    for link, side in compile_routes(links).of_envelope(envelope):
+        _fold_routed(batch, link, side, envelope)
+    return list(batch.trail)
 
 
 # -- one envelope on one side of one link ---------------------------------------
@@ -325,6 +337,8 @@ def _fold_rejection(batch: _Batch, rejection: Rejection, seen: int) -> None:
     if seen <= row.rejected_at:
         return
     again = (row.rejected_desired, row.rejected_observed) == (rejection.desired, rejection.observed)
+    if batch.trail is not None:
+        batch.trail[key] = None
     batch.state.rows[key] = replace(
         row, rejected_desired=rejection.desired, rejected_observed=rejection.observed, rejected_at=seen,
         rejected_count=row.rejected_count + 1 if again else 1,
@@ -394,7 +408,7 @@ def _forget_side(batch: _Batch, link: str, side: Side, user: str, offering_user_
                                   fields.observed_at: 0, fields.username_at: 0, fields.state_at: 0}
     if fields.restricted:
         cleared[fields.restricted] = False
-    _put(batch.state, key, row, replace(row, **cleared))
+    _put(batch, key, row, replace(row, **cleared))
     batch.dirty[key] = None
 
 
@@ -442,15 +456,18 @@ def _write(
     if not changes:
         return
     new = replace(row, **changes)
-    _put(batch.state, key, row, new)
+    _put(batch, key, row, new)
     if _values(new) != _values(row):
         batch.dirty[key] = None
 
 
-def _put(state: TableState, key: str, old: Row, new: Row) -> None:
+def _put(batch: _Batch, key: str, old: Row, new: Row) -> None:
     """Write a row, and the identity index with it: the index says which row holds each
     side's offering user, and nothing else (``streams.core.table.derived_index``)."""
+    state = batch.state
     state.rows[key] = new
+    if batch.trail is not None:
+        batch.trail[key] = None
     index = state.index
     for side, uuid_field in _UUIDS:
         was, now = getattr(old, uuid_field), getattr(new, uuid_field)

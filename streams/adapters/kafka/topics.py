@@ -52,7 +52,9 @@ def topic_specs(config: Config, *, worker: bool = False) -> list[NewTopic]:
     specs = [spec(kafka.events_topic, codecs.events, UNLIMITED), spec(kafka.dlq_topic, codecs.dlq, UNLIMITED),
              spec(kafka.outcomes_topic, codecs.outcomes, UNLIMITED),
              spec(kafka.listings_topic, codecs.listings, listings),
-             spec(kafka.checkpoints_topic, codecs.checkpoints, UNLIMITED)]
+             spec(kafka.checkpoints_topic, codecs.checkpoints, UNLIMITED),
+             NewTopic(kafka.user_index_topic, kafka.index_partitions, kafka.replication_factor,
+                      topic_configs=UNLIMITED | kafka.replica_configs | topic_codec(codecs.events))]
     if worker:  # derived from the events topic, so the broker's default retention is enough
         specs += [spec(name, codecs.internal, {}) for name in (by_link_topic(config), corrections_topic(config))]
     return specs
