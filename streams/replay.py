@@ -209,8 +209,8 @@ def owner_of(config: Config, partitions: int) -> Callable[[str, str], int]:
 _CHILD: dict[str, Any] = {}  # what a forked child folds (set in the parent before the fork)
 
 
-def _child(mine: list[int], counter: Any) -> bytes:
-    config, state, start, end = _CHILD["config"], _CHILD["state"], _CHILD["start"], _CHILD["end"]
+def _child(mine: list[int]) -> bytes:
+    config, state, start, end, counter = (_CHILD[name] for name in ("config", "state", "start", "end", "counter"))
     owner = owner_of(config, len(end))
     wanted = set(mine)
     own = project(state, lambda link, side: owner(link, side) in wanted)
@@ -227,12 +227,12 @@ async def _fold_apart(config: Config, state: TableState, start: dict[int, int], 
                       console: Console, total: int) -> Replayed:
     """Fold the partitions in ``processes`` forked processes, each its share of the sides; join them."""
     shares = [sorted(end)[i::processes] for i in range(processes)]
-    _CHILD.update(config=config, state=state, start=start, end=end)
     context = multiprocessing.get_context("fork")
-    counter = context.Value("q", 0)
+    counter = context.Value("q", 0)  # inherited by the fork: a shared counter cannot be pickled to a task
+    _CHILD.update(config=config, state=state, start=start, end=end, counter=counter)
     loop = asyncio.get_running_loop()
     with context.Pool(processes) as pool, _progress(console, total) as advance:
-        results = [pool.apply_async(_child, (share, counter)) for share in shares if share]
+        results = [pool.apply_async(_child, (share,)) for share in shares if share]
         while not all(result.ready() for result in results):
             await asyncio.sleep(0.2)
             advance(counter.value - advance.done)  # type: ignore[attr-defined]
