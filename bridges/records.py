@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import functools
 import re
-import typing
-from binascii import unhexlify
 from datetime import datetime
 from typing import Any, Final, NamedTuple
 
@@ -20,12 +18,14 @@ from streams.contract.schema import (
     DeadLetter,
     Envelope,
     OfferingUserEvent,
+    OfferingUserEventUnchecked,
     PayloadError,
     Origin,
     decode_payload,
     envelope_encoder,
     fallback_event_id,
     normalize_uuid,
+    uuids_hold,
 )
 
 from bridges.transports.base import BrokerMessage
@@ -63,34 +63,12 @@ def original_headers(message: BrokerMessage) -> dict[str, str]:
 #
 # ``decode_payload`` checks the three uuids against their regex inside msgspec, which
 # costs four times the rest of the decode. The fast path decodes into a twin of
-# OfferingUserEvent without the patterns (same fields, defaults, tag: it encodes to the
-# same JSON) and accepts only when every uuid is the 32 hex digits Waldur sends, a
-# subset of what the pattern allows (``unhexlify`` is the strict check: ASCII hex
-# digits only, no sign, prefix or whitespace). Anything else goes through
+# OfferingUserEvent without the patterns (``streams.contract.schema.unchecked``: same
+# fields, defaults, tag: it encodes to the same JSON) and accepts only when every uuid is
+# the 32 hex digits Waldur sends (``uuids_hold``). Anything else goes through
 # ``decode_payload``, which gives the same event or the same error as before.
 
 _UUID_FIELDS: Final = ("offering_user_uuid", "user_uuid", "offering_uuid")
-
-
-def _without_patterns(struct_type: type[msgspec.Struct]) -> type[msgspec.Struct]:
-    """``struct_type`` with its constrained field types replaced by their plain types."""
-    plain = typing.get_type_hints(struct_type)  # Annotated[str, Meta(...)] -> str
-    config = struct_type.__struct_config__
-    fields: list[Any] = []
-    for field in msgspec.structs.fields(struct_type):
-        if field.required:
-            fields.append((field.name, plain[field.name]))
-        elif field.default_factory is not msgspec.NODEFAULT:
-            fields.append((field.name, plain[field.name], msgspec.field(default_factory=field.default_factory)))
-        else:
-            fields.append((field.name, plain[field.name], field.default))
-    options = ("tag", "tag_field", "omit_defaults", "forbid_unknown_fields", "array_like", "frozen", "eq", "order", "gc")
-    return msgspec.defstruct(
-        f"{struct_type.__name__}Unchecked", fields, kw_only=True, **{name: getattr(config, name) for name in options}
-    )
-
-
-OfferingUserEventUnchecked: Final = _without_patterns(OfferingUserEvent)
 _unchecked_decoder: Final = msgspec.json.Decoder(OfferingUserEventUnchecked)
 
 
@@ -101,17 +79,7 @@ def fast_decode_payload(raw: bytes) -> Any:
         payload = _unchecked_decoder.decode(raw)
     except msgspec.MsgspecError:
         return decode_payload(raw)  # raises the exact reason
-    # The fields of _UUID_FIELDS, spelled out: a loop with getattr costs more than the decode.
-    first, second, offering = payload.offering_user_uuid, payload.user_uuid, payload.offering_uuid
-    if offering is None:
-        offering = "0" * 32
-    if len(first) != 32 or len(second) != 32 or len(offering) != 32:
-        return decode_payload(raw)
-    try:
-        unhexlify(first + second + offering)  # ASCII hex digits only, or ValueError
-    except ValueError:
-        return decode_payload(raw)
-    return payload
+    return payload if uuids_hold(payload) else decode_payload(raw)
 
 
 # -- records --------------------------------------------------------------------------

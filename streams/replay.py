@@ -35,7 +35,7 @@ from rich.table import Table
 from streams.adapters.kafka import checkpoints
 from streams.adapters.kafka.readers import partitions_of, reader
 from streams.contract.config import Config
-from streams.contract.schema import envelope_decoder, event_key
+from streams.contract.schema import decode_envelope, event_key
 from streams.core import Pending, Row, TableState, as_dict, compile_routes, drift_by_link, fold_many
 from streams.core.checkpoint import load, merge, project
 
@@ -153,7 +153,7 @@ async def fold_partitions(config: Config, state: TableState, start: dict[int, in
         consumer.assign(sorted(remaining, key=lambda tp: tp.partition))
         for tp in remaining:
             consumer.seek(tp, start[tp.partition])
-        decode = envelope_decoder.decode
+        decode = decode_envelope
         while remaining:
             records = await consumer.getmany(*remaining, timeout_ms=1000, max_records=batch)
             for tp, messages in records.items():

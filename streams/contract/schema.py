@@ -31,6 +31,8 @@ from __future__ import annotations
 
 import enum
 import hashlib
+import typing
+from binascii import unhexlify
 from datetime import datetime
 from typing import Annotated, Any, Final
 
@@ -73,6 +75,9 @@ _DISPLAY_NAMES: Final = {
     OfferingUserState.ERROR_DELETING: "Error deleting",
 }
 _BY_DISPLAY: Final = {name.lower(): state for state, name in _DISPLAY_NAMES.items()}
+#: A display name, as is or in lower case -> the display name (``state_display``'s fast path).
+_DISPLAY_OF: Final = {**{name.lower(): name for name in _DISPLAY_NAMES.values()},
+                      **{name: name for name in _DISPLAY_NAMES.values()}}
 
 
 def state_display(state: str | int | None) -> str | None:
@@ -80,6 +85,10 @@ def state_display(state: str | int | None) -> str | None:
 
     Unknown values pass through as strings so that a newer Waldur cannot break the fold.
     """
+    if type(state) is str:  # as decoded: most are a display name already
+        known = _DISPLAY_OF.get(state)
+        if known is not None:
+            return known
     if state is None:
         return None
     if isinstance(state, int) and not isinstance(state, bool):
@@ -408,6 +417,93 @@ outcome_encoder = msgspec.json.Encoder()
 request_encoder = msgspec.json.Encoder()
 request_decoder = msgspec.json.Decoder(CorrectionRequest)
 dead_letter_decoder = msgspec.json.Decoder(DeadLetter)
+
+
+# -- decoding without the uuid patterns, where they provably hold ----------------------------
+#
+# msgspec checks OfferingUserEvent's three uuids against their regex, which costs more than the
+# rest of an envelope's decode (1.9 µs an update envelope, 0.85 without the patterns; timeit,
+# GC off, this 2-core box). The twins below have the same fields, wire names, defaults and
+# config with the patterns left out, so they take everything the checked types take, to the
+# same values. A twin's result is kept only when every event in it has the 32 hex digits
+# Waldur sends in each uuid, a subset of what the pattern allows (``unhexlify`` is the strict
+# check: ASCII hex digits only, no sign, prefix or whitespace); anything else is decoded again
+# with the checked types, which give the same value or raise the same error.
+
+_TWIN_OPTIONS: Final = ("tag", "tag_field", "omit_defaults", "forbid_unknown_fields", "array_like", "frozen", "eq",
+                        "order", "gc")
+
+
+def unchecked(struct_type: type[msgspec.Struct], **types: Any) -> Any:
+    """``struct_type`` with its constrained field types replaced by their plain types (and
+    the fields named in ``types`` by those), its wire names, defaults, config and properties kept."""
+    plain = typing.get_type_hints(struct_type)  # Annotated[str, Meta(...)] -> str
+    config = struct_type.__struct_config__
+    fields: list[Any] = []
+    for field in msgspec.structs.fields(struct_type):
+        kind = types.get(field.name, plain[field.name])
+        rename = {} if field.encode_name == field.name else {"name": field.encode_name}
+        if field.required:
+            fields.append((field.name, kind, msgspec.field(**rename)) if rename else (field.name, kind))
+        elif field.default_factory is not msgspec.NODEFAULT:
+            fields.append((field.name, kind, msgspec.field(default_factory=field.default_factory, **rename)))
+        else:
+            fields.append((field.name, kind, msgspec.field(default=field.default, **rename)))
+    namespace = {name: value for name, value in vars(struct_type).items() if isinstance(value, property)}
+    return msgspec.defstruct(f"{struct_type.__name__}Unchecked", fields, kw_only=True, namespace=namespace,
+                             module=__name__, **{name: getattr(config, name) for name in _TWIN_OPTIONS})
+
+
+OfferingUserEventUnchecked: Final = unchecked(OfferingUserEvent)
+#: An event body as the fold reads it: checked, or the unchecked twin of a checked-equal one.
+EVENT_KINDS: Final = (OfferingUserEvent, OfferingUserEventUnchecked)
+_UncheckedBody = OfferingUserEventUnchecked | SnapshotPage | Lookup | Rejection | Listed | Unlisted | ListingSummary
+EnvelopeUnchecked: Final = unchecked(Envelope, body=_UncheckedBody)
+_unchecked_envelope: Final = msgspec.json.Decoder(EnvelopeUnchecked)
+_unchecked_envelopes: Final = msgspec.json.Decoder(list[EnvelopeUnchecked])
+_envelopes: Final = msgspec.json.Decoder(list[Envelope])
+
+
+def uuids_hold(event: Any) -> bool:
+    """Every uuid of an (unchecked) event is 32 hex digits: the pattern holds."""
+    first, second, offering = event.offering_user_uuid, event.user_uuid, event.offering_uuid
+    if offering is None:
+        offering = "0" * 32
+    if len(first) != 32 or len(second) != 32 or len(offering) != 32:
+        return False
+    try:
+        unhexlify(first + second + offering)  # ASCII hex digits only, or ValueError
+    except ValueError:
+        return False
+    return True
+
+
+def decode_envelope(raw: bytes) -> Envelope:
+    """``envelope_decoder.decode(raw)``, faster: the same envelope (as the twin, on the fast
+    path) or the same error."""
+    try:
+        envelope = _unchecked_envelope.decode(raw)
+    except msgspec.DecodeError:
+        return envelope_decoder.decode(raw)  # raises the exact reason
+    body = envelope.body
+    if type(body) is OfferingUserEventUnchecked and not uuids_hold(body):
+        return envelope_decoder.decode(raw)
+    return envelope  # type: ignore[no-any-return]
+
+
+def decode_envelopes(raw: bytes) -> list[Envelope]:
+    """A JSON array of envelopes, as ``msgspec.json.Decoder(list[Envelope])`` decodes it (see
+    :func:`decode_envelope`)."""
+    try:
+        envelopes = _unchecked_envelopes.decode(raw)
+    except msgspec.DecodeError:
+        return _envelopes.decode(raw)
+    twin = OfferingUserEventUnchecked
+    for envelope in envelopes:
+        body = envelope.body
+        if type(body) is twin and not uuids_hold(body):
+            return _envelopes.decode(raw)
+    return envelopes  # type: ignore[no-any-return]
 
 
 def decode_payload(raw: bytes) -> OfferingUserEvent:

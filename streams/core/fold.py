@@ -70,6 +70,7 @@ from streams.core.routing import SOURCE, TARGET, Routes, Side, compile_routes
 from streams.core.table import DELETED, OK, UNLISTED, Pending, Row, TableState, index_key, mark_key, row_key
 from streams.contract.schema import (
     Action,
+    OfferingUserEventUnchecked,
     Envelope,
     Listed,
     ListingSummary,
@@ -142,11 +143,24 @@ _FIELDS: Final[dict[str, _SideFields]] = {
 }
 
 
+class _At:
+    """One (link, side) during a fold call: the prefixes of its keys, and its mark, read from
+    the state once per call (a listing summary folded in the call is the only writer)."""
+
+    __slots__ = ("link", "side", "index_prefix", "row_prefix", "whole", "mark")
+
+    def __init__(self, link: str, side: Side, mark: int) -> None:
+        self.link, self.side, self.mark = link, side, mark
+        self.index_prefix = index_key(link, side, "")
+        self.row_prefix = row_key(link, "")
+        self.whole = _WHOLE.get(side)
+
+
 class _Batch:
     """The mutable accumulator of one fold call; the only allocation per call."""
 
     __slots__ = ("state", "dirty", "lookups", "unrouted", "restating", "reconciled", "facts", "listings", "compared",
-                 "trail")
+                 "trail", "ats")
 
     def __init__(self, state: TableState, listings: Listings | None = None) -> None:
         self.state = state
@@ -159,6 +173,13 @@ class _Batch:
         self.listings = listings
         self.compared = 0
         self.trail: dict[str, None] | None = None  # row keys written, when a caller asks (fold_traced)
+        self.ats: dict[tuple[str, str], _At] = {}
+
+    def at(self, link: str, side: Side) -> _At:
+        found = self.ats.get((side, link))
+        if found is None:
+            found = self.ats[(side, link)] = _At(link, side, self.state.marks.get(mark_key(link, side), 0))
+        return found
 
     def result(self) -> FoldResult:
         return FoldResult(dirty=list(self.dirty), lookups=list(self.lookups.values()), unrouted=self.unrouted,
@@ -177,12 +198,13 @@ def fold_many(state: TableState, links: Sequence[Link] | Routes, envelopes: Iter
     """Fold envelopes in order into every link each feeds (replay, batches)."""
     batch = _Batch(state)
     routes_of = compile_routes(links).of_envelope
+    at = batch.at
     for envelope in envelopes:
         found = routes_of(envelope)
         if not found:
             batch.unrouted += 1
         for link, side in found:
-            _fold_routed(batch, link, side, envelope)
+            _fold_routed(batch, at(link.name, side), envelope)
     return batch.result()
 
 
@@ -208,7 +230,7 @@ def fold_by_link(
                         batch.facts.extend(listings.compare(state, link, side, envelope))
                         batch.compared += 1
                 else:
-                    _fold_routed(batch, link, side, envelope)
+                    _fold_routed(batch, batch.at(link_name, side), envelope)
                 break
         else:
             batch.unrouted += 1
@@ -221,112 +243,118 @@ def fold_traced(state: TableState, links: Sequence[Link] | Routes, envelope: Env
     batch = _Batch(state)
     batch.trail = {}
     for link, side in compile_routes(links).of_envelope(envelope):
-        _fold_routed(batch, link, side, envelope)
+        _fold_routed(batch, batch.at(link.name, side), envelope)
     return list(batch.trail)
 
 
 # -- one envelope on one side of one link ---------------------------------------
 
 
-def _fold_routed(batch: _Batch, link: Link, side: Side, envelope: Envelope) -> None:
+def _fold_routed(batch: _Batch, at: _At, envelope: Envelope) -> None:
     body = envelope.body
     kind = type(body)
-    if kind is not Rejection and kind is not ListingSummary \
-            and observed_at(envelope) < batch.state.marks.get(mark_key(link.name, side), 0):
+    if kind is OfferingUserEvent or kind is OfferingUserEventUnchecked:  # most of every history
+        seen = int(envelope.received_at.timestamp() * 1_000_000)  # observed_at(), inlined
+        if seen >= at.mark:
+            _fold_event(batch, at, envelope, body, seen)  # type: ignore[arg-type]
+        return
+    if kind is not Rejection and kind is not ListingSummary and observed_at(envelope) < at.mark:
         return  # older than the side's newest complete listing, which saw what this says or newer
-    if kind is OfferingUserEvent:
-        _fold_event(batch, link.name, side, envelope, body)  # type: ignore[arg-type]
-    elif kind is SnapshotPage:
+    link = at.link
+    if kind is SnapshotPage:
         seen = observed_at(envelope)
         batch.restating = True
         try:
             for record in body.users:  # type: ignore[union-attr]
-                _fold_record(batch, link.name, side, record, envelope.event_id, seen)
+                _fold_record(batch, at, record, envelope.event_id, seen)
         finally:
             batch.restating = False
     elif kind is Lookup:
-        _fold_lookup(batch, link.name, side, envelope, body)  # type: ignore[arg-type]
-    elif kind is Rejection and side == TARGET and body.link == link.name:  # type: ignore[union-attr]
+        _fold_lookup(batch, at, envelope, body)  # type: ignore[arg-type]
+    elif kind is Rejection and at.side == TARGET and body.link == link:  # type: ignore[union-attr]
         _fold_rejection(batch, body, observed_at(envelope))  # type: ignore[arg-type]
-    elif kind is Listed and body.link == link.name:  # type: ignore[union-attr]
-        _fold_record(batch, link.name, side, body.user, envelope.event_id, observed_at(envelope))  # type: ignore[union-attr]
-    elif kind is Unlisted and body.link == link.name:  # type: ignore[union-attr]
-        _fold_unlisted(batch, link.name, side, envelope, body)  # type: ignore[arg-type]
+    elif kind is Listed and body.link == link:  # type: ignore[union-attr]
+        _fold_record(batch, at, body.user, envelope.event_id, observed_at(envelope))  # type: ignore[union-attr]
+    elif kind is Unlisted and body.link == link:  # type: ignore[union-attr]
+        _fold_unlisted(batch, at, envelope, body)  # type: ignore[arg-type]
     elif kind is ListingSummary:
-        _fold_summary(batch, link.name, side, observed_at(envelope))
+        _fold_summary(batch, at, observed_at(envelope))
 
 
-def _event_effect(event: OfferingUserEvent) -> tuple[str | None, str | None] | None:
-    """(username, state) an event sets, None meaning "leaves alone"; None for unknown actions."""
-    action = event.action
-    if action == Action.UPDATE or action == Action.CREATE:
-        return event.username, state_display(event.state)
-    if action == Action.USERNAME_SET:
-        return event.username, state_display(event.state) or OK
-    if action == Action.ATTRIBUTE_UPDATE:
-        return event.username, None
-    if action == Action.DELETE:
-        return None, DELETED
+#: Each action's effect (``_fold_event``), by the action as decoded.
+_EFFECTS: Final = {Action.UPDATE.value: 0, Action.CREATE.value: 0, Action.USERNAME_SET.value: 1,
+                   Action.ATTRIBUTE_UPDATE.value: 2, Action.DELETE.value: 3}
+
+
+def _effect_of(action: object) -> int | None:
+    """``_EFFECTS`` for an action that is not a plain string (an ``Action``, say): by equality."""
+    for name, effect in _EFFECTS.items():
+        if action == name:
+            return effect
     return None
 
 
-def _fold_event(batch: _Batch, link: str, side: Side, envelope: Envelope, event: OfferingUserEvent) -> None:
-    effect = _event_effect(event)
+def _fold_event(batch: _Batch, at: _At, envelope: Envelope, event: OfferingUserEvent, seen: int) -> None:
+    action = event.action
+    effect = _EFFECTS.get(action) if type(action) is str else _effect_of(action)  # one lookup, not five ==
     if effect is None:
         return
+    if effect == 0:  # update, create
+        username, state = event.username, state_display(event.state)
+    elif effect == 1:  # username_set: Waldur's integer state, OK when it has none
+        username, state = event.username, state_display(event.state) or OK
+    elif effect == 2:  # attribute_update
+        username, state = event.username, None
+    else:  # delete
+        username, state = None, DELETED
     offering_user_uuid = normalize_uuid(event.offering_user_uuid)
-    key = index_key(link, side, offering_user_uuid)
+    key = at.index_prefix + offering_user_uuid
     user = batch.state.index.get(key)
-    username, state = effect
-    seen = observed_at(envelope)
     if user is None:
-        _park(batch, key, link, side, envelope, offering_user_uuid, seen, username, state)
+        _park(batch, key, at, envelope, offering_user_uuid, seen, username, state)
         return
-    _write(batch, link, side, user, offering_user_uuid, envelope.event_id, seen, username, state, None)
+    _write(batch, at, user, offering_user_uuid, envelope.event_id, seen, username, state, None)
 
 
-def _fold_record(batch: _Batch, link: str, side: Side, record: OfferingUserRecord, event_id: str, seen: int) -> None:
+def _fold_record(batch: _Batch, at: _At, record: OfferingUserRecord, event_id: str, seen: int) -> None:
     offering_user_uuid = normalize_uuid(record.uuid)
-    parked = _learn_identity(batch, link, side, offering_user_uuid, record.user_username)
-    restricted = record.is_restricted if side == SOURCE else None
+    parked = _learn_identity(batch, at, offering_user_uuid, record.user_username)
+    restricted = record.is_restricted if at.side == SOURCE else None
     _write(
-        batch, link, side, record.user_username, offering_user_uuid, event_id, seen,
+        batch, at, record.user_username, offering_user_uuid, event_id, seen,
         record.username or "", state_display(record.state), restricted, read=True,
     )
     if parked is not None:  # the events that waited for this identity: newer ones still win
         _write_parked(batch, record.user_username, parked)
 
 
-def _fold_lookup(batch: _Batch, link: str, side: Side, envelope: Envelope, lookup: Lookup) -> None:
+def _fold_lookup(batch: _Batch, at: _At, envelope: Envelope, lookup: Lookup) -> None:
     if lookup.status == 200 and lookup.user is not None:
-        _fold_record(batch, link, side, lookup.user, envelope.event_id, observed_at(envelope))
+        _fold_record(batch, at, lookup.user, envelope.event_id, observed_at(envelope))
         return
     if lookup.status not in GONE_STATUSES:
         return  # a failed lookup says nothing; the pending entry stays for a retry
     offering_user_uuid = normalize_uuid(lookup.offering_user_uuid)
-    key = index_key(link, side, offering_user_uuid)
+    key = at.index_prefix + offering_user_uuid
     batch.state.pending.pop(key, None)
     user = batch.state.index.get(key)
     if user is not None:
-        _write(batch, link, side, user, offering_user_uuid, envelope.event_id, observed_at(envelope), None, DELETED, None,
+        _write(batch, at, user, offering_user_uuid, envelope.event_id, observed_at(envelope), None, DELETED, None,
                read=True)
 
 
-def _fold_unlisted(batch: _Batch, link: str, side: Side, envelope: Envelope, unlisted: Unlisted) -> None:
+def _fold_unlisted(batch: _Batch, at: _At, envelope: Envelope, unlisted: Unlisted) -> None:
     offering_user_uuid = normalize_uuid(unlisted.offering_user_uuid)
-    user = batch.state.index.get(index_key(link, side, offering_user_uuid))
+    user = batch.state.index.get(at.index_prefix + offering_user_uuid)
     if user is not None:
-        _write(batch, link, side, user, offering_user_uuid, envelope.event_id, observed_at(envelope), None, UNLISTED,
-               None)
+        _write(batch, at, user, offering_user_uuid, envelope.event_id, observed_at(envelope), None, UNLISTED, None)
 
 
-def _fold_summary(batch: _Batch, link: str, side: Side, began: int) -> None:
+def _fold_summary(batch: _Batch, at: _At, began: int) -> None:
     """A complete listing of this side began at ``began``: the side's mark, if newer."""
-    key = mark_key(link, side)
-    marks = batch.state.marks
-    if began > marks.get(key, 0):
-        marks[key] = began
-    batch.reconciled[link] = None
+    if began > at.mark:
+        batch.state.marks[mark_key(at.link, at.side)] = at.mark = began
+    batch.reconciled[at.link] = None
 
 
 def _fold_rejection(batch: _Batch, rejection: Rejection, seen: int) -> None:
@@ -348,11 +376,11 @@ def _fold_rejection(batch: _Batch, rejection: Rejection, seen: int) -> None:
 # -- writes -------------------------------------------------------------------------
 
 
-def _park(batch: _Batch, key: str, link: str, side: Side, envelope: Envelope, offering_user_uuid: str,
+def _park(batch: _Batch, key: str, at: _At, envelope: Envelope, offering_user_uuid: str,
           seen: int, username: str | None, state: str | None) -> None:
     site, offering_uuid, event_id = envelope.site, envelope.offering_uuid, envelope.event_id
     parked = Pending(
-        link=link, side=side, site=site, offering_uuid=offering_uuid, offering_user_uuid=offering_user_uuid,
+        link=at.link, side=at.side, site=site, offering_uuid=offering_uuid, offering_user_uuid=offering_user_uuid,
         event_id=event_id, observed_at=seen,
         username=username, username_at=seen if username is not None else 0,
         state=state, state_at=seen if state is not None else 0,
@@ -360,7 +388,7 @@ def _park(batch: _Batch, key: str, link: str, side: Side, envelope: Envelope, of
     batch.state.pending[key] = _merge_parked(batch.state.pending.get(key), parked)
     batch.lookups[key] = LookupNeeded(
         site=site, offering_uuid=offering_uuid, offering_user_uuid=offering_user_uuid,
-        link=link, cause_event_id=event_id,
+        link=at.link, cause_event_id=event_id,
     )
 
 
@@ -379,7 +407,7 @@ def _merge_parked(old: Pending | None, new: Pending) -> Pending:
 def _write_parked(batch: _Batch, user: str, parked: Pending) -> None:
     """Apply what waited for ``user``'s identity. The record that brought the identity came
     later in the topic, so on equal observation times the record wins."""
-    write = functools.partial(_write, batch, parked.link, parked.side, user,  # type: ignore[arg-type]
+    write = functools.partial(_write, batch, batch.at(parked.link, parked.side), user,  # type: ignore[arg-type]
                               parked.offering_user_uuid, parked.event_id, strictly_newer=True)
     if parked.username is not None:
         write(parked.username_at, parked.username, None, None)
@@ -388,27 +416,27 @@ def _write_parked(batch: _Batch, user: str, parked: Pending) -> None:
     write(parked.observed_at, None, None, None)
 
 
-def _learn_identity(batch: _Batch, link: str, side: Side, offering_user_uuid: str, user: str) -> Pending | None:
+def _learn_identity(batch: _Batch, at: _At, offering_user_uuid: str, user: str) -> Pending | None:
     """Record offering user -> user; return the events parked for want of it."""
     state = batch.state
-    key = index_key(link, side, offering_user_uuid)
+    key = at.index_prefix + offering_user_uuid
     previous = state.index.get(key)
     if previous is not None and previous != user:  # the user was renamed: the old row no longer owns this uuid
-        _forget_side(batch, link, side, previous, offering_user_uuid)
+        _forget_side(batch, at, previous, offering_user_uuid)
     return state.pending.pop(key, None)
 
 
-def _forget_side(batch: _Batch, link: str, side: Side, user: str, offering_user_uuid: str) -> None:
-    key = row_key(link, user)
+def _forget_side(batch: _Batch, at: _At, user: str, offering_user_uuid: str) -> None:
+    key = at.row_prefix + user
     row = batch.state.rows.get(key)
-    fields = _FIELDS[side]
+    fields = _FIELDS[at.side]
     if row is None or getattr(row, fields.uuid) != offering_user_uuid:
         return
     cleared: dict[str, object] = {fields.uuid: None, fields.username: None, fields.state: None, fields.event_id: None,
                                   fields.observed_at: 0, fields.username_at: 0, fields.state_at: 0}
     if fields.restricted:
         cleared[fields.restricted] = False
-    _put(batch, key, row, replace(row, **cleared))
+    _put(batch, key, row, replace(row, **cleared), at.side)
     batch.dirty[key] = None
 
 
@@ -418,7 +446,7 @@ def observed_at(envelope: Envelope) -> int:
 
 
 def _write(
-    batch: _Batch, link: str, side: Side, user: str, offering_user_uuid: str, event_id: str, seen: int,
+    batch: _Batch, at: _At, user: str, offering_user_uuid: str, event_id: str, seen: int,
     username: str | None, state: str | None, restricted: bool | None, *, strictly_newer: bool = False,
     read: bool = False,
 ) -> None:
@@ -428,15 +456,24 @@ def _write(
     always while a snapshot is folded (see :class:`FoldResult`). ``read``: the fact is a
     live read of the whole offering user (snapshot record or lookup), so while it is
     B's newest fact, ``b_read_at`` says when B was last seen as the row says."""
-    if seen < batch.state.marks.get(mark_key(link, side), 0):
+    if seen < at.mark:
         return  # older than the side's newest complete listing: it saw what this says, or newer
-    key = row_key(link, user)
+    key = at.row_prefix + user
     row = batch.state.rows.get(key)
     if row is None:
-        row = Row(link=link, user_username=user)
-    fields = _FIELDS[side]
+        row = Row(link=at.link, user_username=user)
     if batch.restating:
         batch.dirty[key] = None
+    whole = at.whole
+    if username is not None and state is not None and not strictly_newer and whole is not None:
+        written = whole(row, offering_user_uuid, username, state, event_id, seen, restricted, seen if read else 0)
+        if written is not None:
+            new, changed = written
+            _put(batch, key, row, new, at.side)
+            if changed:
+                batch.dirty[key] = None
+            return
+    fields = _FIELDS[at.side]
     changes: dict[str, object] = {}
     wins = seen.__gt__ if strictly_newer else seen.__ge__
     if username is not None and wins(getattr(row, fields.username_at)):
@@ -456,32 +493,62 @@ def _write(
     if not changes:
         return
     new = replace(row, **changes)
-    _put(batch, key, row, new)
+    _put(batch, key, row, new, at.side)
     if _values(new) != _values(row):
         batch.dirty[key] = None
 
 
-def _put(batch: _Batch, key: str, old: Row, new: Row) -> None:
+# A fact that sets a side's username and state and is at least as new as every field of the
+# side (most facts: an update, a listed user) sets all of them. Named keywords instead of the
+# dict ``_write`` builds otherwise: 0.15 µs for the new row instead of 0.6 (timeit). Each
+# answers (the new row, whether its values changed), or None when some field is newer.
+
+
+def _whole_source(row: Row, uuid: str, username: str, state: str, event_id: str, seen: int,
+                  restricted: bool | None, read_at: int) -> tuple[Row, bool] | None:
+    if seen < row.b_observed_at or seen < row.b_username_at or seen < row.b_state_at:
+        return None
+    changed = row.b_offering_user_uuid != uuid or row.b_username != username or row.b_state != state
+    if restricted is None:
+        return replace(row, b_offering_user_uuid=uuid, b_username=username, b_state=state, b_event_id=event_id,
+                       b_observed_at=seen, b_username_at=seen, b_state_at=seen, b_read_at=read_at), changed
+    return replace(row, b_offering_user_uuid=uuid, b_username=username, b_state=state, b_restricted=restricted,
+                   b_event_id=event_id, b_observed_at=seen, b_username_at=seen, b_state_at=seen,
+                   b_read_at=read_at), changed or row.b_restricted != restricted
+
+
+def _whole_target(row: Row, uuid: str, username: str, state: str, event_id: str, seen: int,
+                  restricted: bool | None, read_at: int) -> tuple[Row, bool] | None:
+    """A's side has neither a restricted flag nor a read time: ``restricted`` and ``read_at`` are not A's."""
+    if seen < row.a_observed_at or seen < row.a_username_at or seen < row.a_state_at:
+        return None
+    changed = row.a_offering_user_uuid != uuid or row.a_username != username or row.a_state != state
+    return replace(row, a_offering_user_uuid=uuid, a_username=username, a_state=state, a_event_id=event_id,
+                   a_observed_at=seen, a_username_at=seen, a_state_at=seen), changed
+
+
+_WHOLE: Final = {SOURCE: _whole_source, TARGET: _whole_target}
+
+
+def _put(batch: _Batch, key: str, old: Row, new: Row, side: Side) -> None:
     """Write a row, and the identity index with it: the index says which row holds each
-    side's offering user, and nothing else (``streams.core.table.derived_index``)."""
+    side's offering user, and nothing else (``streams.core.table.derived_index``). ``new``
+    differs from ``old`` in ``side``'s fields only."""
     state = batch.state
     state.rows[key] = new
     if batch.trail is not None:
         batch.trail[key] = None
+    uuid_field = _FIELDS[side].uuid
+    was, now = getattr(old, uuid_field), getattr(new, uuid_field)
+    if was == now:
+        return
     index = state.index
-    for side, uuid_field in _UUIDS:
-        was, now = getattr(old, uuid_field), getattr(new, uuid_field)
-        if was == now:
-            continue
-        if was is not None:
-            stale = index_key(new.link, side, was)
-            if index.get(stale) == new.user_username:
-                del index[stale]
-        if now is not None:
-            index[index_key(new.link, side, now)] = new.user_username
-
-
-_UUIDS: Final = ((SOURCE, "b_offering_user_uuid"), (TARGET, "a_offering_user_uuid"))
+    if was is not None:
+        stale = index_key(new.link, side, was)
+        if index.get(stale) == new.user_username:
+            del index[stale]
+    if now is not None:
+        index[index_key(new.link, side, now)] = new.user_username
 
 
 def _values(row: Row) -> tuple:

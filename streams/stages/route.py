@@ -24,7 +24,7 @@ import asyncio
 
 import msgspec
 
-from streams.contract.schema import Envelope
+from streams.contract.schema import decode_envelopes
 from streams.core import Routes
 from streams.metrics import Metrics
 from streams.ports import EmitAll, Record
@@ -44,7 +44,7 @@ class Address(msgspec.Struct):
 
 
 _address = msgspec.json.Decoder(Address)
-unpack = msgspec.json.Decoder(list[Envelope]).decode
+unpack = decode_envelopes  # as msgspec.json.Decoder(list[Envelope]) decodes, faster (streams.contract.schema)
 
 
 def route_values(routes: Routes, values: Iterable[bytes]) -> tuple[dict[str, list[bytes]], int, list[tuple[int, str]]]:
