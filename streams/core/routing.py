@@ -29,10 +29,11 @@ def _endpoint_key(endpoint: Endpoint) -> tuple[str, str]:
 class Routes:
     """The links compiled into a lookup table: (site, offering_uuid) -> its routes.
 
-    Built once per configuration so that the hot path is one dict lookup per envelope.
+    Built once per configuration so that the hot path is one dict lookup per envelope
+    (``by_endpoint``, keyed as written: :meth:`of` also finds an older producer's spelling).
     """
 
-    __slots__ = ("links", "by_name", "_by_endpoint")
+    __slots__ = ("links", "by_name", "by_endpoint")
 
     def __init__(self, links: Iterable[Link]) -> None:
         self.links: tuple[Link, ...] = tuple(links)
@@ -41,12 +42,12 @@ class Routes:
         for link in self.links:
             by_endpoint.setdefault(_endpoint_key(link.source), []).append((link, SOURCE))
             by_endpoint.setdefault(_endpoint_key(link.target), []).append((link, TARGET))
-        self._by_endpoint = {key: tuple(routes) for key, routes in by_endpoint.items()}
+        self.by_endpoint: dict[tuple[str, str], tuple[Route, ...]] = {key: tuple(routes) for key, routes in by_endpoint.items()}
 
     def of(self, site: str, offering_uuid: str) -> tuple[Route, ...]:
-        found = self._by_endpoint.get((site, offering_uuid))
+        found = self.by_endpoint.get((site, offering_uuid))
         if found is None:  # rare: a dashed or upper-case uuid from an older producer
-            found = self._by_endpoint.get((site, normalize_uuid(offering_uuid)), _NO_ROUTES)
+            found = self.by_endpoint.get((site, normalize_uuid(offering_uuid)), _NO_ROUTES)
         return found
 
     def of_envelope(self, envelope: Envelope) -> tuple[Route, ...]:
