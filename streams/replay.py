@@ -68,7 +68,7 @@ async def replay(config: Config, since: datetime | None = None, console: Console
     state, start, end, oldest, rows = await _plan(config, since, until, from_beginning)
     total = sum(end[p] - start[p] for p in end)
     if processes > 1:
-        folded = await _fold_apart(config, state, start, end, processes, console, total)
+        folded = await _fold_apart(config, state, start, end, processes, console, total, batch)
         state = folded.state
         count = folded.folded
     else:
@@ -149,7 +149,7 @@ async def fold_partitions(config: Config, state: TableState, start: dict[int, in
     remaining = {TopicPartition(topic, p) for p in end if end[p] > start[p]}
     if not remaining:
         return 0
-    async with reader(config, **FETCH) as consumer:
+    async with reader(config, records_as_read=True, **FETCH) as consumer:
         consumer.assign(sorted(remaining, key=lambda tp: tp.partition))
         for tp in remaining:
             consumer.seek(tp, start[tp.partition])
@@ -206,14 +206,33 @@ def owner_of(config: Config, partitions: int) -> Callable[[str, str], int]:
     return owner
 
 
+def shares_of(start: dict[int, int], end: dict[int, int], processes: int) -> list[list[int]]:
+    """The partitions in at most ``processes`` shares of about as many envelopes each (largest
+    first, each to the share with the fewest so far). Partitions with nothing to fold go to
+    the first share, which this process folds: a fork for them would only copy their table."""
+    shares: list[list[int]] = [[] for _ in range(processes)]
+    loads = [0] * processes
+    for partition in sorted((p for p in end if end[p] > start[p]), key=lambda p: (start[p] - end[p], p)):
+        least = loads.index(min(loads))
+        shares[least].append(partition)
+        loads[least] += end[partition] - start[partition]
+    found = [share for share in shares if share] or [[]]
+    found[0].extend(p for p in end if end[p] <= start[p])
+    return [sorted(share) for share in found]
+
+
 _CHILD: dict[str, Any] = {}  # what a forked child folds (set in the parent before the fork)
+
+
+def _own(config: Config, state: TableState, mine: list[int], partitions: int) -> TableState:
+    """The part of ``state`` of the sides that the partitions ``mine`` feed."""
+    owner, wanted = owner_of(config, partitions), set(mine)
+    return project(state, lambda link, side: owner(link, side) in wanted)
 
 
 def _child(mine: list[int]) -> bytes:
     config, state, start, end, counter = (_CHILD[name] for name in ("config", "state", "start", "end", "counter"))
-    owner = owner_of(config, len(end))
-    wanted = set(mine)
-    own = project(state, lambda link, side: owner(link, side) in wanted)
+    own = _own(config, state, mine, len(end))
 
     def advance(n: int) -> None:
         with counter.get_lock():
@@ -224,25 +243,41 @@ def _child(mine: list[int]) -> bytes:
 
 
 async def _fold_apart(config: Config, state: TableState, start: dict[int, int], end: dict[int, int], processes: int,
-                      console: Console, total: int) -> Replayed:
-    """Fold the partitions in ``processes`` forked processes, each its share of the sides; join them."""
-    shares = [sorted(end)[i::processes] for i in range(processes)]
+                      console: Console, total: int, batch: int) -> Replayed:
+    """Fold the partitions in ``processes`` processes, each its share of the sides; join them.
+
+    This process folds the first share itself while forked ones fold the others: it would
+    only wait otherwise, and its own share's table needs no copy."""
+    first, *others = shares_of(start, end, processes)
     context = multiprocessing.get_context("fork")
     counter = context.Value("q", 0)  # inherited by the fork: a shared counter cannot be pickled to a task
     _CHILD.update(config=config, state=state, start=start, end=end, counter=counter)
-    loop = asyncio.get_running_loop()
-    with context.Pool(processes) as pool, _progress(console, total) as advance:
-        results = [pool.apply_async(_child, (share,)) for share in shares if share]
-        while not all(result.ready() for result in results):
-            await asyncio.sleep(0.2)
-            advance(counter.value - advance.done)  # type: ignore[attr-defined]
-        encoded = [await loop.run_in_executor(None, result.get) for result in results]
-        advance(counter.value - advance.done)  # type: ignore[attr-defined]
+    pool = context.Pool(len(others)) if others else None  # the fork: before this process folds anything
     _CHILD.clear()
-    merged = TableState()
+    try:
+        results = [pool.apply_async(_child, (share,)) for share in others] if pool else []
+        loop = asyncio.get_running_loop()
+        theirs = asyncio.gather(*(loop.run_in_executor(None, result.get) for result in results))
+        own = _own(config, state, first, len(end))
+        with _progress(console, total) as advance:
+            mine = 0
+
+            def folded(n: int) -> None:
+                nonlocal mine
+                mine += n
+                advance(mine + counter.value - advance.done)  # type: ignore[attr-defined]
+
+            await fold_partitions(config, own, {p: start[p] for p in first}, {p: end[p] for p in first}, folded, batch)
+            while not theirs.done():
+                await asyncio.wait({theirs}, timeout=0.2)
+                folded(0)
+            encoded = await theirs
+    finally:
+        if pool is not None:
+            pool.terminate()
     for raw in encoded:
-        merge(merged, _decode(raw))
-    return Replayed(state=merged, folded=counter.value, seconds=0.0, processes=processes)
+        merge(own, _decode(raw))
+    return Replayed(state=own, folded=mine + counter.value, seconds=0.0, processes=processes)
 
 
 def drift_table(config: Config, state: TableState) -> Table:

@@ -170,6 +170,38 @@ async def test_aiokafka_consumer_client_fetches_all_metadata():
     assert callable(ClusterMetadata.partitions_for_topic)  # what partitions_of reads from its answer
 
 
+def _partition_records(value_deserializer) -> list:
+    """The records aiokafka's fetcher hands out for one batch of three, as getmany returns them."""
+    from aiokafka import TopicPartition
+    from aiokafka.consumer.fetcher import READ_UNCOMMITTED, PartitionRecords
+    from aiokafka.record.default_records import DefaultRecordBatchBuilder
+    from aiokafka.record.memory_records import MemoryRecords
+
+    builder = DefaultRecordBatchBuilder(magic=2, compression_type=0, is_transactional=0, producer_id=-1,
+                                        producer_epoch=-1, base_sequence=-1, batch_size=1 << 20)
+    for offset in range(3):
+        builder.append(offset, timestamp=None, key=b"k", value=f"v{offset}".encode(), headers=[])
+    records = PartitionRecords(TopicPartition("t", 0), MemoryRecords(bytes(builder.build())), [], 1, None,
+                               value_deserializer, True, READ_UNCOMMITTED)
+    return list(records)
+
+
+def test_aiokafka_builds_each_consumer_record_in_the_method_readers_wraps():
+    """streams.adapters.kafka.readers: a reader with ``records_as_read`` gets aiokafka's own
+    records (offset and value as a ConsumerRecord's), every other consumer ConsumerRecords."""
+    from aiokafka.consumer.fetcher import PartitionRecords
+    from aiokafka.structs import ConsumerRecord
+
+    from streams.adapters.kafka.readers import _consumer_record, _records_as_read, as_read
+
+    assert PartitionRecords._consumer_record is _records_as_read
+    assert parameters(_consumer_record) == ["self", "tp", "record"]
+    lean, built = _partition_records(as_read), _partition_records(None)
+    assert [(r.offset, r.value) for r in lean] == [(r.offset, r.value) for r in built] == [(1, b"v1"), (2, b"v2")]
+    assert not any(isinstance(r, ConsumerRecord) for r in lean)
+    assert all(isinstance(r, ConsumerRecord) and r.topic == "t" for r in built)
+
+
 # -- pika -----------------------------------------------------------------------------------
 
 
