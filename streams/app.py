@@ -114,7 +114,7 @@ def create_app(config: Config, *, store: str = "rocksdb", web_port: int | None =
                            route.Route(routes, metrics, lambda pairs: records.send_all(by_link.get_topic_name(), pairs),
                                        dead).handle,
                            max_records=route.FETCH_RECORDS, max_partition_fetch_bytes=8 << 20, fetch_max_bytes=64 << 20,
-                           access=access, client_id=ROUTE_CLIENT_ID)
+                           access=access, client_id=ROUTE_CLIENT_ID, records_as_read=True)
     lanes = correct_loop.CorrectLoop(corrector, dead)  # a lane per target site: the bulkheads
     sink = WindowConsumer("sink", options, corrections.get_topic_name(), f"{config.app_id}-sink", lanes.dispatch,
                           lanes.cancel, window=correct_loop.WINDOW, max_records=correct_loop.BATCH,

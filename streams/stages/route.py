@@ -91,11 +91,14 @@ class Route:
         self.dead = dead
 
     async def handle(self, records: list[Record]) -> None:
+        """``records``: Records, or a batch of values with offsets whose ``where(i)`` says
+        where the i-th was read (``streams.adapters.kafka.consumer.ReadBatch``)."""
         values = [record.value or b"" for record in records]  # a tombstone is undecodable too
         by_link, unrouted, undecodable = route_values(self.routes, values)
+        where = getattr(records, "where", records.__getitem__)
         await asyncio.gather(
             self.emit_by_link([(link.encode(), record) for link, linked in by_link.items() for record in pack(linked)]),
-            *(self.dead.record(records[i], values[i], UNDECODABLE, reason) for i, reason in undecodable),
+            *(self.dead.record(where(i), values[i], UNDECODABLE, reason) for i, reason in undecodable),
         )
         if unrouted:
             self.metrics.events_unrouted.inc(unrouted)

@@ -21,15 +21,17 @@ and the partitions' next owner handles it again (at-least-once).
 from __future__ import annotations
 
 import asyncio
+import bisect
 import collections
 import logging
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, NamedTuple
 
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener
 from aiokafka.errors import CommitFailedError, IllegalStateError
 
 from streams.adapters.kafka.client import FETCH_MAX_WAIT_MS, KafkaAccess, close_quietly, kafka_transient
+from streams.adapters.kafka.readers import as_read
 from streams.retry import Backoff, retry_forever
 
 log = logging.getLogger("usync.kafka")
@@ -37,6 +39,31 @@ log = logging.getLogger("usync.kafka")
 #: Handles the records of one fetched batch (``streams.ports.Record``: topic, partition,
 #: offset, value); returns once everything they imply is durable.
 BatchHandler = Callable[[list[Any]], Awaitable[None]]
+
+
+class Place(NamedTuple):
+    """Where a record was read (``streams.ports.Record`` without the value)."""
+
+    topic: str
+    partition: int
+    offset: int
+
+
+class ReadBatch(list):  # type: ignore[type-arg]
+    """A fetched batch of aiokafka's own records (``records_as_read``: each has ``offset`` and
+    ``value``, not ``topic`` or ``partition``), in order; :meth:`where` says where one was read."""
+
+    def __init__(self, fetched: dict[Any, list[Any]]) -> None:
+        super().__init__(record for records in fetched.values() for record in records)
+        self._ends: list[int] = []
+        self._tps: list[Any] = []
+        for tp, records in fetched.items():
+            self._ends.append((self._ends[-1] if self._ends else 0) + len(records))
+            self._tps.append(tp)
+
+    def where(self, index: int) -> Place:
+        tp = self._tps[bisect.bisect_right(self._ends, index)]
+        return Place(tp.topic, tp.partition, self[index].offset)
 
 
 #: Told (partitions owned, partitions of the topic) after every assignment, (0, n) on revocation.
@@ -84,7 +111,9 @@ class BatchConsumer:
     def __init__(self, name: str, options: dict[str, Any], topic: str | list[str], group_id: str,
                  handle: BatchHandler, *, max_records: int, revoke_wait: float | None = None,
                  on_assignment: AssignmentHook | None = None, access: KafkaAccess | None = None,
-                 **settings: Any) -> None:
+                 records_as_read: bool = False, **settings: Any) -> None:
+        """``records_as_read``: ``handle`` gets a :class:`ReadBatch` of aiokafka's own records
+        instead of a ConsumerRecord each (1.4 µs of CPU less a record: ``streams.adapters.kafka.readers``)."""
         self.name = name
         self.access = access or KafkaAccess(options)  # a refused start: KafkaRefused, one ERROR
         self.options = options
@@ -95,7 +124,8 @@ class BatchConsumer:
         self.max_records = max_records
         self.revoke_wait = revoke_wait
         self.on_assignment = on_assignment
-        self.settings = settings
+        self.settings = {**settings, "value_deserializer": as_read} if records_as_read else settings
+        self.records_as_read = records_as_read
         self.connected = False
         self.joined = False
         self._busy = asyncio.Lock()
@@ -143,7 +173,8 @@ class BatchConsumer:
             fetched = await consumer.getmany(timeout_ms=500, max_records=self.max_records)
             if fetched:
                 async with self._busy:
-                    await self.handle([m for messages in fetched.values() for m in messages])
+                    await self.handle(ReadBatch(fetched) if self.records_as_read
+                                      else [m for messages in fetched.values() for m in messages])
                     await self._commit(consumer, {tp: messages[-1].offset + 1 for tp, messages in fetched.items()})
                 backoff.reset()
 
