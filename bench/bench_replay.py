@@ -3,6 +3,7 @@ the same topic (not part of pytest).
 
     .local/venv/bin/python bench/bench_replay.py [--events 200000] [--users 10000] [--runs 3] [--worker]
     .local/venv/bin/python bench/bench_replay.py --tree ../before   # the same bench on another checkout
+    .local/venv/bin/python bench/bench_replay.py --runs 1 --profile /tmp/replay.txt   # where replay spends
 
 1. pre-fills a fresh events topic of 4 partitions with ``--links`` links (default 2) whose
    offerings each have a partition of their own, so that ``--processes 2`` has two equal
@@ -29,11 +30,14 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import collections
 import gc
 import importlib.util
 import os
 import resource
+import signal
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -169,12 +173,41 @@ def children_cpu() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
-async def replayed(config, processes: int, total: int) -> tuple[float, float]:
+def start_profile(out: Path | None) -> subprocess.Popen | None:
+    """py-spy sampling this process (100 Hz, CPU samples, collapsed stacks) into ``out``."""
+    if out is None:
+        return None
+    spy = subprocess.Popen([str(Path(sys.executable).parent / "py-spy"), "record", "--pid", str(os.getpid()),
+                            "--rate", "100", "--format", "raw", "--output", str(out)],
+                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    time.sleep(1.0)  # py-spy attaches
+    return spy
+
+
+def stop_profile(spy: subprocess.Popen | None, out: Path | None) -> None:
+    """Stop py-spy and print the profile's ten costliest functions by their own samples."""
+    if spy is None or out is None:
+        return
+    spy.send_signal(signal.SIGINT)
+    spy.wait(30)
+    own: collections.Counter[str] = collections.Counter()
+    for line in out.read_text().splitlines():
+        stack, _, count = line.rpartition(" ")
+        own[stack.rsplit(";", 1)[-1].strip()] += int(count)
+    total = sum(own.values()) or 1
+    print(f"profile {out} ({total} samples), by own samples:")
+    for frame, count in own.most_common(10):
+        print(f"  {count / total:6.1%}  {frame}")
+
+
+async def replayed(config, processes: int, total: int, profile: Path | None = None) -> tuple[float, float]:
     """(envelopes/s, CPU µs per envelope) of ``replay`` with ``processes``, this process's and its children's."""
     quiet = Console(file=open(os.devnull, "w"))  # noqa: SIM115 (the progress bar is not measured)
+    spy = start_profile(profile)
     began, cpu, children = time.perf_counter(), time.process_time(), children_cpu()
     done = await replay(config, console=quiet, processes=processes)
     seconds = time.perf_counter() - began
+    stop_profile(spy, profile)
     spent = time.process_time() - cpu + children_cpu() - children
     assert done.folded == total, (done.folded, total)
     assert len(done.state.rows) > 0
@@ -205,6 +238,8 @@ async def main() -> None:
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--worker", action="store_true", help="also the worker's fold (a fresh app id each run)")
     parser.add_argument("--tree", type=Path, help="measure the streams package of another checkout")
+    parser.add_argument("--profile", type=Path, help="py-spy the first one-process replay into this file "
+                        "(its figures are not figures: the sampler stops the process)")
     args = parser.parse_args()
     print(f"tree: {ROOT}; load: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
     tune_gc()  # as `usync replay` does
@@ -223,7 +258,7 @@ async def main() -> None:
         for run in range(args.runs):
             rate, us = await raw_consume(config.kafka.events_topic, total)
             print(f"raw consume:  {rate:>10,.0f} envelopes/s, {us:5.2f} µs CPU each (aiokafka getmany)")
-            one, one_us = await replayed(config, 1, total)
+            one, one_us = await replayed(config, 1, total, args.profile if run == 0 else None)
             print(f"replay 1p:    {one:>10,.0f} envelopes/s, {one_us:5.2f} µs CPU each ({one / rate:.2f} of raw)")
             two, two_us = await replayed(config, 2, total)
             print(f"replay 2p:    {two:>10,.0f} envelopes/s, {two_us:5.2f} µs CPU each ({two / one:.2f} of 1p)")
