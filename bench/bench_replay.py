@@ -82,7 +82,7 @@ def offerings(count: int) -> list[str]:
     return found
 
 
-def config_text(suffix: str, links: list[tuple[str, str]]) -> str:
+def config_text(suffix: str, links: list[tuple[str, str]], codec: str | None = None) -> str:
     text = f"""app_id = "usync-bench-{suffix}"
 reconcile_interval = 86400
 [kafka]
@@ -98,6 +98,8 @@ token_env = "BENCH_TOKEN_A"
 api_url = "http://127.0.0.1:9/api/"
 token_env = "BENCH_TOKEN_B"
 """
+    if codec:
+        text += f'[kafka.compression]\nevents = "{codec}"\ninternal = "{codec}"\n'
     for i, (b_off, a_off) in enumerate(links):
         text += f"""[[links]]
 name = "bench{i}"
@@ -238,6 +240,8 @@ async def main() -> None:
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--worker", action="store_true", help="also the worker's fold (a fresh app id each run)")
     parser.add_argument("--tree", type=Path, help="measure the streams package of another checkout")
+    parser.add_argument("--codec", choices=("none", "gzip", "lz4", "zstd"),
+                        help="[kafka.compression] events and internal (default: the config's default)")
     parser.add_argument("--profile", type=Path, help="py-spy the first one-process replay into this file "
                         "(its figures are not figures: the sampler stops the process)")
     args = parser.parse_args()
@@ -246,7 +250,7 @@ async def main() -> None:
     links = list(zip(*[iter(offerings(2 * args.links))] * 2))
     records = envelopes(links, args.events, args.users)
     suffix = uuid.uuid4().hex[:8]
-    config = parse_config(config_text(suffix, links), {"BENCH_TOKEN_A": "x", "BENCH_TOKEN_B": "x"})
+    config = parse_config(config_text(suffix, links, args.codec), {"BENCH_TOKEN_A": "x", "BENCH_TOKEN_B": "x"})
     await ensure_topics(config)
     t0 = time.perf_counter()
     await prefill(config.kafka.events_topic, records)
@@ -266,7 +270,7 @@ async def main() -> None:
                 figures.setdefault(name, []).append(value)
             if args.worker:
                 path = Path(tmp) / f"usync{run}.toml"
-                path.write_text(config_text(suffix, links).replace(f'"usync-bench-{suffix}"',
+                path.write_text(config_text(suffix, links, args.codec).replace(f'"usync-bench-{suffix}"',
                                                                    f'"usync-bench-{suffix}-{run}"'))
                 fold, per_cpu = await worker_fold(path, total)
                 print(f"worker fold:  {fold:>10,.0f} envelopes/s, {per_cpu:,.0f} per CPU-second of the worker "

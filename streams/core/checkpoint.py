@@ -124,15 +124,24 @@ def project(state: TableState, owned: Callable[[str, str], bool]) -> TableState:
     return mine
 
 
-def _has(row: Row, names: tuple[str, ...]) -> bool:
-    return any(getattr(row, name) != _DEFAULTS[name] for name in names)
+# Row's fields in order: link, user_username, the source side's, then the target side's (and
+# the rejection's), so a side is a slice of ``astuple``: merging a row costs 1.6 µs instead of
+# the 2.75 that a getattr per field took (timeit).
+_NAMES: Final = tuple(f.name for f in msgspec.structs.fields(Row))
+_TARGET_AT: Final = len(_NAMES) - len(_TARGET_FIELDS)
+assert _NAMES[2:_TARGET_AT] == _SOURCE_FIELDS and _NAMES[_TARGET_AT:] == _TARGET_FIELDS, "Row's field order"
+_SOURCE_DEFAULTS: Final = tuple(_DEFAULTS[name] for name in _SOURCE_FIELDS)
+_TARGET_DEFAULTS: Final = tuple(_DEFAULTS[name] for name in _TARGET_FIELDS)
 
 
 def merge_rows(mine: Row, theirs: Row) -> Row:
     """The row whose source side is the one of the two that has one, and the target side too."""
-    source = theirs if _has(theirs, _SOURCE_FIELDS) else mine
-    target = theirs if _has(theirs, _TARGET_FIELDS) else mine
-    return replace(source, **{name: getattr(target, name) for name in _TARGET_FIELDS})
+    fields = msgspec.structs.astuple(theirs)
+    source = theirs if fields[2:_TARGET_AT] != _SOURCE_DEFAULTS else mine
+    target = theirs if fields[_TARGET_AT:] != _TARGET_DEFAULTS else mine
+    if source is target:
+        return source
+    return replace(source, **dict(zip(_TARGET_FIELDS, msgspec.structs.astuple(target)[_TARGET_AT:])))
 
 
 def merge(into: TableState, other: TableState) -> None:
