@@ -54,6 +54,12 @@ attribute is parked in ``pending`` and a :class:`LookupNeeded` is returned. The
 snapshot record or lookup that later fills the index came later in the topic, so it
 is newer than the parked event and sets every field the event could have set: the
 parked event is dropped, not applied.
+
+What a fact costs (``bench/bench_replay.py``, 200k envelopes, 2-core box): replay folds an
+update in 6.9–7.1 µs of CPU from Kafka to the table (11.0 before this shape), of which the
+fold itself ~3.5 (decode ~1, aiokafka ~0.9): each (link, side) is looked up once per call
+with its key prefixes and its mark (:class:`_At`), a side's whole write names its fields
+(``_whole_source``), and what is left is mostly the two cold dict lookups (index, row).
 """
 
 from __future__ import annotations

@@ -53,13 +53,14 @@ def route_values(routes: Routes, values: Iterable[bytes]) -> tuple[dict[str, lis
     by_link: dict[str, list[bytes]] = {}
     unrouted = 0
     undecodable: list[tuple[int, str]] = []
+    decode, by_endpoint = _address.decode, routes.by_endpoint.get
     for i, value in enumerate(values):
         try:
-            address = _address.decode(value)
+            address = decode(value)
         except msgspec.DecodeError as exc:  # the bridge dead-letters these; a stray writer may not
             undecodable.append((i, f"not an envelope: {exc}"))
             continue
-        found = routes.of(address.site, address.offering_uuid)
+        found = by_endpoint((address.site, address.offering_uuid)) or routes.of(address.site, address.offering_uuid)
         if not found:
             unrouted += 1
         for link, _side in found:
