@@ -209,7 +209,7 @@ def owner_of(config: Config, partitions: int) -> Callable[[str, str], int]:
 _CHILD: dict[str, Any] = {}  # what a forked child folds (set in the parent before the fork)
 
 
-def _child(mine: list[int], counter: Any) -> bytes:
+def _child(mine: list[int], counter: Any, conn: Any) -> None:
     config, state, start, end = _CHILD["config"], _CHILD["state"], _CHILD["start"], _CHILD["end"]
     owner = owner_of(config, len(end))
     wanted = set(mine)
@@ -220,28 +220,38 @@ def _child(mine: list[int], counter: Any) -> bytes:
             counter.value += n
 
     asyncio.run(fold_partitions(config, own, {p: start[p] for p in mine}, {p: end[p] for p in mine}, advance))
-    return _encode(own)
+    conn.send_bytes(_encode(own))
+    conn.close()
 
 
 async def _fold_apart(config: Config, state: TableState, start: dict[int, int], end: dict[int, int], processes: int,
                       console: Console, total: int) -> Replayed:
     """Fold the partitions in ``processes`` forked processes, each its share of the sides; join them."""
-    shares = [sorted(end)[i::processes] for i in range(processes)]
+    shares = [share for share in (sorted(end)[i::processes] for i in range(processes)) if share]
     _CHILD.update(config=config, state=state, start=start, end=end)
     context = multiprocessing.get_context("fork")
     counter = context.Value("q", 0)
     loop = asyncio.get_running_loop()
-    with context.Pool(processes) as pool, _progress(console, total) as advance:
-        results = [pool.apply_async(_child, (share, counter)) for share in shares if share]
-        while not all(result.ready() for result in results):
-            await asyncio.sleep(0.2)
-            advance(counter.value - advance.done)  # type: ignore[attr-defined]
-        encoded = [await loop.run_in_executor(None, result.get) for result in results]
-        advance(counter.value - advance.done)  # type: ignore[attr-defined]
+    children = []
+    for share in shares:
+        receive, send = context.Pipe(duplex=False)
+        child = context.Process(target=_child, args=(share, counter, send), daemon=True)
+        child.start()
+        send.close()
+        children.append((child, receive))
     _CHILD.clear()
     merged = TableState()
-    for raw in encoded:
-        merge(merged, _decode(raw))
+    with _progress(console, total) as advance:
+        results = [loop.run_in_executor(None, receive.recv_bytes) for _child_, receive in children]
+        while not all(result.done() for result in results):
+            await asyncio.sleep(0.2)
+            advance(counter.value - advance.done)  # type: ignore[attr-defined]
+        advance(counter.value - advance.done)  # type: ignore[attr-defined]
+    for (child, _receive), result in zip(children, results):
+        merge(merged, _decode(result.result()))
+        child.join()
+        if child.exitcode:
+            raise RuntimeError(f"usync replay: a folding process exited with {child.exitcode}")
     return Replayed(state=merged, folded=counter.value, seconds=0.0, processes=processes)
 
 
