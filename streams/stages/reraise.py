@@ -23,7 +23,8 @@ log = logging.getLogger("usync.reraise")
 
 RERAISE_INTERVAL = 30.0  # default seconds between scans for rows left in drift (config: reraise_interval)
 RERAISE_SETTLE = 30.0
-UNLISTED_SLICE = 5000  # rows read between two yields to the loop  # default age a row's newest fact must have before it is raised again
+UNLISTED_SLICE = 5000  # rows read between two yields to the loop
+UNLISTED_GATHER = 1.0  # seconds a completed listing waits for others before the scan for absent users  # default age a row's newest fact must have before it is raised again
 
 
 class Reraiser:
@@ -63,8 +64,9 @@ class Reraiser:
         state = self.state()
         facts: list[Envelope] = []
         rows = state.rows
+        links = {link for link, _side in complete}
         for i, key in enumerate(list(rows)):
-            row = rows.get(key)
+            row = rows.get(key) if key.partition(":")[0] in links else None  # decode only the listed links' rows
             if row is not None:
                 facts.extend(self.listings.unlisted(state, row, complete))
             if i % UNLISTED_SLICE == UNLISTED_SLICE - 1:
@@ -82,6 +84,7 @@ class Reraiser:
 
     async def _unlisted_until_none(self) -> None:
         while self.listings is not None and self.listings.complete:
+            await asyncio.sleep(UNLISTED_GATHER)  # the other listings of the pass complete meanwhile: one scan for them
             await self.unlisted()
 
     def _candidates(self, now: int) -> Iterator[tuple[Row, str]]:
