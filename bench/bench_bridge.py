@@ -92,10 +92,11 @@ def cpu_now(pids: dict[str, int]) -> dict[str, float | None]:
 
 
 class Window:
-    """The timed part of a round: wall clock and everyone's CPU, read at its start and end."""
+    """The timed part of a round: wall clock and everyone's CPU, read at its start and end
+    (this process as "self", the brokers, and the processes named in ``pids``)."""
 
-    def __init__(self) -> None:
-        self.pids = broker_pids()
+    def __init__(self, pids: dict[str, int] | None = None) -> None:
+        self.pids = {**broker_pids(), **(pids or {})}
         self.started = self.ended = 0.0
         self.cpu_started: dict[str, float | None] = {}
         self.cpu_ended: dict[str, float | None] = {}
@@ -108,7 +109,7 @@ class Window:
 
     def round(self, count: int) -> Round:
         cpu: dict[str, float | None] = {}
-        for name in ("self", "rabbitmq", "kafka"):
+        for name in ("self", "rabbitmq", "kafka", *self.pids):
             b, a = self.cpu_started.get(name), self.cpu_ended.get(name)
             cpu[name] = None if a is None or b is None else (a - b) / count * 1e6
         return Round(count / (self.ended - self.started), cpu)
