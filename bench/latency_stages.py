@@ -24,6 +24,7 @@ and, off the path to "A corrected": ``PATCH → outcome`` (the outcomes record) 
 
 from __future__ import annotations
 
+import asyncio
 import statistics
 import time
 from dataclasses import dataclass, field
@@ -34,7 +35,6 @@ import msgspec
 from aiokafka import AIOKafkaConsumer
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
-from aiokafka.structs import TopicPartition
 
 STAGES = ("B → bridge", "bridge → Kafka", "Kafka → routed", "routed → correction", "correction → PATCH")
 AFTER = ("PATCH → outcome", "PATCH → echo")
@@ -81,17 +81,18 @@ async def log_append_time(bootstrap: str, names: list[str]) -> None:
         await admin.close()
 
 
-async def read_topic(bootstrap: str, topic: str) -> list[tuple[float, dict]]:
-    """Every record of ``topic`` as (append time in s, JSON value as a dict)."""
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
+async def read_topic(bootstrap: str, topic: str, timeout: float = 30.0) -> list[tuple[float, dict]]:
+    """Every record of ``topic`` as (append time in s, JSON value)."""
+    consumer = AIOKafkaConsumer(topic, bootstrap_servers=bootstrap, group_id=None, enable_auto_commit=False,
+                                auto_offset_reset="earliest")
     await consumer.start()
     try:
-        await consumer.topics()  # a metadata request for every topic: this one's partitions
-        partitions = list(consumer.partitions_for_topic(topic) or ())
-        if not partitions:
-            raise RuntimeError(f"topic {topic} has no partitions in Kafka's metadata")
-        tps = [TopicPartition(topic, p) for p in partitions]
-        consumer.assign(tps)
+        deadline = time.monotonic() + timeout
+        while not consumer.assignment():  # without a group, every partition once the metadata has the topic
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"topic {topic}: no partitions in Kafka's metadata after {timeout:.0f} s")
+            await asyncio.sleep(0.1)  # the assignment follows a metadata update; nothing to await
+        tps = sorted(consumer.assignment())
         end = await consumer.end_offsets(tps)
         await consumer.seek_to_beginning(*tps)
         out: list[tuple[float, dict]] = []
@@ -116,13 +117,16 @@ def _ts(text: str) -> float:
 
 
 def _envelopes(records: list[tuple[float, dict]]) -> dict[tuple[str, str, str], tuple[float, float]]:
-    """(site, offering user uuid, username) -> (received by the bridge, appended): each event's first copy."""
+    """(site, offering user uuid, username) -> (received by the bridge, appended): each event's
+    first copy. A record is one envelope (the events topic) or a JSON array of them (the
+    route stage packs a batch's envelopes of one link into one ``<app>-by-link`` record)."""
     read: dict[tuple[str, str, str], tuple[float, float]] = {}
-    for appended, envelope in records:
-        body = envelope.get("body") or {}
-        if body.get("kind") == "event" and body.get("username"):
-            _first(read, (envelope["site"], body["offering_user_uuid"], body["username"]),
-                   (_ts(envelope["received_at"]), appended))
+    for appended, value in records:
+        for envelope in value if isinstance(value, list) else [value]:
+            body = envelope.get("body") or {}
+            if body.get("kind") == "event" and body.get("username"):
+                _first(read, (envelope["site"], body["offering_user_uuid"], body["username"]),
+                       (_ts(envelope["received_at"]), appended))
     return read
 
 

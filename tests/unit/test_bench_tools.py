@@ -59,7 +59,8 @@ def test_a_change_s_records_join_into_stages_in_order():
     events = [(100.03, _envelope("b", "b1", "alice-v2", "1970-01-01T00:01:40.020Z")),
               (100.04, _envelope("b", "b1", "alice-v2", "1970-01-01T00:01:40.035Z")),  # a redelivery: ignored
               (100.6, _envelope("a", "a1", "alice-v2", "1970-01-01T00:01:40.550Z"))]
-    routed = [(100.1, _envelope("b", "b1", "alice-v2", "1970-01-01T00:01:40.020Z"))]
+    routed = [(100.1, [_envelope("b", "b9", "bob-v2", "1970-01-01T00:01:40.010Z"),  # the route packs a batch
+                       _envelope("b", "b1", "alice-v2", "1970-01-01T00:01:40.020Z")])]
     corrections = [(100.2, {"b_offering_user_uuid": "b1", "desired": "alice-v2"})]
     outcomes = [(100.52, {"action": "corrected", "offering_user_uuid": "a1", "desired": "alice-v2"})]
     (row,) = per_change(clock, events, routed, corrections, outcomes)
