@@ -185,7 +185,11 @@ async def _await_row_count(stack: UsyncStack, users: int, timeout: float) -> Non
     async with httpx.AsyncClient(timeout=30) as client:
         while time.monotonic() < deadline:
             stack.check_alive()
-            r = await client.get(f"http://127.0.0.1:{stack.worker_port}/usync/table/")
+            try:
+                r = await client.get(f"http://127.0.0.1:{stack.worker_port}/usync/table/")
+            except httpx.HTTPError:  # the worker's web view is not up yet (or restarting with a rebalance)
+                await asyncio.sleep(0.5)
+                continue
             rows = r.json().get("rows", {}) if r.status_code == 200 else {}
             if sum(1 for row in rows.values() if row.get("a_offering_user_uuid") and row.get("b_offering_user_uuid")) >= users:
                 return
