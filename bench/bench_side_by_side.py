@@ -128,7 +128,7 @@ async def run_one(system: str, users: int, changes: int, rate: float, deadline: 
             stack.start_worker()
             await stack.worker_ready()
             # start-up reconcile (lists both sites; nothing to PATCH) must be over before we measure
-            await _await_row_count(stack, users, timeout=120)
+            await _await_row_count(stack, users, timeout=120 + users / 250)  # 100k users: 520 s on a loaded box
             await settle(stack, a, b, quiet=1.5)
             await log_append_time(KAFKA_BOOTSTRAP, _stage_topics(stack))
         else:
@@ -188,12 +188,14 @@ async def _await_row_count(stack: UsyncStack, users: int, timeout: float) -> Non
             try:
                 r = await client.get(f"http://127.0.0.1:{stack.worker_port}/usync/table/")
             except httpx.HTTPError:  # the worker's web view is not up yet (or restarting with a rebalance)
-                await asyncio.sleep(0.5)
+                await asyncio.sleep(max(0.5, users / 20_000))
                 continue
             rows = r.json().get("rows", {}) if r.status_code == 200 else {}
             if sum(1 for row in rows.values() if row.get("a_offering_user_uuid") and row.get("b_offering_user_uuid")) >= users:
                 return
-            await asyncio.sleep(0.5)  # polling the worker's table view: no push signal for "snapshot folded"
+            # polling the worker's table view (no push signal for "snapshot folded"); at 100k
+            # rows each answer is tens of MB, so large tables are asked for less often
+            await asyncio.sleep(max(0.5, users / 20_000))
     raise RuntimeError("usync did not load the start-up snapshot in time")
 
 
@@ -330,7 +332,41 @@ def plots(results: list[Result], prefix: str) -> list[str]:
     return made
 
 
+def load_results(paths: list[str]) -> list[Result]:
+    """Results saved by ``--json`` (one or more runs), stages back as tuples."""
+    results = []
+    for path in paths:
+        for item in json.loads(Path(path).read_text()):
+            if item.get("stages"):
+                item["stages"] = {k: tuple(v) for k, v in item["stages"].items()}
+            results.append(Result(**item))
+    return results
+
+
+def medians(results: list[Result]) -> list[Result]:
+    """One result per (system, users): the run with the median p50 (the plots' points)."""
+    groups: dict[tuple[str, int], list[Result]] = {}
+    for r in results:
+        groups.setdefault((r.system, r.users), []).append(r)
+    return [sorted(g, key=lambda r: r.p50)[len(g) // 2] for _, g in sorted(groups.items())]
+
+
+def print_report(results: list[Result], rate: float) -> None:
+    out = Console(width=200)
+    out.print(report(results, rate))
+    if any(r.stages for r in results):
+        out.print(stage_table(results))
+    for line in goals(medians(results)):
+        out.print(line)
+
+
 async def main_async(args: argparse.Namespace) -> int:
+    if args.from_json:
+        results = load_results(args.from_json)
+        print_report(results, args.rate)
+        for path in plots(medians(results), args.plot) if args.plot else ():
+            print(f"plot: {path}")
+        return 0
     systems = args.systems.split(",")
     if "agent" in systems:
         ensure_agent_venv()
@@ -358,12 +394,8 @@ async def main_async(args: argparse.Namespace) -> int:
                 console.print(f"  converged={r.converged} in {r.seconds:.2f} s, p50 {r.p50 * 1000:.0f} ms, "
                               f"p99 {r.p99 * 1000:.0f} ms, {r.calls:,} calls ({r.calls_total:,} all), "
                               f"{r.patches} PATCHes {r.note}")
+    print_report(results, args.rate)
     out = Console(width=200)
-    out.print(report(results, args.rate))
-    if any(r.stages for r in results):
-        out.print(stage_table(results))
-    for line in goals(results):
-        out.print(line)
     out.print(f"[dim]Shared 2-core machine: the sites, RabbitMQ, Kafka and the system under test share it; "
               f"figures are noisy. Load average at the end: {' '.join(Path('/proc/loadavg').read_text().split()[:3])}[/dim]")
     if args.plot:
@@ -388,6 +420,8 @@ def main() -> int:
     p.add_argument("--keep-logs", action="store_true")
     p.add_argument("--plot", default=None, help="write PNGs <prefix>-latency.png, -calls.png, -stages.png")
     p.add_argument("--json", default=None, help="write the results as JSON")
+    p.add_argument("--from-json", nargs="+", default=None, metavar="FILE",
+                   help="no run: the tables and plots of saved runs (--json), the median run per point")
     args = p.parse_args()
     if args.quick:
         args.users, args.changes = "1000", "50"
