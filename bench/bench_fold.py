@@ -347,6 +347,7 @@ async def main() -> None:
     parser.add_argument("--quick", action="store_true", help="<= 90 s: 60k events, 1,000 patches")
     parser.add_argument("--profile", type=Path, help="write py-spy profiles of the worker here and print their top costs")
     parser.add_argument("--tree", type=Path, help="measure the streams package of another checkout")
+    parser.add_argument("--only", choices=("correct",), help="only the correct stage's figures (the sink phase)")
     args = parser.parse_args()
     if args.quick:
         args.events, args.users, args.patches = 60_000, 5_000, 1_000
@@ -354,6 +355,10 @@ async def main() -> None:
         args.profile.mkdir(parents=True, exist_ok=True)
     print(f"tree: {ROOT}; load: {os.getloadavg()[0]:.2f} {os.getloadavg()[1]:.2f} {os.getloadavg()[2]:.2f}")
     tune_gc()  # as `usync worker` and `usync replay` do: the replay runs in this process
+    if args.only == "correct":
+        sink = await sink_bench(args.patches, args.profile and args.profile / "correct.txt")
+        print_sink(sink)
+        return
     suffix = uuid.uuid4().hex[:8]
     a_off, b_off = uuid.uuid4().hex, uuid.uuid4().hex
     env = {**os.environ, "BENCH_TOKEN_A": "x", "BENCH_TOKEN_B": "x"}
@@ -378,14 +383,18 @@ async def main() -> None:
         del _state
         gc.collect()
     sink = await sink_bench(args.patches, args.profile and args.profile / "correct.txt")
+    print_sink(sink)
+    print(f"fold: fold_per_cpu_s={per_cpu:.0f} raw_per_s={raw:.0f} fold_ratio={per_cpu / raw:.3f} "
+          f"replay_per_s={folded / seconds:.0f} correct_cpu_us={sink.sink_cpu * 1e6:.0f}")
+
+
+def print_sink(sink: SinkFigures) -> None:
     print(f"sink:         {sink.rate:>10,.0f} PATCH/s (GET B + GET A + PATCH + 3 Lookup facts + 1 outcome each; "
           f"sink and simulator in processes of their own)")
     # On two cores the simulator shares the machine: the sink's own CPU per PATCH says
     # what one core of the worker could drive against sites elsewhere.
     print(f"sink CPU:     {sink.sink_cpu * 1e6:>10,.0f} µs per PATCH in the sink's process "
           f"(one core: {1 / sink.sink_cpu:,.0f} PATCH/s); the simulated sites {sink.sites_cpu * 1e6:,.0f} µs")
-    print(f"fold: fold_per_cpu_s={per_cpu:.0f} raw_per_s={raw:.0f} fold_ratio={per_cpu / raw:.3f} "
-          f"replay_per_s={folded / seconds:.0f} correct_cpu_us={sink.sink_cpu * 1e6:.0f}")
 
 
 if __name__ == "__main__":
