@@ -278,8 +278,9 @@ async def _correct(setup: dict, conn) -> None:
     await records.start()
     metrics = Metrics()
     clients = Clients(config, metrics)
-    sink = Corrector({link.name: link for link in config.links}, clients, metrics,
-                     records.emitter(config.kafka.events_topic), records.emitter(config.kafka.outcomes_topic))
+    extra = {"enqueue_event": records.enqueuer(config.kafka.events_topic)} if hasattr(records, "enqueuer") else {}
+    sink = Corrector({link.name: link for link in config.links}, clients, metrics,  # as streams.app wires it
+                     records.emitter(config.kafka.events_topic), records.emitter(config.kafka.outcomes_topic), **extra)
     lanes = CorrectLoop(sink, DeadLetters(records.emitter(config.kafka.dlq_topic), metrics))
     consumed = [ConsumedRecord("bench-corrections", 0, offset, request_encoder.encode(CorrectionRequest(
         link="bench", user_username=name, a_offering_user_uuid=a_uuid, b_offering_user_uuid=b_uuid, desired=f"{name}_b")))

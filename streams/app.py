@@ -100,7 +100,8 @@ def create_app(config: Config, *, store: str = "rocksdb", web_port: int | None =
     finder = lookups.Lookups(clients, emit_event, metrics, state)
     folder_tables = FaustFoldTables(tables, options)
     folder = fold.Fold(routes, folder_tables, request, finder, metrics, dead)
-    corrector = Corrector(routes.by_name, clients, metrics, emit_event, records.emitter(kafka.outcomes_topic))
+    corrector = Corrector(routes.by_name, clients, metrics, emit_event, records.emitter(kafka.outcomes_topic),
+                          enqueue_event=records.enqueuer(kafka.events_topic))
     reconciler = Reconcile(config.links, clients, metrics, emit_event, config.reconcile_interval)
     reraiser = reraise.Reraiser(config.links, state, request, settle=config.reraise_interval,
                                 window=RetryWindow(config.rejection_retry, config.rejection_retry_max))
