@@ -23,7 +23,6 @@ import os
 import sys
 import time
 import uuid
-from dataclasses import dataclass
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parents[1]
@@ -42,6 +41,8 @@ from streams.stages.correct_loop import BATCH, CorrectLoop  # noqa: E402
 from streams.stages.dead_letter import DeadLetters  # noqa: E402
 from streams.worker import tune_gc  # noqa: E402
 from tests.support.services import KAFKA_BOOTSTRAP  # noqa: E402
+
+from bench_fold import ConsumedRecord  # noqa: E402  (beside this file)
 
 A_OFF, B_OFF = "a" * 32, "b" * 32
 
@@ -65,14 +66,6 @@ class MemorySite:
         record = self.records[uuid_]
         return 200, OfferingUserRecord(uuid=record.uuid, user_uuid=record.user_uuid, user_username=record.user_username,
                                        offering_uuid=record.offering_uuid, username=username, state="OK")
-
-
-@dataclass(frozen=True)
-class ConsumedRecord:
-    topic: str
-    partition: int
-    offset: int
-    value: bytes
 
 
 async def run(n: int, emit_event, emit_outcome, metrics: Metrics, links, **wiring) -> float:
