@@ -9,8 +9,8 @@ CPU samples (and, with ``--units``, as µs of CPU per unit at py-spy's 100 Hz):
 - **self**: where the samples were, by the leaf frame's module (msgspec, aiokafka's C
   parts and the like have no Python frames: their time is their Python caller's);
 - **inclusive**: the functions with the most samples under them (every stack counts a
-  function once), outer frames that hold nearly everything (the loop, faust's agent
-  runner: 90 % of the largest count) left out.
+  function once), outer frames that hold nearly everything of their thread (the loop,
+  faust's worker: 90 % of the samples under the thread's outermost frame) left out.
 """
 
 from __future__ import annotations
@@ -71,11 +71,17 @@ def report(path: Path, per: str = "", units: int = 0, top: int = 15, outer_share
         return f"{path}: no samples"
     by_module: collections.Counter[str] = collections.Counter()
     inclusive: collections.Counter[str] = collections.Counter()
+    roots: collections.Counter[str] = collections.Counter()  # samples under each outermost frame (a thread)
+    under: dict[str, set[str]] = collections.defaultdict(set)  # function -> the outermost frames it runs under
     for frames, count in stacks:
-        if frames:
-            by_module[module_of(frames[-1][1])] += count
+        if not frames:
+            continue
+        by_module[module_of(frames[-1][1])] += count
+        root = f"{module_of(frames[0][1])}.{frames[0][0]}"
+        roots[root] += count
         for name in {f"{module_of(file)}.{func}" for func, file in frames}:
             inclusive[name] += count
+            under[name].add(root)
 
     def line(name: str, count: int) -> str:
         share = f"{100 * count / total:5.1f} %"
@@ -87,8 +93,8 @@ def report(path: Path, per: str = "", units: int = 0, top: int = 15, outer_share
     lines += [line(name, count) for name, count in by_module.most_common(top)]
     lines.append(" inclusive, by function (outer frames above "
                  f"{outer_share:.0%} left out):")
-    most = max(inclusive.values())
-    inner = [(name, count) for name, count in inclusive.most_common() if count < outer_share * most]
+    inner = [(name, count) for name, count in inclusive.most_common()
+             if count < outer_share * sum(roots[root] for root in under[name])]
     lines += [line(name, count) for name, count in inner[:top]]
     return "\n".join(lines)
 
