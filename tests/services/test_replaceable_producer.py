@@ -12,14 +12,19 @@ from tests.app.harness import until
 pytestmark = pytest.mark.services
 
 
-async def test_concurrent_failures_replace_the_producer_once_and_sends_go_on(kafka_bootstrap):
-    topic = f"usync-test-replace-{uuid.uuid4().hex[:8]}"
+async def new_topic(kafka_bootstrap: str, what: str, partitions: int) -> str:
+    topic = f"usync-test-{what}-{uuid.uuid4().hex[:8]}"
     admin = AIOKafkaAdminClient(bootstrap_servers=kafka_bootstrap)
     await admin.start()
     try:
-        await admin.create_topics([NewTopic(topic, 1, 1)])
+        await admin.create_topics([NewTopic(topic, partitions, 1)])
     finally:
         await admin.close()
+    return topic
+
+
+async def test_concurrent_failures_replace_the_producer_once_and_sends_go_on(kafka_bootstrap):
+    topic = await new_topic(kafka_bootstrap, "replace", 1)
     sender = RecordSender({"bootstrap_servers": kafka_bootstrap})
     await sender.start()
     try:
@@ -42,13 +47,7 @@ async def test_an_enqueued_record_is_acked_later_and_a_failed_delivery_replaces_
 
     from streams.errors import KafkaUnavailable
 
-    topic = f"usync-test-enqueue-{uuid.uuid4().hex[:8]}"
-    admin = AIOKafkaAdminClient(bootstrap_servers=kafka_bootstrap)
-    await admin.start()
-    try:
-        await admin.create_topics([NewTopic(topic, 2, 1)])
-    finally:
-        await admin.close()
+    topic = await new_topic(kafka_bootstrap, "enqueue", 2)
     sender = RecordSender({"bootstrap_servers": kafka_bootstrap})
     await sender.start()
     try:
