@@ -44,7 +44,7 @@ from streams.contract.schema import (  # noqa: E402
     Envelope, Listed, Lookup, OfferingUserEvent, OfferingUserRecord, Origin, Outcome, OutcomeAction, envelope_encoder,
     event_key, outcome_encoder,
 )
-from streams.history import history, run_index  # noqa: E402
+from streams.history import key_partitioner, history, run_index  # noqa: E402
 from streams.replay import replay  # noqa: E402
 from streams.worker import tune_gc  # noqa: E402
 from tests.support.services import KAFKA_BOOTSTRAP  # noqa: E402
@@ -110,13 +110,14 @@ async def make(config, maker: Maker, total: int) -> int:
     sender = RecordSender(client_options(config), "bench", linger_ms=20)
     await sender.start()
     topics = {"events": config.kafka.events_topic, "outcomes": config.kafka.outcomes_topic}
+    partition_of = key_partitioner(config.kafka.partitions)  # the producers' default partitioner, keys remembered
     made, chunk, k = 0, [], 0
 
     async def flush() -> None:
         by_topic: dict[str, list] = {}
         for topic, key, value in chunk:
             by_topic.setdefault(topics[topic], []).append((key, value))
-        await asyncio.gather(*(sender.send_all(t, records) for t, records in by_topic.items()))
+        await asyncio.gather(*(sender.send_bulk(t, records, partition_of) for t, records in by_topic.items()))
         chunk.clear()
     try:
         for record in maker.first_pass():

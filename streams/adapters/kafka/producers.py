@@ -202,6 +202,29 @@ class RecordSender(ReplaceableProducer):
             await self._failed(producer, exc, topic)
             raise  # _failed always raises
 
+    async def send_bulk(self, topic: str, records: list[tuple[bytes, bytes]],
+                        partition_of: Callable[[bytes], int]) -> None:
+        """Send many records as aiokafka batches per partition (``partition_of`` the key: the
+        default partitioner's answer); return once Kafka acknowledged them all. ~3x cheaper a
+        record than :meth:`send_all`, whose ``send`` per record costs more than the record."""
+        producer = await self.current()
+        by_partition: dict[int, list[tuple[bytes, bytes]]] = {}
+        for key, value in records:
+            by_partition.setdefault(partition_of(key), []).append((key, value))
+        try:
+            acks = []
+            for partition, mine in by_partition.items():
+                batch = producer.create_batch()
+                for key, value in mine:
+                    if batch.append(key=key, value=value, timestamp=None) is None:
+                        acks.append(await producer.send_batch(batch, topic, partition=partition))
+                        batch = producer.create_batch()
+                        batch.append(key=key, value=value, timestamp=None)
+                acks.append(await producer.send_batch(batch, topic, partition=partition))
+            await asyncio.gather(*acks)
+        except Exception as exc:
+            await self._failed(producer, exc, topic)
+
     async def send_all(self, topic: str, records: list[tuple[bytes, bytes]]) -> None:
         """Send every (key, value); return once Kafka acknowledged them all."""
         producer = await self.current()
