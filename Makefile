@@ -10,7 +10,7 @@ STAMP := $(VENV)/.installed
 $(STAMP): pyproject.toml requirements.lock
 	@test -x $(PY) || python3 -m venv $(VENV)
 	@$(PY) -m pip install -q --upgrade pip
-	@$(PY) -m pip install -q -c requirements.lock -e '.[test]'
+	@$(PY) -m pip install -q -c requirements.lock -e '.[test,bench]'
 	@touch $(STAMP)
 
 install: $(STAMP)

@@ -32,9 +32,12 @@ import asyncio
 import os
 import statistics
 import time
+import sys
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests.support, as a script too
 
 import msgspec
 import pika
@@ -48,8 +51,11 @@ from bridges.outlet import KafkaOutlet
 from bridges.metrics import BridgeMetrics
 from bridges.transports.registry import open_connection
 from streams.contract.config import Config, parse_config
+from tests.support.services import KAFKA_BOOTSTRAP, RABBITMQ
 
-TRANSPORTS = {"web-stomp": "ws://127.0.0.1:15674/ws", "stomp": "stomp://127.0.0.1:61613", "amqp": "amqp://127.0.0.1:5672"}
+# The local brokers, wherever USYNC_PORT_OFFSET (or the per-port variables) put them.
+TRANSPORTS = {"web-stomp": RABBITMQ.web_stomp_url, "stomp": RABBITMQ.stomp_url,
+              "amqp": f"amqp://{RABBITMQ.host}:{RABBITMQ.amqp_port}"}
 OFFERING = uuid.uuid4().hex
 ROOT = Path(__file__).resolve().parents[1]
 PID_FILES = {"rabbitmq": ROOT / ".local/rabbitmq/rabbitmq.pid", "kafka": ROOT / ".local/kafka/kafka.pid"}
@@ -86,10 +92,11 @@ def cpu_now(pids: dict[str, int]) -> dict[str, float | None]:
 
 
 class Window:
-    """The timed part of a round: wall clock and everyone's CPU, read at its start and end."""
+    """The timed part of a round: wall clock and everyone's CPU, read at its start and end
+    (this process as "self", the brokers, and the processes named in ``pids``)."""
 
-    def __init__(self) -> None:
-        self.pids = broker_pids()
+    def __init__(self, pids: dict[str, int] | None = None) -> None:
+        self.pids = {**broker_pids(), **(pids or {})}
         self.started = self.ended = 0.0
         self.cpu_started: dict[str, float | None] = {}
         self.cpu_ended: dict[str, float | None] = {}
@@ -102,30 +109,37 @@ class Window:
 
     def round(self, count: int) -> Round:
         cpu: dict[str, float | None] = {}
-        for name in ("self", "rabbitmq", "kafka"):
+        for name in ("self", "rabbitmq", "kafka", *self.pids):
             b, a = self.cpu_started.get(name), self.cpu_ended.get(name)
             cpu[name] = None if a is None or b is None else (a - b) / count * 1e6
         return Round(count / (self.ended - self.started), cpu)
 
 
-def fill(queue: str, count: int) -> None:
-    params = pika.ConnectionParameters("127.0.0.1", 5672, "/", pika.PlainCredentials("guest", "guest"))
-    with pika.BlockingConnection(params) as connection:
+def amqp_params() -> pika.ConnectionParameters:
+    return pika.ConnectionParameters(RABBITMQ.host, RABBITMQ.amqp_port, "/", pika.PlainCredentials("guest", "guest"))
+
+
+def fill(queue: str, count: int, ids: list[str] | None = None) -> None:
+    """``count`` Waldur-shaped update events on ``queue``; with ``ids``, message i carries
+    ``ids[i]`` as its offering user uuid, its ``x-message-id`` header and its AMQP
+    message id, so a reader of any system's records can tell which messages arrived."""
+    with pika.BlockingConnection(amqp_params()) as connection:
         channel = connection.channel()
         channel.queue_declare(queue, durable=True)
         for i in range(count):
+            ident = ids[i] if ids is not None else uuid.uuid4().hex
             body = msgspec.json.encode({
-                "action": "update", "offering_user_uuid": uuid.uuid4().hex, "user_uuid": uuid.uuid4().hex,
+                "action": "update", "offering_user_uuid": ident, "user_uuid": uuid.uuid4().hex,
                 "username": f"user{i}", "state": "OK", "runtime_state": "Active",
                 "changed_fields": ["username"], "offering_uuid": OFFERING,
             })
             channel.basic_publish("", queue, body, pika.BasicProperties(
-                delivery_mode=2, content_type="application/json", headers={"x-message-id": uuid.uuid4().hex}))
+                delivery_mode=2, content_type="application/json", message_id=ident,
+                headers={"x-message-id": ident if ids is not None else uuid.uuid4().hex}))
 
 
 def delete(queue: str) -> None:
-    params = pika.ConnectionParameters("127.0.0.1", 5672, "/", pika.PlainCredentials("guest", "guest"))
-    with pika.BlockingConnection(params) as connection:
+    with pika.BlockingConnection(amqp_params()) as connection:
         connection.channel().queue_delete(queue)
 
 
@@ -146,11 +160,18 @@ async def raw_consume(url: str, queue: str, count: int, prefetch: int) -> Round:
 
 
 def bridge_config(url: str, queue: str, prefetch: int) -> Config:
-    suffix = uuid.uuid4().hex[:8]
+    return parse_config(bridge_config_text(url, queue, prefetch))
+
+
+def bridge_config_text(url: str, queue: str, prefetch: int, suffix: str | None = None) -> str:
+    """A bridge's TOML for one queue of the local broker, with its own topics
+    (``bench-events-<suffix>``...); the passcode comes from ``USYNC_BENCH_TOKEN``."""
+    suffix = suffix or uuid.uuid4().hex[:8]
     os.environ["USYNC_BENCH_TOKEN"] = "guest"
-    return parse_config(f"""
+    return f"""
 web_port = 0
 [kafka]
+bootstrap_servers = "{KAFKA_BOOTSTRAP}"
 events_topic = "bench-events-{suffix}"
 dlq_topic = "bench-dlq-{suffix}"
 outcomes_topic = "bench-outcomes-{suffix}"
@@ -164,7 +185,7 @@ broker_url = "{url}"
 login = "guest"
 vhost = "/"
 queues = ["{queue}"]
-""")
+"""
 
 
 async def prepare_topics(config: Config) -> None:

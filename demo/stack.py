@@ -245,8 +245,10 @@ class UsyncStack:
     """``usync bridge`` + ``usync worker`` for two sites and one link per offering pair."""
 
     def __init__(self, a: Any, b: Any, pairs: list[OfferingPair], tmp: Path, *, label: str = "demo",
-                 requests_per_second: float = 500.0, concurrency: int = 32, partitions: int = 4) -> None:
+                 requests_per_second: float = 500.0, concurrency: int = 32, partitions: int = 4,
+                 broker_url: str = WEB_STOMP, kafka_bootstrap: str = "127.0.0.1:9092") -> None:
         self.a, self.b, self.pairs, self.tmp = a, b, pairs, tmp
+        self.kafka_bootstrap = kafka_bootstrap
         self.suffix = f"{label}-{uuid.uuid4().hex[:10]}"
         self.bridge_port = free_port()
         self.worker_port = free_port()
@@ -258,12 +260,13 @@ class UsyncStack:
         text = (
             f'app_id = "usync-{self.suffix}"\nreconcile_interval = 3600\n'
             f'data_dir = "{tmp / "data"}"\nweb_port = {self.worker_port}\n'
-            f'[kafka]\nevents_topic = "{self.topics[0]}"\ndlq_topic = "{self.topics[1]}"\n'
+            f'[kafka]\nbootstrap_servers = "{kafka_bootstrap}"\n'
+            f'events_topic = "{self.topics[0]}"\ndlq_topic = "{self.topics[1]}"\n'
             f'outcomes_topic = "{self.topics[2]}"\npartitions = {partitions}\n'
         )
         for site, env in ((a, "USYNC_TOKEN_A"), (b, "USYNC_TOKEN_B")):
             text += (f'[sites.{site.name}]\napi_url = "{site.url}"\ntoken_env = "{env}"\n'
-                     f'broker_url = "{WEB_STOMP}"\nregister = true\nrates = {rates}\n')
+                     f'broker_url = "{broker_url}"\nregister = true\nrates = {rates}\n')
         for pair in pairs:
             text += (f'[[links]]\nname = "{pair.name}"\nreconcile = true\n'
                      f'target = {{ site = "{a.name}", offering = "{pair.a.uuid}" }}\n'
@@ -351,7 +354,7 @@ class UsyncStack:
         """Best effort: drop this run's topics (ours and the worker's internal ones, all named by suffix)."""
         from aiokafka.admin import AIOKafkaAdminClient
 
-        admin = AIOKafkaAdminClient(bootstrap_servers="127.0.0.1:9092", request_timeout_ms=10000)
+        admin = AIOKafkaAdminClient(bootstrap_servers=self.kafka_bootstrap, request_timeout_ms=10000)
         with contextlib.suppress(Exception):
             await admin.start()
             try:

@@ -109,7 +109,8 @@ def create_app(config: Config, *, store: str = "rocksdb", web_port: int | None =
     route_group = f"{config.app_id}-route"
     reraiser, folder, reconciler = _history_stages(config, routes, state, request, folder_tables, finder, metrics,
                                                    dead, records, clients, route_group)
-    corrector = Corrector(routes.by_name, clients, metrics, emit_event, records.emitter(kafka.outcomes_topic))
+    corrector = Corrector(routes.by_name, clients, metrics, emit_event, records.emitter(kafka.outcomes_topic),
+                          enqueue_event=records.enqueuer(kafka.events_topic))
     router = BatchConsumer("router", options, [kafka.events_topic, kafka.listings_topic], route_group,
                            route.Route(routes, metrics, lambda pairs: records.send_all(by_link.get_topic_name(), pairs),
                                        dead).handle,

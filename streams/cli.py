@@ -378,7 +378,7 @@ def build_parser() -> argparse.ArgumentParser:
     topics = commands.add_parser("topics", help="topic tools")
     topics_commands = topics.add_subparsers(dest="topics_command", required=True)
     schema = topics_commands.add_parser("schema", help="the JSON Schema of every topic's records")
-    schema.add_argument("--topic", choices=["events", "outcomes", "dlq", "listings", "checkpoints"], default=None,
+    schema.add_argument("--topic", choices=["events", "outcomes", "dlq", "listings", "checkpoints", "user-index"], default=None,
                         help="one topic only")
     schema.add_argument("--config", default=None, help="annotate the schemas with the configured topic names")
     schema.add_argument("--write", default=None, metavar="DIR",

@@ -7,6 +7,8 @@ the HTTP client (``streams.adapters.waldur``) and Kafka producers
 
 from __future__ import annotations
 
+import asyncio
+
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from contextlib import AbstractContextManager
@@ -18,6 +20,9 @@ from streams.core import TableState
 
 #: Writes (key, value) to one topic and returns once Kafka acknowledged it.
 Emit = Callable[[bytes, bytes], Awaitable[None]]
+#: Put (key, value) on the way to a topic now; the answer is a future done once Kafka
+#: acknowledged it (``RecordSender.enqueuer``): no task per record.
+Enqueue = Callable[[bytes, bytes], Awaitable["asyncio.Future[None]"]]
 
 #: Writes every (key, value) to one topic and returns once Kafka acknowledged them all.
 EmitAll = Callable[[list[tuple[bytes, bytes]]], Awaitable[None]]

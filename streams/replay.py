@@ -230,8 +230,8 @@ def _own(config: Config, state: TableState, mine: list[int], partitions: int) ->
     return project(state, lambda link, side: owner(link, side) in wanted)
 
 
-def _child(mine: list[int]) -> bytes:
-    config, state, start, end, counter = (_CHILD[name] for name in ("config", "state", "start", "end", "counter"))
+def _child(mine: list[int], counter: Any, conn: Any) -> None:
+    config, state, start, end = _CHILD["config"], _CHILD["state"], _CHILD["start"], _CHILD["end"]
     own = _own(config, state, mine, len(end))
 
     def advance(n: int) -> None:
@@ -239,7 +239,8 @@ def _child(mine: list[int]) -> bytes:
             counter.value += n
 
     asyncio.run(fold_partitions(config, own, {p: start[p] for p in mine}, {p: end[p] for p in mine}, advance))
-    return _encode(own)
+    conn.send_bytes(_encode(own))
+    conn.close()
 
 
 async def _fold_apart(config: Config, state: TableState, start: dict[int, int], end: dict[int, int], processes: int,
@@ -249,34 +250,37 @@ async def _fold_apart(config: Config, state: TableState, start: dict[int, int], 
     This process folds the first share itself while forked ones fold the others: it would
     only wait otherwise, and its own share's table needs no copy."""
     first, *others = shares_of(start, end, processes)
+    _CHILD.update(config=config, state=state, start=start, end=end)
     context = multiprocessing.get_context("fork")
-    counter = context.Value("q", 0)  # inherited by the fork: a shared counter cannot be pickled to a task
-    _CHILD.update(config=config, state=state, start=start, end=end, counter=counter)
-    pool = context.Pool(len(others)) if others else None  # the fork: before this process folds anything
+    counter = context.Value("q", 0)
+    children = []
+    for share in others:  # forked before this process folds anything: each child copies only the start
+        receive, send = context.Pipe(duplex=False)
+        child = context.Process(target=_child, args=(share, counter, send), daemon=True)
+        child.start()
+        send.close()
+        children.append((child, receive))
     _CHILD.clear()
-    try:
-        results = [pool.apply_async(_child, (share,)) for share in others] if pool else []
-        loop = asyncio.get_running_loop()
-        theirs = asyncio.gather(*(loop.run_in_executor(None, result.get) for result in results))
-        own = _own(config, state, first, len(end))
-        with _progress(console, total) as advance:
-            mine = 0
+    loop = asyncio.get_running_loop()
+    theirs = asyncio.gather(*(loop.run_in_executor(None, receive.recv_bytes) for _child_, receive in children))
+    own = _own(config, state, first, len(end))
+    with _progress(console, total) as advance:
+        mine = 0
 
-            def folded(n: int) -> None:
-                nonlocal mine
-                mine += n
-                advance(mine + counter.value - advance.done)  # type: ignore[attr-defined]
+        def folded(n: int) -> None:
+            nonlocal mine
+            mine += n
+            advance(mine + counter.value - advance.done)  # type: ignore[attr-defined]
 
-            await fold_partitions(config, own, {p: start[p] for p in first}, {p: end[p] for p in first}, folded, batch)
-            while not theirs.done():
-                await asyncio.wait({theirs}, timeout=0.2)
-                folded(0)
-            encoded = await theirs
-    finally:
-        if pool is not None:
-            pool.terminate()
-    for raw in encoded:
+        await fold_partitions(config, own, {p: start[p] for p in first}, {p: end[p] for p in first}, folded, batch)
+        while not theirs.done():
+            await asyncio.wait({theirs}, timeout=0.2)
+            folded(0)
+    for (child, _receive), raw in zip(children, await theirs):
         merge(own, _decode(raw))
+        child.join()
+        if child.exitcode:
+            raise RuntimeError(f"usync replay: a folding process exited with {child.exitcode}")
     return Replayed(state=own, folded=mine + counter.value, seconds=0.0, processes=processes)
 
 

@@ -18,7 +18,8 @@ ever in the Authorization header: never in logs, errors or outcomes; a body a si
 back is scrubbed of it before it goes anywhere (:meth:`SiteClient.refusal_detail`).
 
 The HTTP transport is injectable (``transport=``, any ``httpx.AsyncBaseTransport``:
-``httpx.MockTransport`` in unit tests); by default it is aiohttp's pool (below).
+``httpx.MockTransport`` in unit tests); by default the calls go to aiohttp's pool directly
+(:class:`AiohttpExchange`), without httpx's request and response models.
 """
 
 from __future__ import annotations
@@ -32,12 +33,11 @@ import urllib.parse
 import urllib.request
 from collections.abc import AsyncIterator, Iterator, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import aiohttp
 import httpx
 import msgspec
-from httpx_aiohttp import AiohttpTransport
 
 from streams.adapters.budget import TokenBucket
 from streams.adapters.tls import site_api_context, tls_reason
@@ -59,6 +59,7 @@ GONE = frozenset({404, 410})
 OFFERING_USERS = "marketplace-offering-users/"
 _records = msgspec.json.Decoder(list[OfferingUserRecord])
 _record = msgspec.json.Decoder(OfferingUserRecord)
+_json = msgspec.json.Encoder()
 
 
 #: Consecutive failed attempts (5xx, 429, timeout, refused or broken connection, with no
@@ -136,7 +137,7 @@ class Answer:
 
     status: int
     body: bytes
-    headers: httpx.Headers
+    headers: Mapping[str, str]  # case-insensitive: aiohttp's or httpx's
     attempts: int
 
     @property
@@ -164,30 +165,22 @@ class SiteClient:
         self.tls_refused: str | None = None
         self._pause = Backoff()
         self._rng = random.Random()
-        self._base = httpx.URL(api_url if api_url.endswith("/") else api_url + "/")
-        self._base_text = str(self._base)
-        self._headers = httpx.Headers({"Authorization": f"Token {token.reveal()}", "Accept": "application/json"})
-        self._extensions = {"timeout": httpx.Timeout(rates.timeout).as_dict()}
-        # httpx's types on aiohttp's connection pool: httpcore placed every request by
-        # scanning its whole pool (a syscall per connection) and spent ~0.5 ms of CPU per
-        # call; this path costs ~0.13 ms, which is what lets one sink reach 1,000 PATCH/s.
-        # Requests go to the transport directly: no cookies, no redirects, our own auth.
-        self._transport = transport or _aiohttp_transport(self._base_text, rates, ssl_context)
+        self._base_text = str(httpx.URL(api_url if api_url.endswith("/") else api_url + "/"))
+        headers = {"Authorization": f"Token {token.reveal()}", "Accept": "application/json"}
+        self._headers = (headers, {**headers, "Content-Type": "application/json"})  # without, with a body
+        # No cookies, no redirects, our own auth: requests go to the pool directly.
+        self._exchange: Exchange = HttpxExchange(transport, rates.timeout) if transport is not None else \
+            AiohttpExchange(self._base_text, rates, ssl_context)
 
     async def close(self) -> None:
-        await self._transport.aclose()
+        await self._exchange.aclose()
 
-    async def _send(self, method: str, path: str, params: Any, json: Any) -> tuple[int, bytes, httpx.Headers]:
+    async def _send(self, method: str, path: str, params: Any, json: Any) -> tuple[int, bytes, Mapping[str, str]]:
         """One HTTP exchange, read to the end. ``path`` is relative to the API root, or a
         whole URL (a ``Link: rel=next`` page)."""
-        url = httpx.URL(path) if "://" in path else httpx.URL(self._base_text + path)
-        request = httpx.Request(method, url, params=params, json=json, headers=self._headers, extensions=self._extensions)
-        response = await self._transport.handle_async_request(request)
-        try:
-            body = await response.aread()
-        finally:
-            await response.aclose()
-        return response.status_code, body, response.headers
+        url = path if "://" in path else self._base_text + path
+        body = None if json is None else _json.encode(json)
+        return await self._exchange.send(method, url, params, body, self._headers[body is not None])
 
     # -- the one request loop -----------------------------------------------------------
 
@@ -230,7 +223,7 @@ class SiteClient:
         handshake (checked first: aiohttp's certificate error is a connector error too) is
         said once per outage, as an ERROR naming the site and the handshake's reason (a
         configuration problem, not a blip)."""
-        tls = tls_reason(exc)  # httpx_aiohttp raises a refused handshake as ConnectTimeout
+        tls = tls_reason(exc)  # aiohttp's certificate error is a connector error (httpx-aiohttp's a ConnectTimeout)
         if tls is None:
             label = _failure_label(exc)
             return label, label if label == "timeout" else f"{label}: {type(exc).__name__}"
@@ -315,16 +308,77 @@ class SiteClient:
             path, params, page = next_url, None, page + 1
 
 
-def _aiohttp_transport(base_url: str, rates: Rates, tls: ssl.SSLContext | None) -> httpx.AsyncBaseTransport:
-    tls = tls or ssl.create_default_context()
-    limits = httpx.Limits(max_connections=rates.concurrency, max_keepalive_connections=rates.concurrency)
-    return AiohttpTransport(verify=tls, limits=limits, proxy=_env_proxy(base_url), client=lambda: _session(tls, limits))
+class Exchange(Protocol):
+    """One HTTP exchange read to the end: (status, body, headers). Raises what its library
+    raises for an exchange with no answer (``SiteClient.request`` classifies it)."""
+
+    async def send(self, method: str, url: str, params: Any, body: bytes | None,
+                   headers: Mapping[str, str]) -> tuple[int, bytes, Mapping[str, str]]: ...
+
+    async def aclose(self) -> None: ...
 
 
-def _session(tls: ssl.SSLContext, limits: httpx.Limits) -> aiohttp.ClientSession:
-    """The connection pool, made on first use (inside the event loop)."""
-    connector = aiohttp.TCPConnector(limit=limits.max_connections or 0, keepalive_timeout=limits.keepalive_expiry, ssl=tls)
-    return aiohttp.ClientSession(connector=connector)
+class AiohttpExchange:
+    """Calls on aiohttp's connection pool, one pool per site, kept alive (``concurrency``
+    connections at most).
+
+    httpcore placed every request by scanning its whole pool (a syscall per connection):
+    ~2,000-2,300 µs of CPU per call at 16 in flight; httpx's request and response models
+    on aiohttp's pool (httpx-aiohttp) 252-342 µs; aiohttp alone 125-179 µs, the same GET
+    against the simulator in one sitting (``bench/bench_http.py``). Errors are aiohttp's own
+    (``aiohttp.ClientError``, ``asyncio.TimeoutError``), classified by ``_failure_label``
+    and ``tls_reason``. The timeout bounds connecting (``connect`` includes waiting for
+    a pooled connection) and each read, as httpx's did.
+    """
+
+    def __init__(self, base_url: str, rates: Rates, tls: ssl.SSLContext | None) -> None:
+        self._tls = tls or ssl.create_default_context()
+        self._limit = rates.concurrency
+        self._timeout = aiohttp.ClientTimeout(connect=rates.timeout, sock_connect=rates.timeout,
+                                              sock_read=rates.timeout)
+        proxy = _env_proxy(base_url)
+        self._proxy = str(proxy.url.copy_with(username=None, password=None)) if proxy else None
+        self._proxy_auth = aiohttp.BasicAuth(*(part.decode() for part in proxy.raw_auth)) \
+            if proxy and proxy.raw_auth else None
+        self._session: aiohttp.ClientSession | None = None
+
+    def _open(self) -> aiohttp.ClientSession:
+        """The connection pool, made on first use (inside the event loop)."""
+        connector = aiohttp.TCPConnector(limit=self._limit, ssl=self._tls)
+        self._session = aiohttp.ClientSession(connector=connector, skip_auto_headers=("User-Agent",))
+        return self._session
+
+    async def send(self, method: str, url: str, params: Any, body: bytes | None,
+                   headers: Mapping[str, str]) -> tuple[int, bytes, Mapping[str, str]]:
+        session = self._session or self._open()
+        async with session.request(method, url, params=params, data=body, headers=headers, allow_redirects=False,
+                                   timeout=self._timeout, proxy=self._proxy, proxy_auth=self._proxy_auth) as response:
+            return response.status, await response.read(), response.headers
+
+    async def aclose(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+
+
+class HttpxExchange:
+    """Calls through an ``httpx.AsyncBaseTransport`` (``httpx.MockTransport`` in unit tests)."""
+
+    def __init__(self, transport: httpx.AsyncBaseTransport, timeout: float) -> None:
+        self._transport = transport
+        self._extensions = {"timeout": httpx.Timeout(timeout).as_dict()}
+
+    async def send(self, method: str, url: str, params: Any, body: bytes | None,
+                   headers: Mapping[str, str]) -> tuple[int, bytes, Mapping[str, str]]:
+        request = httpx.Request(method, url, params=params, content=body, headers=headers, extensions=self._extensions)
+        response = await self._transport.handle_async_request(request)
+        try:
+            content = await response.aread()
+        finally:
+            await response.aclose()
+        return response.status_code, content, response.headers
+
+    async def aclose(self) -> None:
+        await self._transport.aclose()
 
 
 def _env_proxy(url: str) -> httpx.Proxy | None:

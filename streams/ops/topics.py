@@ -10,14 +10,15 @@ import msgspec
 from streams.contract.config import Config
 from streams.contract.schema import SCHEMA_VERSION, json_schemas
 
-KINDS: Final = ("events", "outcomes", "dlq", "listings", "checkpoints")
+KINDS: Final = ("events", "outcomes", "dlq", "listings", "checkpoints", "user-index")
 
 
 def topic_names(config: Config) -> dict[str, str]:
     """Kind -> the configured topic name."""
     kafka = config.kafka
     return {"events": kafka.events_topic, "outcomes": kafka.outcomes_topic, "dlq": kafka.dlq_topic,
-            "listings": kafka.listings_topic or "", "checkpoints": kafka.checkpoints_topic or ""}
+            "listings": kafka.listings_topic or "", "checkpoints": kafka.checkpoints_topic or "",
+            "user-index": kafka.user_index_topic or ""}
 
 
 def topic_schemas(kind: str | None = None, config: Config | None = None) -> dict[str, Any]:

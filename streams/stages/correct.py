@@ -26,7 +26,7 @@ from streams.core import Verdict, decide
 from streams.core.table import OK
 from streams.errors import GaveUp, Refused
 from streams.metrics import Metrics
-from streams.ports import Clock, Emit, OfferingUsers, SystemClock
+from streams.ports import Clock, Emit, Enqueue, OfferingUsers, SystemClock
 from streams.retry import retry_forever
 from streams.stages.facts import lookup_envelope, rejection_envelope
 
@@ -51,12 +51,17 @@ class Corrector:
     """Corrects (link, user)s against the sites; every attempt ends in one outcome record."""
 
     def __init__(self, links: Mapping[str, Link], sites: Mapping[str, OfferingUsers], metrics: Metrics,
-                 emit_event: Emit, emit_outcome: Emit, clock: Clock | None = None) -> None:
+                 emit_event: Emit, emit_outcome: Emit, clock: Clock | None = None,
+                 enqueue_event: Enqueue | None = None) -> None:
         self.links = links
         self.sites = sites
         self.metrics = metrics
         self.emit_event = emit_event
         self.emit_outcome = emit_outcome
+        # The facts a correction writes go out without waiting for their acks (awaited before
+        # the outcome): on the worker's producer directly (``RecordSender.enqueuer``), else as
+        # a task per fact around ``emit_event``.
+        self.enqueue_event = enqueue_event or self._emit_in_a_task
         self.clock = clock or SystemClock()
         # (link, user) -> when its last live verification was sent. One change on B arrives
         # as several events (update, username_set) and the PATCH echoes back from A; each
@@ -110,9 +115,12 @@ class Corrector:
         if len(self.verified_from) > VERIFIED_KEYS:
             self.verified_from.popitem(last=False)  # forgetting only costs a re-read
 
-    def _write_fact(self, writes: list[asyncio.Future], site: str, offering: str, uuid_: str, status: int,
-                    record: OfferingUserRecord | None, asked: datetime) -> None:
-        writes.append(asyncio.ensure_future(self.emit_event(*lookup_envelope(site, offering, uuid_, status, record, asked))))
+    async def _emit_in_a_task(self, key: bytes, value: bytes) -> asyncio.Future:
+        return asyncio.ensure_future(self.emit_event(key, value))
+
+    async def _write_fact(self, writes: list[asyncio.Future], site: str, offering: str, uuid_: str, status: int,
+                          record: OfferingUserRecord | None, asked: datetime) -> None:
+        writes.append(await self.enqueue_event(*lookup_envelope(site, offering, uuid_, status, record, asked)))
 
     async def _read(self, site: str, offering: str, uuid_: str | None, user_username: str,
                     writes: list[asyncio.Future]) -> OfferingUserRecord | None:
@@ -127,9 +135,9 @@ class Corrector:
         if record is None and status in (200, 404):
             status, record = await api.find_offering_user(offering, user_username)
         if record is not None:
-            self._write_fact(writes, site, offering, record.uuid, 200, record, asked)
+            await self._write_fact(writes, site, offering, record.uuid, 200, record, asked)
         elif uuid_ and status in (404, 410):
-            self._write_fact(writes, site, offering, uuid_, status, None, asked)
+            await self._write_fact(writes, site, offering, uuid_, status, None, asked)
         return record
 
     async def _read_source(self, link: Link, request: CorrectionRequest,
@@ -196,13 +204,13 @@ class Corrector:
             rejection = Rejection(link=link.name, user_username=request.user_username,
                                   offering_user_uuid=decision.offering_user_uuid, desired=decision.desired,
                                   observed=decision.observed or "", status=refused.status)
-            writes.append(asyncio.ensure_future(self.emit_event(
-                *rejection_envelope(link.target.site, link.target.offering, rejection, asked))))
+            writes.append(await self.enqueue_event(
+                *rejection_envelope(link.target.site, link.target.offering, rejection, asked)))
             return self._outcome(request, OutcomeAction.REJECTED, desired=decision.desired, observed=decision.observed,
                                  http_status=refused.status, reason=f"PATCH answered HTTP {refused.status}",
                                  a_uuid=decision.offering_user_uuid, response=refused.detail)
         if record is not None:
-            self._write_fact(writes, link.target.site, link.target.offering, record.uuid, 200, record, asked)
+            await self._write_fact(writes, link.target.site, link.target.offering, record.uuid, 200, record, asked)
             action, reason = OutcomeAction.CORRECTED, ""
         else:
             action, reason = OutcomeAction.REJECTED, f"PATCH answered HTTP {status}"

@@ -10,20 +10,26 @@ window (``RetryWindow``: 1 h doubling to 24 h by default) has passed since the r
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
-from collections.abc import Awaitable, Callable, Iterator, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping, Sequence
 
 from streams.contract.config import Link
 from streams.contract.schema import Envelope
-from streams.core import RetryWindow, Row, TableState, drift_by_link, retry_due, row_key
+from streams.core import RetryWindow, Row, TableState, compile_routes, correction_needed, refused, retry_due, row_key
 from streams.core.listing import Listings
 from streams.ports import Clock, SystemClock
 
 log = logging.getLogger("usync.reraise")
 
 RERAISE_INTERVAL = 30.0  # default seconds between scans for rows left in drift (config: reraise_interval)
-RERAISE_SETTLE = 30.0
-UNLISTED_SLICE = 5000  # rows read between two yields to the loop  # default age a row's newest fact must have before it is raised again
+RERAISE_SETTLE = 30.0  # default age a row's newest fact must have before it is raised again
+# Rows read (decoded from the table) between two yields to the event loop. The scan ran in
+# one go (``streams.core.drift_by_link``): 1M rows held the loop for seconds, and with it
+# the fold, the sink and the consumers' heartbeats. A slice of 2,000 is ~5-10 ms
+# (``bench/bench_rebalance.py`` prints the longest stall of a 1M-row scan).
+SCAN_SLICE = 2_000
+UNLISTED_GATHER = 1.0  # seconds a completed listing waits for others before the scan for absent users
 
 
 class Reraiser:
@@ -63,12 +69,14 @@ class Reraiser:
         state = self.state()
         facts: list[Envelope] = []
         rows = state.rows
-        for i, key in enumerate(list(rows)):
-            row = rows.get(key)
-            if row is not None:
-                facts.extend(self.listings.unlisted(state, row, complete))
-            if i % UNLISTED_SLICE == UNLISTED_SLICE - 1:
-                await asyncio.sleep(0)  # ~10 ms of rows at a time: the fold and heartbeats go on
+        links = {link for link, _side in complete}
+        keys = _key_snapshot(rows)
+        while chunk := list(itertools.islice(keys, SCAN_SLICE)):  # in slices, as the drift scan
+            for key in chunk:
+                row = rows.get(key) if key.partition(":")[0] in links else None  # decode only the listed links' rows
+                if row is not None:
+                    facts.extend(self.listings.unlisted(state, row, complete))
+            await asyncio.sleep(0)
         for fact in facts:
             log.info("%s: %s is not in the listing %s", fact.body.link, fact.body.user_username,  # type: ignore[union-attr]
                      fact.body.snapshot_id)  # type: ignore[union-attr]
@@ -82,16 +90,31 @@ class Reraiser:
 
     async def _unlisted_until_none(self) -> None:
         while self.listings is not None and self.listings.complete:
+            await asyncio.sleep(UNLISTED_GATHER)  # the other listings of the pass complete meanwhile: one scan for them
             await self.unlisted()
 
-    def _candidates(self, now: int) -> Iterator[tuple[Row, str]]:
-        for found in drift_by_link(self.state(), self.links).values():  # one pass over the table
-            for row in found.drift:
-                yield row, f"still in drift {self.settle:.0f} s after its newest fact"
-            for row in found.rejected:
-                if retry_due(row, now, self.window):
-                    yield row, (f"A refused {row.rejected_desired!r} {row.rejected_count} time(s); "
-                                f"its retry window of {self.window.seconds(row.rejected_count):.0f} s passed")
+    async def _candidates(self, now: int) -> list[tuple[Row, str]]:
+        """The drifting rows and the refused ones due, by link, as ``drift_by_link`` finds
+        them, in one pass over the table read in slices (the fold goes on in between)."""
+        by_name = compile_routes(self.links).by_name
+        drifting: dict[str, list[Row]] = {name: [] for name in by_name}
+        refusing: dict[str, list[Row]] = {name: [] for name in by_name}
+        rows = self.state().rows
+        keys = _key_snapshot(rows)
+        while chunk := list(itertools.islice(keys, SCAN_SLICE)):
+            for key in chunk:
+                row = rows.get(key)
+                link = by_name.get(row.link) if row is not None else None
+                if link is not None and correction_needed(row, link):  # type: ignore[arg-type]
+                    (refusing if refused(row) else drifting)[link.name].append(row)  # type: ignore[arg-type]
+            await asyncio.sleep(0)
+        found: list[tuple[Row, str]] = []
+        for name in by_name:
+            found += [(row, f"still in drift {self.settle:.0f} s after its newest fact") for row in drifting[name]]
+            found += [(row, f"A refused {row.rejected_desired!r} {row.rejected_count} time(s); "
+                            f"its retry window of {self.window.seconds(row.rejected_count):.0f} s passed")
+                      for row in refusing[name] if retry_due(row, now, self.window)]
+        return found
 
     async def scan(self) -> int:
         """Raise every settled drifting row not raised for its newest fact yet, and every
@@ -104,7 +127,7 @@ class Reraiser:
         now = self.clock.micros()
         settled_before = now - int(self.settle * 1_000_000)
         raised = 0
-        for row, why in list(self._candidates(now)):
+        for row, why in await self._candidates(now):
             newest = max(row.b_observed_at, row.a_observed_at, row.rejected_at)
             key = row_key(row.link, row.user_username)
             if newest > settled_before or self.raised_again.get(key) == newest:
@@ -114,3 +137,10 @@ class Reraiser:
             await self.request(row)
             raised += 1
         return raised
+
+
+def _key_snapshot(rows: Mapping[str, Row]) -> Iterator[str]:
+    """The table's keys as they are now, to read while the fold writes: a faust table's
+    mapping takes its own snapshot of the stored keys; a dict's keys are copied."""
+    keys: Iterable[str] = list(rows) if isinstance(rows, dict) else rows
+    return iter(keys)

@@ -126,7 +126,7 @@ def test_fallback_event_id_is_stable_and_distinguishes_queues():
 
 def test_json_schema_describes_every_topic():
     schemas = json_schemas()
-    assert set(schemas) == {"events", "outcomes", "dlq", "listings", "checkpoints"}
+    assert set(schemas) == {"events", "outcomes", "dlq", "listings", "checkpoints", "user-index"}
     assert {"Listed", "Unlisted", "ListingSummary"} <= set(schemas["events"]["$defs"])
     assert {"CheckpointPart", "CheckpointManifest"} <= set(schemas["checkpoints"]["$defs"])
     envelope = schemas["events"]["$defs"]["Envelope"]

@@ -11,6 +11,10 @@ the row's own key object, shared with the rows store.
 Keys and values are the fold's (``<link>:<side>:<uuid>`` -> user). A uuid that is not 32
 lowercase hex characters (never seen from Waldur: ``normalize_uuid``) is kept under its
 string key, so the mapping is exact whatever the input.
+
+The entries are kept per partition of their link (``PartitionSlots``): after a rebalance
+the index drops the partitions that left and indexes the rows of those that came
+(``streams.adapters.faust.tables.update_index``), instead of indexing every row again.
 """
 
 from __future__ import annotations
@@ -19,7 +23,7 @@ from collections.abc import Callable, Iterable, Iterator, MutableMapping
 from typing import Any
 
 from streams.adapters.faust.rowcodec import packed_uuids
-from streams.adapters.faust.slots import Slots
+from streams.adapters.faust.slots import PartitionSlots
 from streams.core import Row, row_index_keys
 
 _GONE: Any = object()
@@ -33,12 +37,16 @@ class RowIndex(MutableMapping[str, str]):
     merges them, as :class:`streams.adapters.faust.tables.BufferedMapping` does for rows.
     """
 
-    def __init__(self, decode: Callable[[bytes, bytes], Row]) -> None:
+    def __init__(self, decode: Callable[[bytes, bytes], Row], partition_of: Callable[[str], int] | None = None) -> None:
         self.decode = decode  # (row key, stored value) -> Row
+        self.partition_of = partition_of or (lambda _link: 0)  # a link's partition (its rows all live there)
+        #: The partitions the fold keeps the index current for (active at the last recovery);
+        #: None before the first (``streams.adapters.faust.tables.update_index``).
+        self.current: set[int] | None = None
         self.reset()
 
     def reset(self) -> None:
-        self.slots = Slots()
+        self.slots = PartitionSlots()
         self.other: dict[str, bytes] = {}
         self.dirty: dict[str, Any] = {}
         self._tags: dict[str, int] = {}  # "<link>:<side>" -> its tag
@@ -68,6 +76,7 @@ class RowIndex(MutableMapping[str, str]):
                 return 0
             tag = self._tags[prefix] = len(self._names)
             self._names.append(prefix)
+            self.slots.assign(tag, self.partition_of(prefix.rpartition(":")[0]))
         return tag
 
     def _link_tags(self, row_key: bytes) -> tuple[int, int]:
@@ -183,9 +192,33 @@ class RowIndex(MutableMapping[str, str]):
         put(int.from_bytes(b[:8], "big"), int.from_bytes(b[8:], "big"), source, row_key)
         put(int.from_bytes(a[:8], "big"), int.from_bytes(a[8:], "big"), target, row_key)
 
-    def add(self, rows: Iterable[tuple[bytes, bytes]], expected: int = 0) -> None:
+    def add(self, rows: Iterable[tuple[bytes, bytes]], expected: int = 0, partition: int | None = None) -> None:
         """Index stored rows: (key, value) pairs, the keys the rows store's own objects;
-        ``expected``: how many rows the index will hold (room made once, ~2 entries a row)."""
-        self.slots.reserve(2 * expected)
+        ``expected``: how many rows of ``partition`` the index will hold (room made once,
+        ~2 entries a row)."""
+        if expected and partition is not None:
+            self.slots.reserve(partition, 2 * expected)
         for row_key, value in rows:
             self._point(row_key, value)
+
+    def partitions(self) -> set[int]:
+        """The partitions the index holds entries of."""
+        return set(self.slots.parts) | {self.partition_of(key[:key.index(":")]) for key in self.other}
+
+    def drop_partitions(self, partitions: Iterable[int]) -> int:
+        """Forget the entries of ``partitions`` (their rows left, or are to be indexed again);
+        answer how many there were. Outside a fold batch only (nothing buffered)."""
+        assert not self.dirty, "drop_partitions inside a fold batch"
+        gone = set(partitions)
+        dropped = sum(self.slots.drop(partition) for partition in gone)
+        for key in [key for key in self.other if self.partition_of(key[:key.index(":")]) in gone]:
+            del self.other[key]
+            dropped += 1
+        return dropped
+
+    def unpoint(self, row_key: bytes, value: bytes) -> None:
+        """Forget the entries a stored row implied, those that still point at it (a row that
+        recovery changed is then indexed again with its new value: :meth:`add`)."""
+        for key in row_index_keys(self.decode(row_key, value)):
+            if self._stored(key) == row_key:
+                self._drop(key)

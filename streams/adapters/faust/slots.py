@@ -105,3 +105,54 @@ class Slots:
         for i in range(old):  # straight from the old arrays: no list of every entry on the way
             if tags[i] != _EMPTY and values[i] is not _DELETED:
                 self.put(his[i], los[i], tags[i], values[i])
+
+
+class PartitionSlots:
+    """:class:`Slots` per partition, behind the same (hi, lo, tag) interface: a tag (a link
+    and side) belongs to the partition of its link (:meth:`assign`), so the entries of a
+    partition that moved away are dropped as one object (:meth:`drop`), whatever the number
+    of rows, and those of a partition gained are added without touching the others."""
+
+    def __init__(self) -> None:
+        self.parts: dict[int, Slots] = {}
+        self._part_of: list[int] = [0]  # tag -> its partition (tag 0 is never stored)
+
+    def assign(self, tag: int, partition: int) -> None:
+        """Tags are numbered from 1 in order; each is assigned once, when it is made."""
+        assert tag == len(self._part_of), (tag, len(self._part_of))
+        self._part_of.append(partition)
+
+    def partition_of(self, tag: int) -> int:
+        return self._part_of[tag]
+
+    def __len__(self) -> int:
+        return sum(len(part) for part in self.parts.values())
+
+    def reserve(self, partition: int, entries: int) -> None:
+        self._part(partition).reserve(entries)
+
+    def _part(self, partition: int) -> Slots:
+        part = self.parts.get(partition)
+        if part is None:
+            part = self.parts[partition] = Slots()
+        return part
+
+    def get(self, hi: int, lo: int, tag: int) -> Any:
+        part = self.parts.get(self._part_of[tag])
+        return None if part is None else part.get(hi, lo, tag)
+
+    def put(self, hi: int, lo: int, tag: int, value: Any) -> None:
+        self._part(self._part_of[tag]).put(hi, lo, tag, value)
+
+    def pop(self, hi: int, lo: int, tag: int) -> Any:
+        part = self.parts.get(self._part_of[tag])
+        return None if part is None else part.pop(hi, lo, tag)
+
+    def drop(self, partition: int) -> int:
+        """Forget every entry of ``partition``; answer how many there were."""
+        part = self.parts.pop(partition, None)
+        return 0 if part is None else len(part)
+
+    def items(self) -> Iterator[tuple[int, int, int, Any]]:
+        for part in list(self.parts.values()):
+            yield from part.items()

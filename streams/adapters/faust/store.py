@@ -10,11 +10,15 @@ entry per link says the same.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 from faust.stores.memory import Store
 from faust.types import TP, EventT
+
+
+SCAN_CHUNK = 20_000  # keys looked at between two yields to the loop (~3 ms)
 
 
 def link_of(key: bytes) -> bytes:
@@ -44,7 +48,11 @@ class LinkMemoryStore(Store):
         gone = {link for link, partition in self.link_partition.items() if partition not in active}
         if not gone:
             return
-        for key in [key for key in self.data if link_of(key) in gone]:
-            del self.data[key]
+        keys = list(self.data)  # the standby reader may write while this yields
+        for start in range(0, len(keys), SCAN_CHUNK):  # in slices: a million keys took ~0.3 s at once
+            for key in keys[start:start + SCAN_CHUNK]:
+                if link_of(key) in gone:
+                    self.data.pop(key, None)
+            await asyncio.sleep(0)
         for link in gone:
             del self.link_partition[link]

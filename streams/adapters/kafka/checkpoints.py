@@ -109,7 +109,12 @@ class TopicSink:
         self.topic = config.kafka.checkpoints_topic
 
     async def previous(self, partition: int) -> tuple[int, datetime | None]:
-        """The partition's newest manifest: (offset, instant), (-1, None) when it has none."""
+        """The partition's newest manifest: (offset, instant), (-1, None) when it has none;
+        waits out Kafka (the checkpoint timer must not take the worker down)."""
+        return await retry_forever(lambda: self._previous(partition), f"the newest checkpoint of {self.topic}[{partition}]",
+                                   transient=kafka_transient)
+
+    async def _previous(self, partition: int) -> tuple[int, datetime | None]:
         async with reader(self.config) as consumer:
             tp = TopicPartition(self.topic, partition)
             consumer.assign([tp])

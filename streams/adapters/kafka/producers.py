@@ -15,6 +15,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from aiokafka import AIOKafkaProducer
+from aiokafka.partitioner import DefaultPartitioner, murmur2
 
 from streams.adapters.kafka.client import KafkaAccess, close_quietly, kafka_transient
 from streams.errors import KafkaUnavailable
@@ -113,6 +114,29 @@ class ReplaceableProducer:
         return True
 
 
+class KeyHashes:
+    """aiokafka's default partitioner (Kafka's: murmur2 of the key, modulo the partitions),
+    with each key's hash remembered: the sink's facts of one site and offering share their
+    key, and murmur2 is pure Python (~4 µs for a 34-byte key, a record's largest cost in
+    aiokafka's ``send`` after the batch append). The partition is the default's, always."""
+
+    KEYS = 10_000  # keys remembered; then forgotten all at once and learnt again
+
+    def __init__(self) -> None:
+        self._hashes: dict[bytes, int] = {}
+        self._default = DefaultPartitioner()
+
+    def __call__(self, key: bytes | None, all_partitions: list[int], available: list[int]) -> int:
+        if key is None:
+            return self._default(key, all_partitions, available)
+        hashed = self._hashes.get(key)
+        if hashed is None:
+            if len(self._hashes) >= self.KEYS:
+                self._hashes.clear()
+            hashed = self._hashes[key] = murmur2(key) & 0x7FFFFFFF
+        return all_partitions[hashed % len(all_partitions)]
+
+
 class RecordSender(ReplaceableProducer):
     """Sends single records and returns once Kafka acknowledged each: the sink's facts
     and outcomes. Batches up to a megabyte per partition, so that many concurrent
@@ -123,7 +147,43 @@ class RecordSender(ReplaceableProducer):
     def __init__(self, options: dict[str, Any], what: str = "record", linger_ms: int = 5,
                  access: KafkaAccess | None = None, compression: str | None = None) -> None:
         super().__init__(options, what, access=access, linger_ms=linger_ms, max_batch_size=self.BATCH_BYTES,
-                         max_request_size=4 * self.BATCH_BYTES, compression_type=compression)
+                         max_request_size=4 * self.BATCH_BYTES, compression_type=compression,
+                         partitioner=KeyHashes())
+
+    async def enqueue(self, topic: str, key: bytes, value: bytes) -> asyncio.Future:
+        """Put the record in the producer's batch now; answer a future done once Kafka
+        acknowledged it (a failure as :meth:`send` raises it). No task per record: the
+        correct stage sends 3 facts a correction this way, and a task each cost ~15 µs."""
+        producer = await self.current()
+        try:
+            delivery = await producer.send(topic, value, key=key)
+        except Exception as exc:
+            await self._failed(producer, exc, topic)
+        acked = asyncio.get_running_loop().create_future()
+        delivery.add_done_callback(lambda done: self._settle(acked, done, producer, topic))
+        return acked
+
+    def _settle(self, acked: asyncio.Future, delivery: asyncio.Future, producer: AIOKafkaProducer, topic: str) -> None:
+        if acked.done():
+            return
+        if delivery.cancelled():
+            acked.cancel()
+            return
+        exc = delivery.exception()
+        if exc is None:
+            acked.set_result(None)
+        elif not kafka_transient(exc):
+            acked.set_exception(exc)
+        else:  # as _failed: the producer replaced (once, however many records saw it fail)
+            replacing = asyncio.ensure_future(self.replace(producer, exc))
+            replacing.add_done_callback(lambda task: task.cancelled() or task.exception())
+            acked.set_exception(KafkaUnavailable(f"sending to {topic}: {type(exc).__name__}: {exc}"))
+
+    def enqueuer(self, topic: str) -> Callable[[bytes, bytes], Awaitable[asyncio.Future]]:
+        """``enqueue(key, value)`` to ``topic``: the :data:`streams.ports.Enqueue` port."""
+        async def enqueue(key: bytes, value: bytes) -> asyncio.Future:
+            return await self.enqueue(topic, key, value)
+        return enqueue
 
     async def send(self, topic: str, key: bytes, value: bytes) -> None:
         """Send; return once acknowledged. A failed send raises, and the producer is replaced."""
@@ -141,6 +201,29 @@ class RecordSender(ReplaceableProducer):
         except Exception as exc:
             await self._failed(producer, exc, topic)
             raise  # _failed always raises
+
+    async def send_bulk(self, topic: str, records: list[tuple[bytes, bytes]],
+                        partition_of: Callable[[bytes], int]) -> None:
+        """Send many records as aiokafka batches per partition (``partition_of`` the key: the
+        default partitioner's answer); return once Kafka acknowledged them all. ~3x cheaper a
+        record than :meth:`send_all`, whose ``send`` per record costs more than the record."""
+        producer = await self.current()
+        by_partition: dict[int, list[tuple[bytes, bytes]]] = {}
+        for key, value in records:
+            by_partition.setdefault(partition_of(key), []).append((key, value))
+        try:
+            acks = []
+            for partition, mine in by_partition.items():
+                batch = producer.create_batch()
+                for key, value in mine:
+                    if batch.append(key=key, value=value, timestamp=None) is None:
+                        acks.append(await producer.send_batch(batch, topic, partition=partition))
+                        batch = producer.create_batch()
+                        batch.append(key=key, value=value, timestamp=None)
+                acks.append(await producer.send_batch(batch, topic, partition=partition))
+            await asyncio.gather(*acks)
+        except Exception as exc:
+            await self._failed(producer, exc, topic)
 
     async def send_all(self, topic: str, records: list[tuple[bytes, bytes]]) -> None:
         """Send every (key, value); return once Kafka acknowledged them all."""
