@@ -46,7 +46,7 @@ def test_status_partitioner_is_the_bridges():
 
 def test_schemas_validate_records():
     schemas = topic_schemas()
-    assert set(schemas) == {"events", "outcomes", "dlq"}
+    assert set(schemas) == {"events", "outcomes", "dlq", "listings", "checkpoints", "user-index"}
     outcome = Outcome(link="hpc", user_username="alice", action=OutcomeAction.CORRECTED, desired="a", observed="",
                       http_status=200, at=NOW)
     jsonschema.validate(msgspec.to_builtins(outcome), schemas["outcomes"])
