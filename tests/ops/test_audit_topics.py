@@ -151,7 +151,16 @@ async def test_audit_groups_and_kcat_reads_every_topic(setup, bridge) -> None:
     assert "50 matched, 5 only in Waldur (broker gaps), 2 only in usync" in audited.stderr
 
     # -- kcat: every permanent topic, as any Kafka tool reads it --------------------------------
+    async with httpx.AsyncClient(timeout=60) as client:  # a checkpoint now, and the user index
+        taken = (await client.post(s.workers[0].url + "/usync/checkpoint/")).json()["checkpoints"]
+    assert sum(c["rows"] for c in taken) == len(pairs)
+    assert (await asyncio.to_thread(usync, "index", "--config", str(path), "--once", env=s.env)).returncode == 0
     schema = json.loads(usync("topics", "schema", env=s.env).stdout)
+    for kind, topic in (("checkpoints", config.kafka.checkpoints_topic), ("user-index", config.kafka.user_index_topic)):
+        records = kcat(topic)
+        assert records, topic
+        for record in records:
+            jsonschema.validate(json.loads(record["payload"]), schema[kind])
     read = {kind: kcat(topic) for kind, topic in (("events", config.kafka.events_topic),
                                                   ("outcomes", config.kafka.outcomes_topic),
                                                   ("dlq", config.kafka.dlq_topic))}
