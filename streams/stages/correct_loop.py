@@ -58,15 +58,30 @@ LANE_CONCURRENCY = 16
 REVOKE_WAIT = 8.0
 
 
+#: Told (site, +1) when a site's lane gets work and (site, -1) when it has none left: the
+#: worker's demand for that site's API budget (``streams.adapters.kafka.budget``).
+BusyHook = Callable[[str, int], None]
+
+
 class _Lane:
     """The requests of one target site: at most ``concurrency`` under way, the rest queued."""
 
-    def __init__(self, run: Callable[[CorrectionRequest, Record], Awaitable[None]], concurrency: int) -> None:
+    def __init__(self, run: Callable[[CorrectionRequest, Record], Awaitable[None]], concurrency: int,
+                 busy: Callable[[int], None] | None = None) -> None:
         self.run = run
         self.concurrency = concurrency
         self.queued: collections.OrderedDict[str, tuple[CorrectionRequest, Record, list[asyncio.Future]]] = \
             collections.OrderedDict()
         self.running: dict[str, tuple[asyncio.Task, list[asyncio.Future]]] = {}
+        self.busy = busy
+        self._was_busy = False
+
+    def _told(self) -> None:
+        now = len(self) > 0
+        if now != self._was_busy:
+            self._was_busy = now
+            if self.busy is not None:
+                self.busy(1 if now else -1)
 
     def submit(self, request: CorrectionRequest, record: Record) -> asyncio.Future:
         done = asyncio.get_running_loop().create_future()
@@ -75,6 +90,7 @@ class _Lane:
         futures.append(done)
         self.queued[request.key] = (request, record, futures)  # the latest wins, in the first one's place
         self._start()
+        self._told()
         return done
 
     def _start(self) -> None:
@@ -99,6 +115,7 @@ class _Lane:
             else:
                 future.set_result(None)
         self._start()
+        self._told()
 
     def cancel(self) -> None:
         for _request, _record, futures in self.queued.values():
@@ -109,16 +126,19 @@ class _Lane:
             task.cancel()
             for future in futures:
                 future.cancel()
+        self._told()  # the running ones say so again as they finish
 
     def __len__(self) -> int:
         return len(self.queued) + len(self.running)
 
 
 class CorrectLoop:
-    def __init__(self, corrector: Corrector, dead: DeadLetters, *, concurrency: int = LANE_CONCURRENCY) -> None:
+    def __init__(self, corrector: Corrector, dead: DeadLetters, *, concurrency: int = LANE_CONCURRENCY,
+                 busy: BusyHook | None = None) -> None:
         self.corrector = corrector
         self.dead = dead
         self.concurrency = concurrency
+        self.busy = busy
         self.lanes: dict[str, _Lane] = {}
         self.letters: set[asyncio.Future] = set()
 
@@ -136,7 +156,8 @@ class CorrectLoop:
         site = link.target.site if link is not None else ""  # an unknown link is answered "skipped" at once
         lane = self.lanes.get(site)
         if lane is None:
-            lane = self.lanes[site] = _Lane(self._one, self.concurrency)
+            hook = (lambda delta, site=site: self.busy(site, delta)) if self.busy is not None and site else None
+            lane = self.lanes[site] = _Lane(self._one, self.concurrency, hook)
         return lane.submit(request, record)
 
     async def handle(self, records: list[Record]) -> None:

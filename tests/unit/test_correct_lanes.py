@@ -95,3 +95,17 @@ def test_offsets_commit_only_the_contiguous_done_prefix_per_partition():
     offsets.clear()
     offsets.finished("p0", 9)  # done after a rebalance cleared it: forgotten
     assert offsets.committable() == {} and offsets.undone == 0
+
+
+async def test_a_lane_tells_when_its_site_gets_work_and_when_it_has_none_left():
+    """The worker's demand for a site's budget (streams.adapters.kafka.budget): once per change."""
+    world, _ = lanes_world()
+    heard: list[tuple[str, int]] = []
+    loop = CorrectLoop(world.corrector, DeadLetters(MemoryEmit("dlq"), world.metrics), concurrency=1,
+                       busy=lambda site, delta: heard.append((site, delta)))
+    to_a = [loop.dispatch(rec(request(user=f"u{i}"), i)) for i in range(3)]
+    await asyncio.wait_for(loop.dispatch(rec(request(link="b-to-c", a=OU_C), 3)), 2)
+    assert heard == [("a", 1), ("c", 1), ("c", -1)]
+    world.a.release.set()
+    await asyncio.wait_for(asyncio.gather(*to_a), 2)
+    assert heard[3:] == [("a", -1)]

@@ -138,6 +138,21 @@ async def test_faust_table_manager_builds_its_recovery_lazily_in_recovery(app):
     assert isinstance(recovery, PatientRecovery) and tables._recovery is recovery and tables.recovery is recovery
 
 
+async def test_faust_recovery_sets_completed_once_an_assignment_is_restored_and_never_clears_it(app):
+    """streams.adapters.faust.app.tables_state reads it: ``assigning`` until the first
+    assignment (an empty one too) is restored, instead of ``ready`` from the first second."""
+    from streams.adapters.faust.app import tables_state
+
+    recovery = app.tables.recovery
+    assert not recovery.completed.is_set() and not app.in_recovery
+    assert tables_state(app) == "assigning"
+    for step in (Recovery._resume_streams, Recovery.on_recovery_completed):  # both ends of a recovery
+        assert "self.completed.set()" in inspect.getsource(step)
+    assert "completed.clear()" not in inspect.getsource(Recovery)
+    recovery.completed.set()
+    assert tables_state(app) == "ready"
+
+
 async def test_faust_messages_carry_acked_and_the_consumer_never_acks_an_acked_one_again(app):
     """held_back_unless_done relies on it: a message marked acked stays out of the commits."""
     assert "acked" in Message.__slots__

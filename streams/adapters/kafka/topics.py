@@ -30,6 +30,17 @@ def corrections_topic(config: Config) -> str:
     return f"{config.app_id}-corrections"
 
 
+def budget_topic(config: Config) -> str:
+    """The workers' demand for the sites' API budgets (``streams.adapters.kafka.budget``):
+    one partition, so that every worker reads every record in order; coordination, not
+    history, so it keeps an hour."""
+    return f"{config.app_id}-budget"
+
+
+#: A demand record counts for seconds; an hour is for reading what the exchange did.
+BUDGET_RETENTION = {"retention.ms": str(3_600_000), "cleanup.policy": "delete"}
+
+
 def topic_specs(config: Config, *, worker: bool = False) -> list[NewTopic]:
     kafka = config.kafka
     specs = [
@@ -40,6 +51,8 @@ def topic_specs(config: Config, *, worker: bool = False) -> list[NewTopic]:
         for name in (by_link_topic(config), corrections_topic(config)):
             specs.append(NewTopic(name, kafka.partitions, kafka.replication_factor,
                                   topic_configs=dict(kafka.replica_configs)))
+        specs.append(NewTopic(budget_topic(config), 1, kafka.replication_factor,
+                              topic_configs=BUDGET_RETENTION | kafka.replica_configs))
     return specs
 
 

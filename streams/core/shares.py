@@ -1,0 +1,148 @@
+"""Who may spend which part of a site's API budget: the pure rules of the demand exchange.
+
+The workers of one app publish their demand (``streams.contract.demand.Demand``: the sites
+they have work waiting for) on ``<app_id>-budget`` and read each other's
+(``streams.adapters.kafka.budget``). Each takes, of every site, :func:`fair_share`: the
+whole budget split evenly among the members that have work for the site, or among all
+members when none has. The parts the members take add up to at most the whole budget at
+every instant although each decides alone, on a view of the others that lags:
+
+- :func:`fair_share` never grows when another member's demand grows (absent < idle <
+  wanting) and never shrinks when the member's own does. Every member could evaluate it
+  on one common vector, the demand each member *surely* published; there the parts add
+  up to exactly one. Each member uses that value for itself and, for the others, what
+  it has read of them, which is never below it: so each part is at most its part of the
+  common vector, and the sum at most one.
+- A member's own entry in that vector (:meth:`Own.settled`) is the lowest it published
+  in the last :data:`DELTA_SECONDS` (and what it wants now): a rise counts only once
+  every peer has surely read it, a fall at once.
+- "Surely read" holds for a peer whose view was brought up to the topic's end within
+  :data:`STALE_SECONDS` < :data:`DELTA_SECONDS`; a member whose own view is older lends
+  itself nothing (its buckets' leases expire: no call until it is fresh again).
+- A member silent for :data:`TTL_SECONDS` is gone for the others; it counts itself gone
+  :data:`SKEW_SECONDS` before that (clocks of different hosts), so a dead or cut-off
+  member's part comes back to the others within ``TTL_SECONDS`` of its last record.
+"""
+
+from __future__ import annotations
+
+import collections
+from dataclasses import dataclass, field
+
+from streams.contract.demand import Demand
+
+#: A member's own rise of demand counts this long after Kafka acknowledged the record
+#: that says so (a fall counts at once). The cost: a worker whose work starts while
+#: another has the whole budget waits about this long for its part.
+DELTA_SECONDS = 1.0
+#: A view not brought up to the topic's end within this long lends nothing.
+STALE_SECONDS = 0.75
+#: A member not heard of for this long is gone (its part goes to the others).
+TTL_SECONDS = 3.0
+#: The clocks of the workers' hosts may differ by up to this much (NTP keeps them to ms).
+SKEW_SECONDS = 0.5
+#: A member repeats its record this often: its heartbeat.
+PUBLISH_SECONDS = 0.5
+
+
+def fair_share(*, present: bool, wants: bool, others_present: int, others_wanting: int) -> float:
+    """This member's part (0..1) of one site's budget.
+
+    ``present``/``wants``: this member's settled entry (:meth:`Own.settled`);
+    ``others_present``: the other members alive in its view; ``others_wanting``: those of
+    them with work for the site. Split evenly among the members with work (max-min fair:
+    a member with a little work finishes it, then gives its part back); among every
+    member when none has work, so that the first call of new work needs no round trip."""
+    if not present:
+        return 0.0
+    if wants:
+        return 1.0 / (1 + others_wanting)
+    if others_wanting:
+        return 0.0
+    return 1.0 / (1 + others_present)
+
+
+@dataclass(slots=True)
+class Peer:
+    """What this member has read of another: its newest record."""
+
+    seq: int
+    at: int  # unix microseconds, the peer's clock
+    sites: frozenset[str]
+    leaving: bool
+
+
+@dataclass
+class View:
+    """The other members as read from the topic (newest record of each)."""
+
+    me: str
+    peers: dict[str, Peer] = field(default_factory=dict)
+
+    def seen(self, demand: Demand) -> bool:
+        """Take in one record; True when it changes what this member knows."""
+        if demand.member == self.me:
+            return False
+        known = self.peers.get(demand.member)
+        if known is not None and known.seq >= demand.seq:
+            return False
+        self.peers[demand.member] = Peer(demand.seq, demand.at, frozenset(demand.sites), demand.leaving)
+        return True
+
+    def alive(self, now_us: int) -> list[Peer]:
+        """The peers heard of within :data:`TTL_SECONDS` that have not left; forgets the rest."""
+        horizon = now_us - int(TTL_SECONDS * 1e6)
+        gone = [member for member, peer in self.peers.items() if peer.at < horizon - int(60e6)]
+        for member in gone:  # kept a minute past their expiry: a late record stays "old"
+            del self.peers[member]
+        return [peer for peer in self.peers.values() if peer.at >= horizon and not peer.leaving]
+
+    def counts(self, site: str, now_us: int) -> tuple[int, int]:
+        """(others present, others wanting ``site``)."""
+        alive = self.alive(now_us)
+        return len(alive), sum(1 for peer in alive if site in peer.sites)
+
+
+@dataclass(slots=True)
+class _Sent:
+    seq: int
+    at: int
+    sites: frozenset[str]
+    leaving: bool
+    acked: float | None = None  # monotonic seconds, when Kafka acknowledged it
+
+
+class Own:
+    """This member's own records, to know what every fresh peer has surely read of it."""
+
+    def __init__(self) -> None:
+        self.records: collections.deque[_Sent] = collections.deque()
+
+    def sent(self, seq: int, at: int, sites: frozenset[str], leaving: bool = False) -> None:
+        self.records.append(_Sent(seq, at, sites, leaving))
+
+    def acked(self, seq: int, now: float) -> None:
+        for record in self.records:
+            if record.seq == seq:
+                record.acked = now
+
+    def settled(self, now: float, now_us: int) -> tuple[bool, frozenset[str]]:
+        """(present, the sites it may count as wanting) at monotonic ``now``: from the
+        newest record acknowledged :data:`DELTA_SECONDS` ago (every fresh peer has it),
+        present if that one is not a leaving one and younger than the peers' expiry less
+        :data:`SKEW_SECONDS`; a site counts only if every record since wants it too."""
+        settled = None
+        for index, record in enumerate(self.records):
+            if record.acked is not None and record.acked <= now - DELTA_SECONDS:
+                settled = index
+        if settled is None:
+            return False, frozenset()
+        for _ in range(settled):  # older ones are surely superseded
+            self.records.popleft()
+        base = self.records[0]
+        if base.leaving or base.at < now_us - int((TTL_SECONDS - SKEW_SECONDS) * 1e6):
+            return False, frozenset()
+        sites = set(base.sites)
+        for record in list(self.records)[1:]:
+            sites &= record.sites
+        return True, frozenset(sites)
