@@ -1,14 +1,15 @@
 """Who may spend which part of a site's API budget: the pure rules of the demand exchange.
 
 The workers of one app publish their demand (``streams.contract.demand.Demand``: the sites
-they have work waiting for) on ``<app_id>-budget`` and read each other's
+they have work waiting for, and how much) on ``<app_id>-budget`` and read each other's
 (``streams.adapters.kafka.budget``). Each takes, of every site, :func:`fair_share`: the
-whole budget split evenly among the members that have work for the site, or among all
-members when none has. The parts the members take add up to at most the whole budget at
-every instant although each decides alone, on a view of the others that lags:
+whole budget split among the members that have work for the site in proportion to it
+(each with a floor), or evenly among all members when none has. The parts the members
+take add up to at most the whole budget at every instant although each decides alone, on
+a view of the others that lags:
 
-- :func:`fair_share` never grows when another member's demand grows (absent < idle <
-  wanting) and never shrinks when the member's own does. Every member could evaluate it
+- :func:`fair_share` never grows when another member's demand grows (absent < 0 < 1 < 2
+  ...) and never shrinks when the member's own does. Every member could evaluate it
   on one common vector, the demand each member *surely* published; there the parts add
   up to exactly one. Each member uses that value for itself and, for the others, what
   it has read of them, which is never below it: so each part is at most its part of the
@@ -41,25 +42,31 @@ STALE_SECONDS = 0.75
 TTL_SECONDS = 3.0
 #: The clocks of the workers' hosts may differ by up to this much (NTP keeps them to ms).
 SKEW_SECONDS = 0.5
-#: A member repeats its record this often: its heartbeat.
+#: A member repeats its record this often: its heartbeat (and its demand's new size).
 PUBLISH_SECONDS = 0.5
+#: The part every member with work gets whatever the others' demand (less when more than
+#: 1 / (2 FLOOR) members have work): a lookup next to thousands of corrections still goes.
+FLOOR = 0.1
 
 
-def fair_share(*, present: bool, wants: bool, others_present: int, others_wanting: int) -> float:
+def fair_share(*, present: bool, mine: int, others_present: int, others: list[int]) -> float:
     """This member's part (0..1) of one site's budget.
 
-    ``present``/``wants``: this member's settled entry (:meth:`Own.settled`);
-    ``others_present``: the other members alive in its view; ``others_wanting``: those of
-    them with work for the site. Split evenly among the members with work (max-min fair:
-    a member with a little work finishes it, then gives its part back); among every
-    member when none has work, so that the first call of new work needs no round trip."""
+    ``present``/``mine``: this member's settled entry (:meth:`Own.settled`: how many
+    pieces of work it has for the site); ``others_present``: the other members alive in
+    its view; ``others``: the demand of those of them with work for the site (each > 0).
+    In proportion to the work (each correction waiting gets the same rate whichever
+    worker holds it, so the workers drain together and a worker killed half way leaves
+    the others work for the time its partitions take to move), with a floor each; evenly
+    among every member when none has work, so that the first call of new work needs no
+    round trip."""
     if not present:
         return 0.0
-    if wants:
-        return 1.0 / (1 + others_wanting)
-    if others_wanting:
-        return 0.0
-    return 1.0 / (1 + others_present)
+    if mine <= 0:
+        return 0.0 if others else 1.0 / (1 + others_present)
+    wanting = 1 + len(others)
+    floor = min(FLOOR, 1.0 / (2 * wanting))
+    return floor + (1.0 - floor * wanting) * mine / (mine + sum(others))
 
 
 @dataclass(slots=True)
@@ -68,7 +75,7 @@ class Peer:
 
     seq: int
     at: int  # unix microseconds, the peer's clock
-    sites: frozenset[str]
+    sites: dict[str, int]
     leaving: bool
 
 
@@ -86,7 +93,7 @@ class View:
         known = self.peers.get(demand.member)
         if known is not None and known.seq >= demand.seq:
             return False
-        self.peers[demand.member] = Peer(demand.seq, demand.at, frozenset(demand.sites), demand.leaving)
+        self.peers[demand.member] = Peer(demand.seq, demand.at, dict(demand.sites), demand.leaving)
         return True
 
     def alive(self, now_us: int) -> list[Peer]:
@@ -97,17 +104,17 @@ class View:
             del self.peers[member]
         return [peer for peer in self.peers.values() if peer.at >= horizon and not peer.leaving]
 
-    def counts(self, site: str, now_us: int) -> tuple[int, int]:
-        """(others present, others wanting ``site``)."""
+    def demand(self, site: str, now_us: int) -> tuple[int, list[int]]:
+        """(others present, the demand for ``site`` of those that have some)."""
         alive = self.alive(now_us)
-        return len(alive), sum(1 for peer in alive if site in peer.sites)
+        return len(alive), [peer.sites[site] for peer in alive if peer.sites.get(site, 0) > 0]
 
 
 @dataclass(slots=True)
 class _Sent:
     seq: int
     at: int
-    sites: frozenset[str]
+    sites: dict[str, int]
     leaving: bool
     acked: float | None = None  # monotonic seconds, when Kafka acknowledged it
 
@@ -118,7 +125,7 @@ class Own:
     def __init__(self) -> None:
         self.records: collections.deque[_Sent] = collections.deque()
 
-    def sent(self, seq: int, at: int, sites: frozenset[str], leaving: bool = False) -> None:
+    def sent(self, seq: int, at: int, sites: dict[str, int], leaving: bool = False) -> None:
         self.records.append(_Sent(seq, at, sites, leaving))
 
     def acked(self, seq: int, now: float) -> None:
@@ -126,23 +133,25 @@ class Own:
             if record.seq == seq:
                 record.acked = now
 
-    def settled(self, now: float, now_us: int) -> tuple[bool, frozenset[str]]:
-        """(present, the sites it may count as wanting) at monotonic ``now``: from the
+    def settled(self, now: float, now_us: int) -> tuple[bool, dict[str, int]]:
+        """(present, the demand it may count for each site) at monotonic ``now``: from the
         newest record acknowledged :data:`DELTA_SECONDS` ago (every fresh peer has it),
         present if that one is not a leaving one and younger than the peers' expiry less
-        :data:`SKEW_SECONDS`; a site counts only if every record since wants it too."""
+        :data:`SKEW_SECONDS`; a site's demand is the least of it in that record and every
+        one sent since (a peer may have read any of them)."""
         settled = None
         for index, record in enumerate(self.records):
             if record.acked is not None and record.acked <= now - DELTA_SECONDS:
                 settled = index
         if settled is None:
-            return False, frozenset()
+            return False, {}
         for _ in range(settled):  # older ones are surely superseded
             self.records.popleft()
         base = self.records[0]
         if base.leaving or base.at < now_us - int((TTL_SECONDS - SKEW_SECONDS) * 1e6):
-            return False, frozenset()
-        sites = set(base.sites)
-        for record in list(self.records)[1:]:
-            sites &= record.sites
-        return True, frozenset(sites)
+            return False, {}
+        sites = dict(base.sites)
+        for index in range(1, len(self.records)):
+            later = self.records[index].sites
+            sites = {site: min(count, later[site]) for site, count in sites.items() if later.get(site, 0) > 0}
+        return True, sites

@@ -58,8 +58,8 @@ LANE_CONCURRENCY = 16
 REVOKE_WAIT = 8.0
 
 
-#: Told (site, +1) when a site's lane gets work and (site, -1) when it has none left: the
-#: worker's demand for that site's API budget (``streams.adapters.kafka.budget``).
+#: Told (site, n) when a site's lane holds n more requests (n < 0: fewer): the worker's
+#: demand for that site's API budget (``streams.adapters.kafka.budget``).
 BusyHook = Callable[[str, int], None]
 
 
@@ -74,14 +74,13 @@ class _Lane:
             collections.OrderedDict()
         self.running: dict[str, tuple[asyncio.Task, list[asyncio.Future]]] = {}
         self.busy = busy
-        self._was_busy = False
+        self._told_size = 0
 
     def _told(self) -> None:
-        now = len(self) > 0
-        if now != self._was_busy:
-            self._was_busy = now
-            if self.busy is not None:
-                self.busy(1 if now else -1)
+        size = len(self)
+        if size != self._told_size and self.busy is not None:
+            self.busy(size - self._told_size)
+        self._told_size = size
 
     def submit(self, request: CorrectionRequest, record: Record) -> asyncio.Future:
         done = asyncio.get_running_loop().create_future()

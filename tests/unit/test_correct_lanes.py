@@ -97,15 +97,25 @@ def test_offsets_commit_only_the_contiguous_done_prefix_per_partition():
     assert offsets.committable() == {} and offsets.undone == 0
 
 
-async def test_a_lane_tells_when_its_site_gets_work_and_when_it_has_none_left():
-    """The worker's demand for a site's budget (streams.adapters.kafka.budget): once per change."""
+async def test_a_lane_tells_how_much_work_its_site_has_as_it_comes_and_goes():
+    """The worker's demand for a site's budget (streams.adapters.kafka.budget)."""
     world, _ = lanes_world()
-    heard: list[tuple[str, int]] = []
-    loop = CorrectLoop(world.corrector, DeadLetters(MemoryEmit("dlq"), world.metrics), concurrency=1,
-                       busy=lambda site, delta: heard.append((site, delta)))
+    demand: dict[str, int] = {"a": 0, "c": 0}
+
+    def told(site: str, delta: int) -> None:
+        demand[site] += delta
+        assert demand[site] >= 0
+
+    loop = CorrectLoop(world.corrector, DeadLetters(MemoryEmit("dlq"), world.metrics), concurrency=1, busy=told)
     to_a = [loop.dispatch(rec(request(user=f"u{i}"), i)) for i in range(3)]
-    await asyncio.wait_for(loop.dispatch(rec(request(link="b-to-c", a=OU_C), 3)), 2)
-    assert heard == [("a", 1), ("c", 1), ("c", -1)]
+    loop.dispatch(rec(request(user="u1", cause="again"), 3))  # coalesced with u1's queued one: no more work
+    assert demand == {"a": 3, "c": 0}
+    await asyncio.wait_for(loop.dispatch(rec(request(link="b-to-c", a=OU_C), 4)), 2)
+    assert demand == {"a": 3, "c": 0}
     world.a.release.set()
     await asyncio.wait_for(asyncio.gather(*to_a), 2)
-    assert heard[3:] == [("a", -1)]
+    assert demand == {"a": 0, "c": 0}
+    loop.dispatch(rec(request(user="u9"), 5))
+    loop.cancel()
+    await asyncio.wait_for(_until_empty(loop), 2)
+    assert demand == {"a": 0, "c": 0}

@@ -89,10 +89,10 @@ class BudgetExchange:
 
     def _apply(self, site: str, now: float, now_us: int) -> None:
         present, settled = self.own.settled(now, now_us)
-        others_present, others_wanting = self.view.counts(site, now_us)
-        share = 0.0 if self.stopped else fair_share(
-            present=present, wants=site in settled and self.buckets[site].wanted > 0,
-            others_present=others_present, others_wanting=others_wanting)
+        others_present, others = self.view.demand(site, now_us)
+        mine = min(settled.get(site, 0), self.buckets[site].wanted)
+        share = 0.0 if self.stopped else fair_share(present=present, mine=mine, others_present=others_present,
+                                                    others=others)
         self._set(site, share)
         self.buckets[site].renew(self.fresh_at + STALE_SECONDS)
 
@@ -102,15 +102,15 @@ class BudgetExchange:
             self.buckets[site].set_share(share * self.parts.get(site, 1.0))
             self.metrics.budget_share.labels(site).set(share)
 
-    def wanted(self) -> frozenset[str]:
-        return frozenset(site for site, bucket in self.buckets.items() if bucket.wanted > 0)
+    def wanted(self) -> dict[str, int]:
+        return {site: bucket.wanted for site, bucket in sorted(self.buckets.items()) if bucket.wanted > 0}
 
     def report(self) -> dict[str, Any]:
         """``/health``: whether the view is fresh, the peers alive, this worker's part of each site."""
         alive = self.view.alive(_now_us())
         return {"fresh": time.monotonic() - self.fresh_at < STALE_SECONDS, "peers": len(alive),
                 "shares": {site: round(share, 3) for site, share in sorted(self.shares.items())},
-                "wanted": sorted(self.wanted())}
+                "wanted": self.wanted()}
 
     # -- the loops ------------------------------------------------------------------------
 
@@ -181,7 +181,8 @@ class BudgetExchange:
         self.seq += 1
         seq, sites, at = self.seq, self.wanted(), _now_us()
         self.own.sent(seq, at, sites, leaving)
-        record = Demand(member=self.member, seq=seq, at=at, sites=sorted(sites), leaving=leaving)
+        self.apply_all()  # a fall it tells counts here before any peer can read it
+        record = Demand(member=self.member, seq=seq, at=at, sites=sites, leaving=leaving)
         await self.sender.send(self.topic, self.member.encode(), demand_encoder.encode(record))
         self.own.acked(seq, time.monotonic())
         self.apply_all()
