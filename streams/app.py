@@ -168,7 +168,8 @@ def _correct_stage(config: Config, corrections: str, corrector: Corrector, dead:
     lanes = correct_loop.CorrectLoop(corrector, dead, busy=clients.want)
     sink = WindowConsumer("sink", options, corrections, f"{config.app_id}-sink", lanes.dispatch,
                           lanes.cancel, window=correct_loop.WINDOW, max_records=correct_loop.BATCH,
-                          revoke_wait=correct_loop.REVOKE_WAIT, access=access)
+                          revoke_wait=correct_loop.REVOKE_WAIT, access=access, shed=lanes.shed,
+                          session_timeout_ms=correct_loop.SINK_SESSION_TIMEOUT_MS)
     budget = BudgetExchange(options, budget_topic(config), records, clients.buckets(), clients.workers_part,
                             metrics, access=access)
     return lanes, sink, budget

@@ -49,13 +49,18 @@ WINDOW = 5_000
 # Requests of one target site under way at a time. Above a site's configured
 # ``concurrency`` (4 by default) so that its budget, not the lane, is what limits it.
 LANE_CONCURRENCY = 16
-# Seconds a rebalance waits for the requests under way. Below the group's 10 s session
-# timeout: a member still in its revocation after that is dropped from the group, the
-# others are assigned its partitions, and it would go on spending the share of the API
-# budget they now own (seen in tests/app/test_federation.py: 42 calls in one second on a
-# site capped at 20 + 5 with a 20 s wait). After the wait what is left is cancelled (the
-# partitions' next owner handles it again) and the share is taken away.
-REVOKE_WAIT = 8.0
+# The sink group's session timeout: how long a killed worker's partitions (its waiting
+# corrections) stay with it. 6 s is the least a broker accepts by default
+# (``group.min.session.timeout.ms``); faust's own group keeps 10 s. The cost: heartbeats
+# every 0.6 s, and a worker whose event loop stalls for 6 s is taken out of the group (a
+# rebalance; nothing is lost, its records are handled again).
+SINK_SESSION_TIMEOUT_MS = 6_000
+# Seconds a rebalance waits for the requests under way; those not started are dropped at
+# once (``CorrectLoop.shed``: the partitions' next owner reads them for the first time),
+# so this is only for calls in flight. Below the session timeout: a member still in its
+# revocation after that is dropped from the group and its partitions move on. After the
+# wait what is left is cancelled (the next owner handles it again, once).
+REVOKE_WAIT = 4.0
 
 
 #: Told (site, n) when a site's lane holds n more requests (n < 0: fewer): the worker's
@@ -116,11 +121,16 @@ class _Lane:
         self._start()
         self._told()
 
-    def cancel(self) -> None:
+    def shed(self) -> None:
+        """Drop what waits unstarted (its futures cancelled); what is under way goes on."""
         for _request, _record, futures in self.queued.values():
             for future in futures:
                 future.cancel()
         self.queued.clear()
+        self._told()
+
+    def cancel(self) -> None:
+        self.shed()
         for task, futures in list(self.running.values()):
             task.cancel()
             for future in futures:
@@ -162,6 +172,12 @@ class CorrectLoop:
     async def handle(self, records: list[Record]) -> None:
         """Every outcome (and dead letter) of these records acknowledged, however long Kafka or a site takes."""
         await asyncio.gather(*(self.dispatch(record) for record in records))
+
+    def shed(self) -> None:
+        """Drop every request not yet started (a revocation: the partitions' next owner reads
+        them for the first time); those under way go on and are waited for."""
+        for lane in self.lanes.values():
+            lane.shed()
 
     def cancel(self) -> None:
         """Drop everything under way or queued (its partitions went to another member, which handles it again)."""

@@ -51,6 +51,18 @@ async def app():
     app.consumer._thread.thread_loop.close()  # the consumer thread's own loop, never run
 
 
+async def test_aiokafka_fetches_committed_offsets_with_their_metadata():
+    """WindowConsumer._assigned reads the records done above each commit from its metadata."""
+    from aiokafka.consumer.group_coordinator import GroupCoordinator
+    from aiokafka.structs import OffsetAndMetadata
+
+    assert inspect.iscoroutinefunction(GroupCoordinator.fetch_committed_offsets)
+    assert parameters(GroupCoordinator.fetch_committed_offsets) == ["self", "partitions"]
+    assert OffsetAndMetadata(5, "m").metadata == "m"
+    consumer = AIOKafkaConsumer(bootstrap_servers=UNREACHABLE, group_id="g")
+    assert hasattr(consumer, "_coordinator")  # set on start; None until then
+
+
 # -- faust ----------------------------------------------------------------------------------
 
 
