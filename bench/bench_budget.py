@@ -31,7 +31,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
-import re
 import sys
 import tempfile
 import time
@@ -43,59 +42,14 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 import httpx  # noqa: E402
-from aiokafka.partitioner import murmur2  # noqa: E402
 
-from tests.app.harness import LinkSpec, Setup, make_setup, until, usernames, uuid_of  # noqa: E402
+from bench.bench_federation import busiest  # noqa: E402
+from tests.app.harness import (LinkSpec, Setup, faust_leader, make_setup, pick_users, settled_assignment,  # noqa: E402
+                               until, usernames, uuid_of)
 from tests.support.services import RABBITMQ  # noqa: E402
 from waldursim.site import Federation  # noqa: E402
 
 QUICK = dict(users=600, cap=30.0, burst=10, workers=3, partitions=6, heavy=0.8, outage=30, outage_seconds=8.0)
-ASSIGNED = re.compile(r"sink: handling partitions \[([\d, ]*)\]")
-
-
-def partition_of(key: str, partitions: int) -> int:
-    """The correction's partition as the worker's producer picks it (Kafka's default partitioner)."""
-    return (murmur2(key.encode()) & 0x7FFFFFFF) % partitions
-
-
-def assignments(s: Setup) -> list[set[int]]:
-    """Each worker's correction partitions, from the last assignment its log shows."""
-    out = []
-    for worker in s.workers:
-        found = ASSIGNED.findall(worker.log_text())
-        out.append({int(p) for p in found[-1].split(",") if p.strip()} if found else set())
-    return out
-
-
-async def settled_assignment(s: Setup, partitions: int) -> list[set[int]]:
-    """The sink group's assignment once every partition is owned and it has not changed for 3 s."""
-    last, since = None, time.monotonic()
-    while True:
-        now = assignments(s)
-        if now != last:
-            last, since = now, time.monotonic()
-        elif set().union(*now) == set(range(partitions)) and time.monotonic() - since >= 3:
-            return now
-        if time.monotonic() - since > 60:
-            raise RuntimeError(f"the sink group did not settle: {now}")
-        await asyncio.sleep(0.2)  # sampling log files: no event to wait on
-
-
-def pick_users(offering_b: str, owned: list[set[int]], partitions: int, n: int, heavy: float) -> list[str]:
-    """``n`` usernames, ``heavy`` of them keyed to the first worker's partitions, the rest to the others'."""
-    want_heavy = round(n * heavy)
-    picked: list[str] = []
-    heavy_count, i = 0, 0
-    while len(picked) < n:
-        name = f"u{i:06d}"
-        i += 1
-        on_heavy = partition_of(f"b:{offering_b}:{name}", partitions) in owned[0]
-        if on_heavy and heavy_count < want_heavy:
-            picked.append(name)
-            heavy_count += 1
-        elif not on_heavy and len(picked) - heavy_count < n - want_heavy:
-            picked.append(name)
-    return picked
 
 
 def windows(calls: list[Any], start: float, end: float) -> list[int]:
@@ -104,16 +58,6 @@ def windows(calls: list[Any], start: float, end: float) -> list[int]:
         if start <= call.time <= end:
             counts[int(call.time - start)] += 1
     return counts
-
-
-def busiest(calls: list[Any]) -> int:
-    times = sorted(c.time for c in calls)
-    best = start = 0
-    for end, t in enumerate(times):
-        while times[start] <= t - 1.0:
-            start += 1
-        best = max(best, end - start + 1)
-    return best
 
 
 def cpu_seconds(pid: int) -> float:
@@ -157,21 +101,27 @@ async def measure(s: Setup, args: argparse.Namespace) -> str:
     for worker in s.workers:
         await worker.ready(120)
     owned = await settled_assignment(s, args.partitions)
-    names = pick_users(uuid_of(s.offering_b), owned, args.partitions, args.users, args.heavy)
+    await until(lambda: faust_leader(s) is not None, 30, "the start-up reconcile pass")
+    leader = faust_leader(s)
+    # the heavy worker and the one killed are not the faust leader: a new leader runs a
+    # reconcile pass at once, and its re-reads are the reconciler's, not the hand-over's
+    heavy, light = [i for i in range(len(s.workers)) if i != leader][:2]
+    names = pick_users(uuid_of(s.offering_b), owned[heavy], args.partitions, args.users, args.heavy)
     pairs = {name: s.add_user(name) for name in names}
     for name, (_a_ou, b_ou) in pairs.items():
         s.b.set_username(b_ou, f"{name}_b")
     print(f"load {load()}; {args.workers} workers, partitions {[sorted(p) for p in owned]}; {len(names)} corrections, "
-          f"{args.heavy:.0%} on worker 0's partitions; cap {args.cap:.0f}/s + {args.burst}", file=sys.stderr)
+          f"{args.heavy:.0%} on worker {heavy}'s partitions (faust leader: worker {leader}); cap {args.cap:.0f}/s + {args.burst}", file=sys.stderr)
     cpu0 = [cpu_seconds(w.proc.pid) for w in s.workers]
     mark_a = s.a.calls.log[-1].seq if s.a.calls.log else 0
     await reconcile(s.workers[1])
     queued_at = time.time()
-    victim = 0 if args.kill == "heavy" else 1
+    victim = heavy if args.kill == "heavy" else light
     await until(lambda: sum(1 for c in s.a.calls.since(mark_a) if c.method == "PATCH") >= len(names) // 2,
                 600, "half of the corrections", interval=0.05)
     killed_at = time.time()
     s.workers[victim].kill9()
+    print(f"kill -9 of worker {victim} at {time.strftime('%H:%M:%S')} (+{killed_at - queued_at:.1f} s)", file=sys.stderr)
     want = {name: f"{name}_b" for name in names}
     await until(lambda: usernames(s.a, s.offering_a) == want, 600, "A to converge", interval=0.2)
     run_calls = s.a.calls.since(mark_a)
@@ -184,7 +134,7 @@ async def measure(s: Setup, args: argparse.Namespace) -> str:
               f"(goal <= 3 s); load {load()}")
     seconds = last_call - queued_at
     utilisation = sum(1 for c in run_calls if c.time >= queued_at) / (args.cap * seconds)
-    return (f"budget: utilisation={utilisation:.2f} max_window={busiest(s.a.calls.since(0))} "
+    return (f"budget: utilisation={utilisation:.2f} max_window={busiest(s.a, 0.0)} "
             f"cap_plus_burst={int(args.cap) + args.burst} calls_per_correction={len(run_calls) / len(names):.2f}")
 
 
@@ -200,10 +150,33 @@ def report_run(s: Setup, args: argparse.Namespace, calls: list[Any], names: list
     print(f"A: {len(calls)} calls for {len(names)} corrections ({sum(gets.values())} GETs, {sum(patches.values())} "
           f"PATCHes, {len(calls) - sum(gets.values()) - sum(patches.values())} list pages); users read more than once: "
           f"{sum(1 for n in gets.values() if n > 1)}; duplicate PATCHes: {sum(n - 1 for n in patches.values())}")
-    print(f"busiest 1 s window since the workers started: a={busiest(s.a.calls.since(0))} "
-          f"b={busiest([c for c in s.b.calls.log if c.time >= started])} (cap + burst {int(args.cap) + args.burst})")
+    print(reread_summary(calls, killed_at))
+    print(f"busiest 1 s window since the workers started: a={busiest(s.a, started)} b={busiest(s.b, started)} "
+          f"(cap + burst {int(args.cap) + args.burst})")
     print(f"work queued {last_call - queued_at:.1f} s (ideal {len(calls) / args.cap:.1f} s at the cap); "
           f"workers' CPU {cpu:.1f} s = {cpu / max(1, len(calls)) * 1000:.1f} ms per call on A; load {load()}")
+
+
+def reread_summary(calls: list[Any], killed_at: float) -> str:
+    """Why users were read again: after their PATCH (a correction made, read anew), or
+    before it (under way when a worker died, or raised again meanwhile); and the reconcile
+    passes (list pages) that ran, relative to the kill."""
+    by_user: dict[str, list[Any]] = {}
+    for call in calls:
+        if not call.query:
+            by_user.setdefault(call.path, []).append(call)
+    after_patch = before_patch = 0
+    for user_calls in by_user.values():
+        gets = [c for c in user_calls if c.method == "GET"]
+        patch = next((c.time for c in user_calls if c.method == "PATCH"), None)
+        if len(gets) > 1:
+            if patch is not None and gets[-1].time > patch:
+                after_patch += 1
+            else:
+                before_patch += 1
+    passes = sorted({round(c.time - killed_at) for c in calls if c.query})
+    return (f"users read again after their PATCH: {after_patch}, read twice before it: {before_patch}; "
+            f"list pages at {passes} s from the kill (a reconcile pass: the new faust leader's first)")
 
 
 async def outage(s: Setup, args: argparse.Namespace, pairs: dict[str, tuple[Any, Any]]) -> float:

@@ -45,8 +45,9 @@ SKEW_SECONDS = 0.5
 #: A member repeats its record this often: its heartbeat (and its demand's new size).
 PUBLISH_SECONDS = 0.5
 #: The part every member with work gets whatever the others' demand (less when more than
-#: 1 / (2 FLOOR) members have work): a lookup next to thousands of corrections still goes.
-FLOOR = 0.1
+#: 1 / (2 FLOOR) members have work): a lookup next to thousands of corrections still goes
+#: (1 call/s of a 20/s cap); small, so that the workers drain nearly in proportion.
+FLOOR = 0.05
 
 
 def fair_share(*, present: bool, mine: int, others_present: int, others: list[int]) -> float:

@@ -19,7 +19,7 @@ from streams.core.shares import (DELTA_SECONDS, FLOOR, PUBLISH_SECONDS, SKEW_SEC
 def test_the_budget_goes_to_the_members_with_work_in_proportion_with_a_floor_and_to_all_when_none_has():
     assert fair_share(present=True, mine=5, others_present=2, others=[]) == 1.0
     assert fair_share(present=True, mine=0, others_present=2, others=[7]) == 0.0
-    assert fair_share(present=True, mine=30, others_present=2, others=[10]) == pytest.approx(0.1 + 0.8 * 0.75)
+    assert fair_share(present=True, mine=30, others_present=2, others=[10]) == pytest.approx(FLOOR + (1 - 2 * FLOOR) * 0.75)
     assert fair_share(present=True, mine=1, others_present=2, others=[5000]) >= FLOOR  # a lookup still goes
     assert fair_share(present=True, mine=0, others_present=2, others=[]) == pytest.approx(1 / 3)
     assert fair_share(present=False, mine=9, others_present=0, others=[]) == 0.0
