@@ -8,7 +8,10 @@ was back (issue 29). Here the waits of a down site's retries are shared: every
 call of the work, through the site's budget like any other, so it costs nothing extra),
 and the first answer of the site wakes every waiting call. A site back is noticed within
 about ``PROBE_SECONDS`` (the interval, plus the probe's own round trip). A probe never
-goes before a ``Retry-After`` the site asked for.
+goes before a ``Retry-After`` the site asked for, and is not one of the carrying call's
+attempts (``max_attempts``): with two calls waiting through a 40 s outage, the probes had
+used up their attempts in ~20 s, they gave up, and nothing was left to probe with (the
+first call after the site returned came from the re-raise timer, 5 s to over 60 s later).
 """
 
 from __future__ import annotations
@@ -43,7 +46,7 @@ class SiteBack:
         """The site answers again: every waiting call goes now."""
         self.down = False
         while self.waiters:
-            _release(self.waiters.popleft())
+            _release(self.waiters.popleft(), BACK)
         if self._prober is not None:
             self._prober.cancel()
             self._prober = None
@@ -51,14 +54,16 @@ class SiteBack:
     def asked_to_wait(self, seconds: float) -> None:
         self.not_before = max(self.not_before, time.monotonic() + seconds)
 
-    async def wait(self, delay: float) -> None:
+    async def wait(self, delay: float) -> bool:
+        """True when this call goes as the probe (its attempt is the site's, not its own)."""
         released = asyncio.get_running_loop().create_future()
         self.waiters.append(released)
         if self.down:
             self._start()
         try:
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(released, delay)
+                return await asyncio.wait_for(released, delay) is PROBE
+            return False
         finally:
             with contextlib.suppress(ValueError):
                 self.waiters.remove(released)
@@ -74,10 +79,13 @@ class SiteBack:
             while self.down and self.waiters:
                 oldest = self.waiters.popleft()
                 if not oldest.done():
-                    _release(oldest)
+                    _release(oldest, PROBE)
                     break
 
 
-def _release(future: asyncio.Future) -> None:
+PROBE, BACK = "probe", "back"
+
+
+def _release(future: asyncio.Future, why: str) -> None:
     if not future.done():
-        future.set_result(None)
+        future.set_result(why)

@@ -208,7 +208,9 @@ class SiteClient:
         backoff = Backoff(base=self.backoff_base, cap=30.0, rng=self._rng)
         status: int | None = None
         reason = ""
-        for attempt in range(1, self.max_attempts + 1):
+        attempt = 0
+        while attempt < self.max_attempts:
+            attempt += 1
             await self._wait_unpaused()
             retry_after: float | None = None
             async with self.slots:
@@ -236,7 +238,8 @@ class SiteClient:
             if attempt < self.max_attempts:
                 if retry_after:
                     self.health.back.asked_to_wait(retry_after)
-                await self.health.back.wait(backoff.next_delay(retry_after))
+                if await self.health.back.wait(backoff.next_delay(retry_after)):
+                    attempt -= 1  # this call goes as the down site's probe: the site's attempt
         raise GaveUp(self.name, status, self.max_attempts, f"{method} gave up after {self.max_attempts} attempts ({reason})")
 
     def _connection_failed(self, exc: BaseException) -> tuple[str, str]:

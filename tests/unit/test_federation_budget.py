@@ -206,11 +206,13 @@ async def test_a_down_site_is_probed_by_one_waiting_call_per_interval_and_all_go
     back = SiteBack(interval=0.05)
     back.failing()
     released: list[float] = []
+    probes: list[bool] = []
     start = time.monotonic()
 
     async def retry(delay: float) -> None:
-        await back.wait(delay)
+        probe = await back.wait(delay)
         released.append(time.monotonic() - start)
+        probes.append(probe)
 
     waits = [asyncio.create_task(retry(30.0)) for _ in range(5)]  # their own backoff: 30 s
     await asyncio.sleep(0.13)  # two probe intervals
@@ -218,6 +220,7 @@ async def test_a_down_site_is_probed_by_one_waiting_call_per_interval_and_all_go
     back.answered()  # the probe got an answer: every waiting call goes now
     await asyncio.wait_for(asyncio.gather(*waits), 1.0)
     assert len(released) == 5 and released[-1] < 1.0
+    assert probes == [True, True, False, False, False]  # the probes' attempts are the site's
     up = time.monotonic()
     await back.wait(0.02)  # while the site is up a retry waits its own delay
     assert time.monotonic() - up >= 0.02
