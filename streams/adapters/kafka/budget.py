@@ -50,6 +50,10 @@ log = logging.getLogger("usync.budget")
 MIN_GAP_SECONDS = 0.05
 #: How far back a starting worker reads: every record that can still count, and a margin.
 LOOKBACK_SECONDS = TTL_SECONDS + 5.0
+#: The exchange's retries back off to 10 s, not the project's 120 s: every API call of the
+#: worker waits for it, so after a long Kafka outage a 120 s step would idle the worker up
+#: to two minutes past Kafka's return (one small request a retry: cheap to ask often).
+RETRY_CAP_SECONDS = 10.0
 
 
 class BudgetExchange:
@@ -119,7 +123,7 @@ class BudgetExchange:
         try:
             await asyncio.gather(
                 retry_forever(self._read, "budget exchange: reading the demand topic", transient=kafka_transient,
-                              backoff=Backoff(cap=10.0), logger=log),
+                              backoff=Backoff(cap=RETRY_CAP_SECONDS), logger=log),
                 self._publish_forever())
         finally:
             await self._leave()
@@ -156,7 +160,7 @@ class BudgetExchange:
             self.apply_all()
 
     async def _publish_forever(self) -> None:
-        backoff = Backoff(cap=10.0)
+        backoff = Backoff(cap=RETRY_CAP_SECONDS)
         while True:
             self._dirty.clear()
             try:
