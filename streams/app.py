@@ -110,8 +110,8 @@ def create_app(config: Config, *, store: str = "rocksdb", web_port: int | None =
                                        dead).handle,
                            max_records=route.FETCH_RECORDS, max_partition_fetch_bytes=8 << 20, fetch_max_bytes=64 << 20,
                            access=access)
-    lanes, sink, budget = _correct_stage(config, corrections.get_topic_name(), corrector, dead, clients, records,
-                                         metrics, access)
+    lanes, sink, budget = _correct_stage(config, corrections.get_topic_name(), corrector, dead, clients, metrics,
+                                         access)
     app.task(crash_on_error(app, budget.run))
     app.task(crash_on_error(app, router.run))
     app.task(crash_on_error(app, sink.run))
@@ -160,8 +160,7 @@ def create_app(config: Config, *, store: str = "rocksdb", web_port: int | None =
 
 
 def _correct_stage(config: Config, corrections: str, corrector: Corrector, dead: dead_letter.DeadLetters,
-                   clients: Clients, records: RecordSender, metrics: Metrics,
-                   access: KafkaAccess) -> tuple[correct_loop.CorrectLoop, WindowConsumer, BudgetExchange]:
+                   clients: Clients, metrics: Metrics, access: KafkaAccess) -> tuple[correct_loop.CorrectLoop, WindowConsumer, BudgetExchange]:
     """The lanes (a lane per target site: the bulkheads), their consumer, and the demand
     exchange that gives this worker its part of each site's budget (nothing until it does)."""
     options = client_options(config)
@@ -170,8 +169,8 @@ def _correct_stage(config: Config, corrections: str, corrector: Corrector, dead:
                           lanes.cancel, window=correct_loop.WINDOW, max_records=correct_loop.BATCH,
                           revoke_wait=correct_loop.REVOKE_WAIT, access=access, shed=lanes.shed,
                           session_timeout_ms=correct_loop.SINK_SESSION_TIMEOUT_MS)
-    budget = BudgetExchange(options, budget_topic(config), records, clients.buckets(), clients.workers_part,
-                            metrics, access=access)
+    budget = BudgetExchange(options, budget_topic(config), clients.buckets(), clients.workers_part, metrics,
+                            access=access)
     return lanes, sink, budget
 
 

@@ -14,7 +14,6 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from streams.adapters.budget import TokenBucket
 from streams.adapters.kafka.budget import BudgetExchange
 from streams.adapters.kafka.consumer import WindowConsumer, done_offsets
-from streams.adapters.kafka.producers import RecordSender
 from streams.metrics import Metrics
 from tests.app.harness import until
 
@@ -34,19 +33,16 @@ class Worker:
     def __init__(self, bootstrap: str, topic: str) -> None:
         self.options = {"bootstrap_servers": bootstrap}
         self.bucket = TokenBucket(rate=100, burst=10)
-        self.sender = RecordSender(self.options)
-        self.exchange = BudgetExchange(self.options, topic, self.sender, {"a": self.bucket}, {"a": 1.0}, Metrics())
+        self.exchange = BudgetExchange(self.options, topic, {"a": self.bucket}, {"a": 1.0}, Metrics())
         self.task: asyncio.Task | None = None
 
     async def start(self) -> None:
-        await self.sender.start()
         self.task = asyncio.create_task(self.exchange.run())
 
     async def stop(self) -> None:
         assert self.task is not None
         self.task.cancel()
         await asyncio.gather(self.task, return_exceptions=True)
-        await self.sender.stop()
 
     @property
     def share(self) -> float:

@@ -11,7 +11,6 @@ import httpx
 
 from streams.adapters.budget import TokenBucket, registration_bucket
 from streams.adapters.kafka.budget import BudgetExchange
-from streams.adapters.kafka.producers import RecordSender
 from streams.adapters.probe import SiteBack
 from streams.adapters.waldur import Clients
 from streams.contract.config import BRIDGES_PER_SITE, Endpoint, Link, parse_config
@@ -165,7 +164,7 @@ async def test_the_workers_share_of_a_registering_site_leaves_the_bridges_their_
     config = parse_config(GOOD, ENV)
     clients = Clients(config, Metrics(), transport=httpx.MockTransport(lambda request: httpx.Response(500)))
     kafka = {"bootstrap_servers": "127.0.0.1:1"}
-    exchange = BudgetExchange(kafka, "t-budget", RecordSender(kafka), clients.buckets(),
+    exchange = BudgetExchange(kafka, "t-budget", clients.buckets(),
                               clients.workers_part, Metrics())
     assert all(bucket.rate == 0 for bucket in clients.buckets().values())  # nothing before the exchange runs
     exchange._set("a", 0.5)
