@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 import pytest
 
 from streams.contract.demand import Demand, demand_decoder, demand_encoder
-from streams.core.shares import (DELTA_SECONDS, FLOOR, PUBLISH_SECONDS, SKEW_SECONDS, STALE_SECONDS, TTL_SECONDS, Own, View,
+from streams.core.shares import (DELTA_SECONDS, FLOOR, PUBLISH_SECONDS, RISE_SECONDS, SKEW_SECONDS, STALE_SECONDS, TTL_SECONDS, Own, View,
                                  fair_share)
 
 
@@ -72,6 +72,18 @@ def test_a_leaving_record_gives_the_part_back_at_once_and_an_old_record_never_un
     assert view.demand("a", 10) == (1, [2])
     view.seen(Demand(member="p", seq=3, at=11, sites={"a": 2}, leaving=True))
     assert view.demand("a", 11) == (0, [])
+
+
+def test_a_peers_rise_counts_in_a_view_only_once_the_peer_may_count_it_and_a_fall_at_once():
+    view, second = View("me"), int(1e6)
+    view.seen(Demand(member="p", seq=1, at=0, sites={}))
+    view.seen(Demand(member="p", seq=2, at=10 * second, sites={"a": 40}))
+    assert view.demand("a", 10 * second) == (1, [])  # work starting on several members: the even split holds
+    assert view.demand("a", 10 * second + int(RISE_SECONDS * 1e6) + 1) == (1, [40])
+    view.seen(Demand(member="p", seq=3, at=11 * second, sites={"a": 5}))
+    assert view.demand("a", 11 * second) == (1, [5])
+    view.seen(Demand(member="p", seq=4, at=12 * second, sites={"a": 50}))
+    assert view.demand("a", 12 * second) == (1, [5]) and view.demand("a", 13 * second) == (1, [50])
 
 
 def test_the_record_is_json_with_its_version():
