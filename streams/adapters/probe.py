@@ -9,7 +9,8 @@ call of the work, through the site's budget like any other, so it costs nothing 
 and the first answer of the site wakes every waiting call. A site back is noticed within
 about ``PROBE_SECONDS`` (the interval, plus the probe's own round trip). A probe never
 goes before a ``Retry-After`` the site asked for, and is not one of the carrying call's
-attempts (``max_attempts``): with two calls waiting through a 40 s outage, the probes had
+attempts (``max_attempts``), whose own next attempt stays where its backoff put it (so a
+call still gives up after its attempts, ~30-60 s into an outage, as before): with two calls waiting through a 40 s outage, the probes had
 used up their attempts in ~20 s, they gave up, and nothing was left to probe with (the
 first call after the site returned came from the re-raise timer, 5 s to over 60 s later).
 """

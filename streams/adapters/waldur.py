@@ -208,7 +208,7 @@ class SiteClient:
         backoff = Backoff(base=self.backoff_base, cap=30.0, rng=self._rng)
         status: int | None = None
         reason = ""
-        attempt = 0
+        attempt, own_retry = 0, None  # own_retry: when this call's own next attempt is due (monotonic)
         while attempt < self.max_attempts:
             attempt += 1
             await self._wait_unpaused()
@@ -238,8 +238,12 @@ class SiteClient:
             if attempt < self.max_attempts:
                 if retry_after:
                     self.health.back.asked_to_wait(retry_after)
-                if await self.health.back.wait(backoff.next_delay(retry_after)):
-                    attempt -= 1  # this call goes as the down site's probe: the site's attempt
+                if own_retry is None:
+                    own_retry = time.monotonic() + backoff.next_delay(retry_after)
+                if await self.health.back.wait(max(0.0, own_retry - time.monotonic())):
+                    attempt -= 1  # it goes as the down site's probe: the site's attempt, its own one stays due
+                else:
+                    own_retry = None
         raise GaveUp(self.name, status, self.max_attempts, f"{method} gave up after {self.max_attempts} attempts ({reason})")
 
     def _connection_failed(self, exc: BaseException) -> tuple[str, str]:
