@@ -28,12 +28,13 @@ from streams.adapters.faust.recovery import PatientTableManager
 from streams.adapters.faust.tables import (
     FaustCheckpointSource, FaustFoldTables, LinkTable, Tables, define_tables, link_groups, table_state,
 )
+from streams.adapters.kafka.budget import BudgetExchange
 from streams.adapters.kafka.client import KafkaAccess, client_options
 from streams.adapters.kafka.consumer import BatchConsumer, WindowConsumer
 from streams.adapters.kafka.producers import RecordSender
 from streams.adapters.kafka.checkpoints import TopicSink, fold_fence
 from streams.adapters.kafka.groups import ROUTE_CLIENT_ID, every_member_reads_listings
-from streams.adapters.kafka.topics import by_link_topic, corrections_topic, producer_codec
+from streams.adapters.kafka.topics import budget_topic, by_link_topic, corrections_topic, producer_codec
 from streams.adapters.waldur import Clients
 from streams.contract.config import Config
 from streams.contract.schema import OutcomeAction
@@ -116,11 +117,9 @@ def create_app(config: Config, *, store: str = "rocksdb", web_port: int | None =
                                        dead).handle,
                            max_records=route.FETCH_RECORDS, max_partition_fetch_bytes=8 << 20, fetch_max_bytes=64 << 20,
                            access=access, client_id=ROUTE_CLIENT_ID, records_as_read=True)
-    lanes = correct_loop.CorrectLoop(corrector, dead)  # a lane per target site: the bulkheads
-    sink = WindowConsumer("sink", options, corrections.get_topic_name(), f"{config.app_id}-sink", lanes.dispatch,
-                          lanes.cancel, window=correct_loop.WINDOW, max_records=correct_loop.BATCH,
-                          revoke_wait=correct_loop.REVOKE_WAIT, on_assignment=clients.set_share, access=access)
-    clients.set_share(0, 1)  # each site's budget is shared by the workers: nothing until the group assigns
+    lanes, sink, budget = _correct_stage(config, corrections.get_topic_name(), corrector, dead, clients, metrics,
+                                         access)
+    app.task(crash_on_error(app, budget.run))
     app.task(crash_on_error(app, router.run))
     app.task(crash_on_error(app, sink.run))
     app.task(crash_on_error(app, _running(records)))
@@ -139,7 +138,7 @@ def create_app(config: Config, *, store: str = "rocksdb", web_port: int | None =
     _known_series(metrics, config, by_link.get_topic_name(), corrections.get_topic_name())
     metrics.tables_waiting.set_function(lambda: tables_state(app) == "waiting-for-kafka")
 
-    health = _health_report(app, dead, access, router, sink, clients, lanes)
+    health = _health_report(app, dead, access, router, sink, clients, lanes, budget)
 
     def components() -> dict[str, tuple[str, bool]]:
         tables_now = tables_state(app)
@@ -197,14 +196,30 @@ def _history_stages(config: Config, routes: Any, state: Callable[[], Any], reque
     return reraiser, folder, reconciler
 
 
+def _correct_stage(config: Config, corrections: str, corrector: Corrector, dead: dead_letter.DeadLetters,
+                   clients: Clients, metrics: Metrics, access: KafkaAccess) -> tuple[correct_loop.CorrectLoop, WindowConsumer, BudgetExchange]:
+    """The lanes (a lane per target site: the bulkheads), their consumer, and the demand
+    exchange that gives this worker its part of each site's budget (nothing until it does)."""
+    options = client_options(config)
+    lanes = correct_loop.CorrectLoop(corrector, dead, busy=clients.want)
+    sink = WindowConsumer("sink", options, corrections, f"{config.app_id}-sink", lanes.dispatch,
+                          lanes.cancel, window=correct_loop.WINDOW, max_records=correct_loop.BATCH,
+                          revoke_wait=correct_loop.REVOKE_WAIT, access=access, shed=lanes.shed,
+                          session_timeout_ms=correct_loop.SINK_SESSION_TIMEOUT_MS)
+    budget = BudgetExchange(options, budget_topic(config), clients.buckets(), clients.workers_part, metrics,
+                            access=access)
+    return lanes, sink, budget
+
+
 def _health_report(app: faust.App, dead: dead_letter.DeadLetters, access: KafkaAccess, router: BatchConsumer,
-                   sink: WindowConsumer, clients: Clients, lanes: correct_loop.CorrectLoop) -> Callable[[], dict[str, Any]]:
+                   sink: WindowConsumer, clients: Clients, lanes: correct_loop.CorrectLoop,
+                   budget: BudgetExchange) -> Callable[[], dict[str, Any]]:
     def health() -> dict[str, Any]:  # degraded: a record was dead-lettered lately, or Kafka refuses us
         degraded = dead.degraded() or access.reason is not None
         return {"status": "degraded" if degraded else "ok", "dead_lettered": dead.count, "kafka": access.report(),
                 "router_connected": router.connected, "sink_connected": sink.connected, "tables": tables_state(app),
                 "paused_sites": clients.paused(), "sites": clients.health(), "tls_refused": clients.tls_refused(),
-                "lanes": lanes.queued()}
+                "lanes": lanes.queued(), "budget": budget.report()}
     return health
 
 

@@ -38,6 +38,9 @@ class Metrics:
                                      ["topic", "reason_class"], registry=registry)
         self.tables_waiting = Gauge("usync_tables_waiting_for_kafka",
                                     "1 while this worker's table recovery cannot reach Kafka", registry=registry)
+        self.budget_share = Gauge("usync_budget_share", "This worker's part (0..1) of a site's API budget now (the "
+                                  "demand exchange: split among the workers with work for the site)", ["site"],
+                                  registry=registry)
         self.drift = Gauge("usync_drift", "Rows whose A side differs from B (this worker's partitions)", ["link"], registry=registry)
 
     def known(self, sites: Iterable[str], links: Iterable[str], topics: Iterable[str], actions: Iterable[str]) -> None:

@@ -5,15 +5,18 @@ worker process carries the site's whole API budget: a token bucket
 (``Rates.requests_per_second``, ``Rates.burst``) and a concurrency bound
 (``Rates.concurrency``), shared by the correct stage, the lookups and the reconciler.
 The configured rate is the site's budget for every worker together: each worker owns
-the part of it that matches its share of the correct stage's partitions
-(:meth:`Clients.set_share`, re-divided on every rebalance of that consumer group).
+the part of it the demand exchange gives it (``streams.adapters.kafka.budget``: split
+among the workers that have work for the site); every call counts as work for its site
+while it runs (:meth:`SiteClient.request`).
 
 Retries follow the project's one policy (``streams.retry.Backoff``), honour
 ``Retry-After`` and are bounded per call (``max_attempts``): past them the call raises
 :class:`streams.errors.GaveUp`, the caller records a gave-up outcome and the row is
 raised again later. 401/403 pause the site: every call to it waits out the pause (a
 gauge says so, the log says it once). A site whose calls fail (:class:`SiteHealth`) is
-reported down once, up once, on ``/health`` and in ``usync_site_up``. The token is only
+reported down once, up once, on ``/health`` and in ``usync_site_up``; while it is down
+its calls' retry waits are shared (``streams.adapters.probe``: one probe every 2 s, all
+of them go at its first answer). The token is only
 ever in the Authorization header: never in logs, errors or outcomes; a body a site sends
 back is scrubbed of it before it goes anywhere (:meth:`SiteClient.refusal_detail`).
 
@@ -40,6 +43,7 @@ import httpx
 import msgspec
 
 from streams.adapters.budget import TokenBucket
+from streams.adapters.probe import SiteBack
 from streams.adapters.tls import site_api_context, tls_reason
 from streams.contract.config import REGISTRATION_SHARE, Config, Rates, Secret
 from streams.contract.schema import OfferingUserRecord
@@ -87,6 +91,7 @@ class SiteHealth:
         self.reason = ""
         self.since = clock()
         self.failures = 0
+        self.back = SiteBack()
 
     def failed(self, reason: str) -> None:
         self.failures += 1
@@ -94,6 +99,7 @@ class SiteHealth:
         if self.up and self.failures >= self.down_after:
             self.up, self.since = False, self.clock()
             self.gauge.set(0)
+            self.back.failing()
             log.warning("site %s is failing: %d calls in a row without an answer (last: %s); "
                         "retrying with backoff, no PATCH without a fresh read", self.site, self.failures, reason)
 
@@ -104,6 +110,7 @@ class SiteHealth:
             log.info("site %s answers again after %.1f s (it failed with: %s)", self.site, now - self.since, self.reason)
             self.up, self.since, self.reason = True, now, ""
             self.gauge.set(1)
+            self.back.answered()
 
     def report(self) -> dict[str, Any]:
         report: dict[str, Any] = {"up": self.up, "since": self.since}
@@ -185,11 +192,18 @@ class SiteClient:
     # -- the one request loop -----------------------------------------------------------
 
     async def request(self, method: str, path: str, *, params: Any = None, json: Any = None) -> Answer:
-        """Send until a final answer; raise :class:`GaveUp` after ``max_attempts`` transient failures."""
+        """Send until a final answer; raise :class:`GaveUp` after ``max_attempts`` transient
+        failures. Work for the site's budget while it runs (retry waits included)."""
+        with self.bucket.wanting():
+            return await self._attempts(method, path, params, json)
+
+    async def _attempts(self, method: str, path: str, params: Any, json: Any) -> Answer:
         backoff = Backoff(base=self.backoff_base, cap=30.0, rng=self._rng)
         status: int | None = None
         reason = ""
-        for attempt in range(1, self.max_attempts + 1):
+        attempt, own_retry = 0, None  # own_retry: when this call's own next attempt is due (monotonic)
+        while attempt < self.max_attempts:
+            attempt += 1
             await self._wait_unpaused()
             retry_after: float | None = None
             async with self.slots:
@@ -215,7 +229,14 @@ class SiteClient:
             reason = reason if status is None else f"HTTP {status}"
             self.health.failed(reason)
             if attempt < self.max_attempts:
-                await asyncio.sleep(backoff.next_delay(retry_after))
+                if retry_after:
+                    self.health.back.asked_to_wait(retry_after)
+                if own_retry is None:
+                    own_retry = time.monotonic() + backoff.next_delay(retry_after)
+                if await self.health.back.wait(max(0.0, own_retry - time.monotonic())):
+                    attempt -= 1  # it goes as the down site's probe: the site's attempt, its own one stays due
+                else:
+                    own_retry = None
         raise GaveUp(self.name, status, self.max_attempts, f"{method} gave up after {self.max_attempts} attempts ({reason})")
 
     def _connection_failed(self, exc: BaseException) -> tuple[str, str]:
@@ -423,20 +444,17 @@ class Clients(Mapping[str, SiteClient]):
     def __len__(self) -> int:
         return len(self.by_site)
 
-    def set_share(self, owned: int, total: int) -> None:
-        """This process owns ``owned`` of the ``total`` partitions of the correct stage:
-        its part of every site's budget (rate and burst) is ``owned / total``. Called on
-        every rebalance of that consumer group (0 while partitions are revoked), so the
-        workers' parts always add up to at most the configured budget, whoever joins,
-        leaves or is killed (a killed worker's part is unused until the group's session
-        timeout hands its partitions to the others). Of a site with ``register = true``
-        the workers share what the bridges' registration calls leave
-        (``streams.contract.config.REGISTRATION_SHARE``)."""
-        share = owned / total if total else 0.0
-        for name, client in self.by_site.items():
-            client.bucket.set_share(share * self.workers_part[name])
-        log.info("API budget: this worker owns %d of %d correction partitions (%.0f %% of each site's rates, "
-                 "less the bridges' registration share of a registering site)", owned, total, share * 100)
+    def buckets(self) -> dict[str, TokenBucket]:
+        """Each site's budget in this process (the demand exchange sets their shares; of a
+        site with ``register = true`` the workers share what the bridges' registration
+        calls leave, :attr:`workers_part`, ``streams.contract.config.REGISTRATION_SHARE``)."""
+        return {name: client.bucket for name, client in self.by_site.items()}
+
+    def want(self, site: str, delta: int) -> None:
+        """``delta`` more (or fewer) pieces of work waiting for ``site`` (a lane's corrections)."""
+        client = self.by_site.get(site)
+        if client is not None:
+            client.bucket.want(delta)
 
     def health(self) -> dict[str, dict[str, Any]]:
         """Each site's up/down, its reason and since when (``/health``)."""

@@ -49,24 +49,43 @@ WINDOW = 5_000
 # Requests of one target site under way at a time. Above a site's configured
 # ``concurrency`` (4 by default) so that its budget, not the lane, is what limits it.
 LANE_CONCURRENCY = 16
-# Seconds a rebalance waits for the requests under way. Below the group's 10 s session
-# timeout: a member still in its revocation after that is dropped from the group, the
-# others are assigned its partitions, and it would go on spending the share of the API
-# budget they now own (seen in tests/app/test_federation.py: 42 calls in one second on a
-# site capped at 20 + 5 with a 20 s wait). After the wait what is left is cancelled (the
-# partitions' next owner handles it again) and the share is taken away.
-REVOKE_WAIT = 8.0
+# The sink group's session timeout: how long a killed worker's partitions (its waiting
+# corrections) stay with it. 6 s is the least a broker accepts by default
+# (``group.min.session.timeout.ms``); faust's own group keeps 10 s. The cost: heartbeats
+# every 0.6 s, and a worker whose event loop stalls for 6 s is taken out of the group (a
+# rebalance; nothing is lost, its records are handled again).
+SINK_SESSION_TIMEOUT_MS = 6_000
+# Seconds a rebalance waits for the requests under way; those not started are dropped at
+# once (``CorrectLoop.shed``: the partitions' next owner reads them for the first time),
+# so this is only for calls in flight. Below the session timeout: a member still in its
+# revocation after that is dropped from the group and its partitions move on. After the
+# wait what is left is cancelled (the next owner handles it again, once).
+REVOKE_WAIT = 4.0
+
+
+#: Told (site, n) when a site's lane holds n more requests (n < 0: fewer): the worker's
+#: demand for that site's API budget (``streams.adapters.kafka.budget``).
+BusyHook = Callable[[str, int], None]
 
 
 class _Lane:
     """The requests of one target site: at most ``concurrency`` under way, the rest queued."""
 
-    def __init__(self, run: Callable[[CorrectionRequest, Record], Awaitable[None]], concurrency: int) -> None:
+    def __init__(self, run: Callable[[CorrectionRequest, Record], Awaitable[None]], concurrency: int,
+                 busy: Callable[[int], None] | None = None) -> None:
         self.run = run
         self.concurrency = concurrency
         self.queued: collections.OrderedDict[str, tuple[CorrectionRequest, Record, list[asyncio.Future]]] = \
             collections.OrderedDict()
         self.running: dict[str, tuple[asyncio.Task, list[asyncio.Future]]] = {}
+        self.busy = busy
+        self._told_size = 0
+
+    def _told(self) -> None:
+        size = len(self)
+        if size != self._told_size and self.busy is not None:
+            self.busy(size - self._told_size)
+        self._told_size = size
 
     def submit(self, request: CorrectionRequest, record: Record) -> asyncio.Future:
         done = asyncio.get_running_loop().create_future()
@@ -75,6 +94,7 @@ class _Lane:
         futures.append(done)
         self.queued[request.key] = (request, record, futures)  # the latest wins, in the first one's place
         self._start()
+        self._told()
         return done
 
     def _start(self) -> None:
@@ -99,26 +119,35 @@ class _Lane:
             else:
                 future.set_result(None)
         self._start()
+        self._told()
 
-    def cancel(self) -> None:
+    def shed(self) -> None:
+        """Drop what waits unstarted (its futures cancelled); what is under way goes on."""
         for _request, _record, futures in self.queued.values():
             for future in futures:
                 future.cancel()
         self.queued.clear()
+        self._told()
+
+    def cancel(self) -> None:
+        self.shed()
         for task, futures in list(self.running.values()):
             task.cancel()
             for future in futures:
                 future.cancel()
+        self._told()  # the running ones say so again as they finish
 
     def __len__(self) -> int:
         return len(self.queued) + len(self.running)
 
 
 class CorrectLoop:
-    def __init__(self, corrector: Corrector, dead: DeadLetters, *, concurrency: int = LANE_CONCURRENCY) -> None:
+    def __init__(self, corrector: Corrector, dead: DeadLetters, *, concurrency: int = LANE_CONCURRENCY,
+                 busy: BusyHook | None = None) -> None:
         self.corrector = corrector
         self.dead = dead
         self.concurrency = concurrency
+        self.busy = busy
         self.lanes: dict[str, _Lane] = {}
         self.letters: set[asyncio.Future] = set()
 
@@ -136,12 +165,19 @@ class CorrectLoop:
         site = link.target.site if link is not None else ""  # an unknown link is answered "skipped" at once
         lane = self.lanes.get(site)
         if lane is None:
-            lane = self.lanes[site] = _Lane(self._one, self.concurrency)
+            hook = (lambda delta, site=site: self.busy(site, delta)) if self.busy is not None and site else None
+            lane = self.lanes[site] = _Lane(self._one, self.concurrency, hook)
         return lane.submit(request, record)
 
     async def handle(self, records: list[Record]) -> None:
         """Every outcome (and dead letter) of these records acknowledged, however long Kafka or a site takes."""
         await asyncio.gather(*(self.dispatch(record) for record in records))
+
+    def shed(self) -> None:
+        """Drop every request not yet started (a revocation: the partitions' next owner reads
+        them for the first time); those under way go on and are waited for."""
+        for lane in self.lanes.values():
+            lane.shed()
 
     def cancel(self) -> None:
         """Drop everything under way or queued (its partitions went to another member, which handles it again)."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -16,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+from aiokafka.partitioner import murmur2
 
 from streams.contract.config import Config, load_config
 from tests.support.processes import terminate
@@ -247,3 +249,60 @@ async def bridge_and_worker(s: Setup, bridge: Callable[[Config], Awaitable[Any]]
 def bridge_ready(bridge: Any, relays: int) -> bool:
     """Every site's relay is subscribed (events published from now on reach Kafka)."""
     return len(bridge.health.components) >= relays and bridge.health.ready
+
+
+# -- the correct stage's partitions (tests/app/test_federation.py, bench/bench_budget.py) ----
+
+ASSIGNED = re.compile(r"sink: handling partitions \[([\d, ]*)\]")
+
+
+def partition_of(key: str, partitions: int) -> int:
+    """The correction's partition as the worker's producer picks it (Kafka's default partitioner)."""
+    return (murmur2(key.encode()) & 0x7FFFFFFF) % partitions
+
+
+def assignments(s: Setup) -> list[set[int]]:
+    """Each worker's correction partitions, from the last assignment its log shows."""
+    out = []
+    for worker in s.workers:
+        found = ASSIGNED.findall(worker.log_text())
+        out.append({int(p) for p in found[-1].split(",") if p.strip()} if found else set())
+    return out
+
+
+async def settled_assignment(s: Setup, partitions: int) -> list[set[int]]:
+    """The sink group's assignment (each worker's partitions, from its log) once every
+    partition is owned and it has not changed for 3 s."""
+    last, since = None, time.monotonic()
+    while True:
+        now = assignments(s)
+        if now != last:
+            last, since = now, time.monotonic()
+        elif set().union(*now) == set(range(partitions)) and time.monotonic() - since >= 3:
+            return now
+        if time.monotonic() - since > 60:
+            raise RuntimeError(f"the sink group did not settle: {now}")
+        await asyncio.sleep(0.2)  # sampling log files: no event to wait on
+
+
+def pick_users(offering_b: str, on: set[int], partitions: int, n: int, heavy: float, prefix: str = "u") -> list[str]:
+    """``n`` usernames (``<prefix>000000`` ...) whose corrections are keyed to partitions
+    ``on`` for ``heavy`` of them (0..1), to the other partitions for the rest."""
+    want_heavy = round(n * heavy)
+    picked: list[str] = []
+    heavy_count, i = 0, 0
+    while len(picked) < n:
+        name = f"{prefix}{i:06d}"
+        i += 1
+        on_heavy = partition_of(f"b:{offering_b}:{name}", partitions) in on
+        if on_heavy and heavy_count < want_heavy:
+            picked.append(name)
+            heavy_count += 1
+        elif not on_heavy and len(picked) - heavy_count < n - want_heavy:
+            picked.append(name)
+    return picked
+
+
+def faust_leader(s: Setup) -> int | None:
+    """The worker that ran the start-up reconcile pass (the faust group's leader's timer), if one has."""
+    return next((i for i, w in enumerate(s.workers) if "usync.reconciler: reconciled link" in w.log_text()), None)

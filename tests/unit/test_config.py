@@ -119,7 +119,7 @@ def test_a_cluster_means_three_replicas_and_two_in_sync_on_every_topic():
     config = parse_config(cluster, ENV)
     assert (config.kafka.replication_factor, config.kafka.min_insync_replicas) == (3, 2)
     specs = topic_specs(config, worker=True)
-    assert len(specs) == 8
+    assert len(specs) == 9  # events, DLQ, outcomes, listings, checkpoints, user index, by-link, corrections, budget
     for spec in specs:
         assert spec.replication_factor == 3 and spec.topic_configs["min.insync.replicas"] == "2", spec.name
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import asyncio
 
-from streams.adapters.kafka.consumer import Offsets
+from streams.adapters.kafka.consumer import Offsets, done_metadata, done_offsets
 from streams.adapters.memory import MemoryEmit, MemoryOfferingUsers
 from streams.contract.schema import OutcomeAction, request_encoder
 from streams.stages.correct_loop import CorrectLoop
@@ -95,3 +95,65 @@ def test_offsets_commit_only_the_contiguous_done_prefix_per_partition():
     offsets.clear()
     offsets.finished("p0", 9)  # done after a rebalance cleared it: forgotten
     assert offsets.committable() == {} and offsets.undone == 0
+
+
+def test_a_commit_names_the_records_done_above_its_offset_and_a_next_owner_reads_them_back():
+    offsets = Offsets()
+    for offset in range(100, 110):
+        offsets.started("p0", offset)
+    for offset in (101, 102, 103, 105, 109):
+        offsets.finished("p0", offset)
+    [(tp, (offset, metadata))] = offsets.commits().items()
+    assert (tp, offset, metadata) == ("p0", 100, "usync-done:1:1-3,5,9")
+    assert done_offsets(metadata, offset) == {101, 102, 103, 105, 109}
+    assert offsets.commits() == {}  # nothing new: no commit
+    offsets.finished("p0", 100)
+    assert offsets.commits() == {"p0": (104, "usync-done:1:1,5")}
+    offsets.abandoned("p0", 104)  # dropped by a revocation: no longer awaited, never done
+    assert offsets.undone == 3 and offsets.commits() == {}
+
+
+def test_commit_metadata_keeps_the_lowest_ranges_that_fit_and_ignores_what_is_not_its_own():
+    done = list(range(1, 20_000, 2))  # nothing contiguous: the worst case
+    metadata = done_metadata(0, done, limit=200)
+    assert len(metadata) <= 200
+    kept = done_offsets(metadata, 0)
+    assert kept and kept == set(done[:len(kept)])
+    assert done_offsets("", 5) == set() and done_offsets("someone else's", 5) == set()
+    assert done_offsets("usync-done:1:x-y", 5) == set()
+    assert done_metadata(7, []) == ""
+
+
+async def test_shedding_drops_what_waits_unstarted_and_leaves_what_is_under_way():
+    world, loop = lanes_world(concurrency=1)
+    under_way = loop.dispatch(rec(request(user="x"), 0))
+    waiting = [loop.dispatch(rec(request(user=f"w{i}"), i + 1)) for i in range(3)]
+    loop.shed()
+    assert all(f.cancelled() for f in waiting) and not under_way.done()
+    world.a.release.set()
+    await asyncio.wait_for(under_way, 2)
+    assert [o.user_username for o in world.outcomes.outcomes()] == ["x"]
+
+
+async def test_a_lane_tells_how_much_work_its_site_has_as_it_comes_and_goes():
+    """The worker's demand for a site's budget (streams.adapters.kafka.budget)."""
+    world, _ = lanes_world()
+    demand: dict[str, int] = {"a": 0, "c": 0}
+
+    def told(site: str, delta: int) -> None:
+        demand[site] += delta
+        assert demand[site] >= 0
+
+    loop = CorrectLoop(world.corrector, DeadLetters(MemoryEmit("dlq"), world.metrics), concurrency=1, busy=told)
+    to_a = [loop.dispatch(rec(request(user=f"u{i}"), i)) for i in range(3)]
+    loop.dispatch(rec(request(user="u1", cause="again"), 3))  # coalesced with u1's queued one: no more work
+    assert demand == {"a": 3, "c": 0}
+    await asyncio.wait_for(loop.dispatch(rec(request(link="b-to-c", a=OU_C), 4)), 2)
+    assert demand == {"a": 3, "c": 0}
+    world.a.release.set()
+    await asyncio.wait_for(asyncio.gather(*to_a), 2)
+    assert demand == {"a": 0, "c": 0}
+    loop.dispatch(rec(request(user="u9"), 5))
+    loop.cancel()
+    await asyncio.wait_for(_until_empty(loop), 2)
+    assert demand == {"a": 0, "c": 0}

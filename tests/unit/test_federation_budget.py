@@ -10,6 +10,8 @@ from streams.adapters.memory import FixedClock, MemoryEmit, MemoryOfferingUsers
 import httpx
 
 from streams.adapters.budget import TokenBucket, registration_bucket
+from streams.adapters.kafka.budget import BudgetExchange
+from streams.adapters.probe import SiteBack
 from streams.adapters.waldur import Clients
 from streams.contract.config import BRIDGES_PER_SITE, Endpoint, Link, parse_config
 from streams.contract.schema import CorrectionRequest, OutcomeAction
@@ -161,11 +163,72 @@ async def test_the_workers_share_of_a_registering_site_leaves_the_bridges_their_
     from tests.unit.test_config import ENV, GOOD  # site a registers (default rates), b does not (50/s)
     config = parse_config(GOOD, ENV)
     clients = Clients(config, Metrics(), transport=httpx.MockTransport(lambda request: httpx.Response(500)))
-    clients.set_share(4, 8)
+    kafka = {"bootstrap_servers": "127.0.0.1:1"}
+    exchange = BudgetExchange(kafka, "t-budget", clients.buckets(),
+                              clients.workers_part, Metrics())
+    assert all(bucket.rate == 0 for bucket in clients.buckets().values())  # nothing before the exchange runs
+    exchange._set("a", 0.5)
+    exchange._set("b", 0.5)
     assert clients["b"].bucket.rate == 25.0  # half of b's 50/s: b has no bridge calls to leave room for
     assert clients["a"].bucket.rate == 8.0  # half of what the bridges leave of a's 20/s
-    clients.set_share(8, 8)
+    exchange._set("a", 1.0)
     bridge, rates = registration_bucket(config.sites["a"].rates), config.sites["a"].rates
     workers = clients["a"].bucket
     assert workers.rate + BRIDGES_PER_SITE * bridge.rate == rates.requests_per_second
     assert workers.burst + BRIDGES_PER_SITE * bridge.burst <= rates.burst
+
+
+async def test_a_bucket_whose_lease_ran_out_sends_nothing_until_it_is_renewed():
+    bucket = TokenBucket(rate=100, burst=10)
+    await asyncio.wait_for(bucket.acquire(), 1.0)  # no lease given: for ever (a one-off reconcile, the bridge)
+    bucket.renew(time.monotonic() + 0.05)
+    await asyncio.wait_for(bucket.acquire(), 1.0)
+    await asyncio.sleep(0.06)  # the lease runs out: the view of the other workers went stale
+    waiter = asyncio.create_task(bucket.acquire())
+    await asyncio.sleep(0.05)
+    assert not waiter.done()
+    bucket.renew(time.monotonic() + 1.0)
+    await asyncio.wait_for(waiter, 1.0)
+
+
+def test_a_bucket_says_when_its_site_gets_work_and_when_it_has_none_left():
+    bucket = TokenBucket(rate=10, burst=1)
+    heard: list[int] = []
+    bucket.on_want = lambda: heard.append(bucket.wanted)
+    with bucket.wanting():
+        bucket.want(1)  # a lane's corrections and a call under way: one change only
+        bucket.want(-1)
+    assert heard == [1, 0]
+
+
+async def test_a_down_site_is_probed_by_one_waiting_call_per_interval_and_all_go_when_it_answers():
+    back = SiteBack(interval=0.05)
+    back.failing()
+    released: list[float] = []
+    probes: list[bool] = []
+    start = time.monotonic()
+
+    async def retry(delay: float) -> None:
+        probe = await back.wait(delay)
+        released.append(time.monotonic() - start)
+        probes.append(probe)
+
+    waits = [asyncio.create_task(retry(30.0)) for _ in range(5)]  # their own backoff: 30 s
+    await asyncio.sleep(0.13)  # two probe intervals
+    assert len(released) == 2 and released[0] >= 0.05 and released[1] >= 0.1  # one call each interval
+    back.answered()  # the probe got an answer: every waiting call goes now
+    await asyncio.wait_for(asyncio.gather(*waits), 1.0)
+    assert len(released) == 5 and released[-1] < 1.0
+    assert probes == [True, True, False, False, False]  # the probes' attempts are the site's
+    up = time.monotonic()
+    await back.wait(0.02)  # while the site is up a retry waits its own delay
+    assert time.monotonic() - up >= 0.02
+
+
+async def test_a_probe_never_goes_before_the_sites_retry_after():
+    back = SiteBack(interval=0.01)
+    back.failing()
+    back.asked_to_wait(0.2)
+    start = time.monotonic()
+    await back.wait(5.0)
+    assert time.monotonic() - start >= 0.19

@@ -51,6 +51,18 @@ async def app():
     app.consumer._thread.thread_loop.close()  # the consumer thread's own loop, never run
 
 
+async def test_aiokafka_fetches_committed_offsets_with_their_metadata():
+    """WindowConsumer._assigned reads the records done above each commit from its metadata."""
+    from aiokafka.consumer.group_coordinator import GroupCoordinator
+    from aiokafka.structs import OffsetAndMetadata
+
+    assert inspect.iscoroutinefunction(GroupCoordinator.fetch_committed_offsets)
+    assert parameters(GroupCoordinator.fetch_committed_offsets) == ["self", "partitions"]
+    assert OffsetAndMetadata(5, "m").metadata == "m"
+    consumer = AIOKafkaConsumer(bootstrap_servers=UNREACHABLE, group_id="g")
+    assert hasattr(consumer, "_coordinator")  # set on start; None until then
+
+
 # -- faust ----------------------------------------------------------------------------------
 
 
@@ -136,6 +148,21 @@ async def test_faust_table_manager_builds_its_recovery_lazily_in_recovery(app):
     assert tables._recovery is None
     recovery = tables.recovery
     assert isinstance(recovery, PatientRecovery) and tables._recovery is recovery and tables.recovery is recovery
+
+
+async def test_faust_recovery_sets_completed_once_an_assignment_is_restored_and_never_clears_it(app):
+    """streams.adapters.faust.app.tables_state reads it: ``assigning`` until the first
+    assignment (an empty one too) is restored, instead of ``ready`` from the first second."""
+    from streams.adapters.faust.app import tables_state
+
+    recovery = app.tables.recovery
+    assert not recovery.completed.is_set() and not app.in_recovery
+    assert tables_state(app) == "assigning"
+    for step in (Recovery._resume_streams, Recovery.on_recovery_completed):  # both ends of a recovery
+        assert "self.completed.set()" in inspect.getsource(step)
+    assert "completed.clear()" not in inspect.getsource(Recovery)
+    recovery.completed.set()
+    assert tables_state(app) == "ready"
 
 
 async def test_faust_messages_carry_acked_and_the_consumer_never_acks_an_acked_one_again(app):

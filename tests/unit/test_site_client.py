@@ -7,6 +7,8 @@ body, capped and without the token.
 
 from __future__ import annotations
 
+import asyncio
+
 import logging
 import types
 
@@ -81,6 +83,20 @@ async def test_the_site_is_down_with_its_reason_while_the_failures_last():
     report = site.health.report()
     assert (report["up"], report["reason"]) == (False, "HTTP 503") and report["since"] > 0
     assert sample(metrics, "usync_site_up", site="b") == 0
+
+
+async def test_a_down_sites_probe_is_not_one_of_the_calls_attempts_and_its_answer_wakes_the_others():
+    """streams.adapters.probe: the calls' own retries are 15-30 s away; the probes (every
+    20 ms here) find the site back, and no call is given up for the probes it carried
+    (two attempts each: one of its own, then only probes until the site answers)."""
+    script = Script(*[503] * 8, 200)
+    site = SiteClient("b", "http://b.example/api/", Secret(TOKEN), Rates(requests_per_second=1000, burst=1000),
+                      Metrics(), max_attempts=2, backoff_base=30.0, transport=httpx.MockTransport(script))
+    site.health.down_after, site.health.back.interval = 1, 0.02
+    calls = [asyncio.create_task(site.get_offering_user(OU)) for _ in range(4)]
+    results = await asyncio.wait_for(asyncio.gather(*calls), 5)
+    assert [status for status, _record in results] == [200] * 4
+    assert len(script.seen) > 8 and site.health.up
 
 
 async def test_fewer_failures_than_the_threshold_do_not_say_down(caplog):

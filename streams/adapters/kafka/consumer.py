@@ -12,10 +12,18 @@ Here the stage owns its offsets. It runs forever: a Kafka failure starts it over
 the committed offsets with the shared backoff; anything else is a bug and goes up.
 
 ``on_assignment`` hears how many of the topic's partitions this member owns after every
-rebalance (the correct stage's share of each site's API budget). With ``revoke_wait``,
-a rebalance waits for the batch under way (up to that many
+rebalance. With ``revoke_wait``, a rebalance waits for the batch under way (up to that many
 seconds) before giving its partitions away; a batch that outlives that commits nothing,
 and the partitions' next owner handles it again (at-least-once).
+
+The window consumer's commits say more than the offset: the records done above it, in
+the commit's metadata (:func:`done_metadata`; Kafka keeps up to 4 KiB of it with every
+committed offset, ``offset.metadata.max.bytes``). Records finish out of order (a lane per
+site), and after a hand-over the next owner read everything above the committed offset
+again: 490 GETs on A for 300 corrections after a kill -9 (issue 29). The next owner reads
+the metadata when it is assigned the partition and skips those records, so a correction
+whose outcome was written is not read again, whoever owned it; one under way when its
+owner died is read again once.
 """
 
 from __future__ import annotations
@@ -28,7 +36,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any, NamedTuple
 
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener
-from aiokafka.errors import CommitFailedError, IllegalStateError
+from aiokafka.errors import CommitFailedError, IllegalStateError, KafkaError
 
 from streams.adapters.kafka.client import FETCH_MAX_WAIT_MS, KafkaAccess, close_quietly, kafka_transient
 from streams.adapters.kafka.readers import as_read
@@ -69,6 +77,47 @@ class ReadBatch(list):  # type: ignore[type-arg]
 #: Told (partitions owned, partitions of the topic) after every assignment, (0, n) on revocation.
 AssignmentHook = Callable[[int, int], None]
 
+#: What the window consumer's commit metadata starts with; then the offsets done above
+#: the committed one, relative to it, as ranges: ``usync-done:1:0-41,43,57-60``.
+DONE_PREFIX = "usync-done:1:"
+#: Kafka's default ``offset.metadata.max.bytes`` is 4096: what does not fit is left out
+#: (the lowest ranges are kept; the rest is read again by a next owner).
+DONE_MAX = 4000
+
+
+def done_metadata(base: int, done: list[int], limit: int = DONE_MAX) -> str:
+    """``done`` (sorted offsets above ``base``) as commit metadata of at most ``limit`` characters."""
+    parts: list[str] = []
+    size = len(DONE_PREFIX)
+    index = 0
+    while index < len(done):
+        end = index
+        while end + 1 < len(done) and done[end + 1] == done[end] + 1:
+            end += 1
+        first, last = done[index] - base, done[end] - base
+        part = str(first) if first == last else f"{first}-{last}"
+        if size + len(part) + 1 > limit:
+            break
+        parts.append(part)
+        size += len(part) + 1
+        index = end + 1
+    return DONE_PREFIX + ",".join(parts) if parts else ""
+
+
+def done_offsets(metadata: str | None, base: int) -> set[int]:
+    """The offsets :func:`done_metadata` wrote (an empty set for any other metadata)."""
+    if not metadata or not metadata.startswith(DONE_PREFIX):
+        return set()
+    found: set[int] = set()
+    try:
+        for part in filter(None, metadata[len(DONE_PREFIX):].split(",")):
+            first, _, last = part.partition("-")
+            found.update(range(base + int(first), base + int(last or first) + 1))
+    except ValueError:
+        log.warning("commit metadata %r is not usync's; nothing is skipped", metadata[:80])
+        return set()
+    return found
+
 
 class _Listener(ConsumerRebalanceListener):
     """Records that the group gave this consumer its partitions (``joined``); with a
@@ -77,9 +126,10 @@ class _Listener(ConsumerRebalanceListener):
 
     def __init__(self, name: str, drained: Callable[[], Awaitable[None]], wait: float | None,
                  on_assignment: AssignmentHook | None, total: Callable[[], int], joined: Callable[[], None],
-                 revoked: Callable[[], Awaitable[None]] | None = None) -> None:
+                 revoked: Callable[[], Awaitable[None]] | None = None,
+                 assigned: Callable[[Any], Awaitable[None]] | None = None) -> None:
         self.name, self.drained, self.wait, self.on_assignment, self.total = name, drained, wait, on_assignment, total
-        self.joined, self.revoked = joined, revoked
+        self.joined, self.revoked, self.assigned = joined, revoked, assigned
 
     async def on_partitions_revoked(self, revoked: Any) -> None:
         if self.wait:
@@ -95,6 +145,8 @@ class _Listener(ConsumerRebalanceListener):
             self.on_assignment(0, self.total())
 
     async def on_partitions_assigned(self, assigned: Any) -> None:
+        if self.assigned is not None:
+            await self.assigned(assigned)
         self.joined()
         log.info("%s: handling partitions %s", self.name, sorted(tp.partition for tp in assigned))
         if self.on_assignment is not None:
@@ -130,6 +182,10 @@ class BatchConsumer:
         self.joined = False
         self._busy = asyncio.Lock()
 
+    #: How long the group waits for a member that stopped heartbeating (a kill -9) before
+    #: its partitions move; heartbeats every tenth of it.
+    session_timeout_ms = 10_000
+
     async def run(self) -> None:
         backoff = Backoff()
         await retry_forever(lambda: self._serve(backoff), self.name, transient=kafka_transient, backoff=backoff,
@@ -148,13 +204,13 @@ class BatchConsumer:
     async def _serve(self, backoff: Backoff) -> None:
         consumer = AIOKafkaConsumer(
             **self.options, group_id=self.group_id, enable_auto_commit=False, auto_offset_reset="earliest",
-            session_timeout_ms=10_000, heartbeat_interval_ms=1_000,
+            session_timeout_ms=self.session_timeout_ms, heartbeat_interval_ms=self.session_timeout_ms // 10,
             fetch_max_wait_ms=FETCH_MAX_WAIT_MS,  # a catching-up stage never idles on a long poll
             **self.settings,
         )
         listener = _Listener(self.name, self._idle, self.revoke_wait, self.on_assignment,
                              lambda: len(consumer.partitions_for_topic(self.topic) or ()), self._joined,
-                             lambda: self._revoked(consumer))
+                             lambda: self._revoked(consumer), lambda assigned: self._assigned(consumer, assigned))
         consumer.subscribe(self.topics, listener=listener)
         try:
             await self.access.attempt(consumer.start)
@@ -181,10 +237,13 @@ class BatchConsumer:
     async def _revoked(self, consumer: AIOKafkaConsumer) -> None:
         """After the wait for what is under way, before the partitions go (nothing to do here)."""
 
+    async def _assigned(self, consumer: AIOKafkaConsumer, assigned: Any) -> None:
+        """The group gave this member ``assigned``, before it fetches them (nothing to do here)."""
+
     def _stopped(self) -> None:
         """The consumer is closing (a Kafka failure starts it over from the committed offsets)."""
 
-    async def _commit(self, consumer: AIOKafkaConsumer, offsets: dict[Any, int]) -> None:
+    async def _commit(self, consumer: AIOKafkaConsumer, offsets: dict[Any, Any]) -> None:
         if not offsets:
             return
         try:
@@ -195,23 +254,33 @@ class BatchConsumer:
 
 class Offsets:
     """The offsets dispatched and not yet committed, per partition: what may be committed is
-    the contiguous prefix of done ones (a record done out of order waits for those before it)."""
+    the contiguous prefix of done ones (a record done out of order waits for those before it,
+    and is named in the commit's metadata meanwhile: :meth:`commits`)."""
 
     def __init__(self) -> None:
         self.pending: dict[Any, collections.deque[int]] = {}
         self.done: dict[Any, set[int]] = {}
+        self.next: dict[Any, int] = {}  # the offset a commit names now: everything below it is done
+        self.changed: set[Any] = set()  # partitions with something done since the last commit
         self.count = 0  # dispatched, not yet committable
-        self.undone = 0  # dispatched, not yet done
+        self.undone = 0  # dispatched, not yet done (nor abandoned)
 
     def started(self, tp: Any, offset: int) -> None:
         self.pending.setdefault(tp, collections.deque()).append(offset)
         self.done.setdefault(tp, set())
+        self.next.setdefault(tp, offset)
         self.count += 1
         self.undone += 1
 
     def finished(self, tp: Any, offset: int) -> None:
         if tp in self.done:  # else cleared meanwhile (a rebalance)
             self.done[tp].add(offset)
+            self.changed.add(tp)
+            self.undone -= 1
+
+    def abandoned(self, tp: Any, offset: int) -> None:
+        """Dropped before it was done (a revocation): not done, no longer awaited."""
+        if tp in self.done:
             self.undone -= 1
 
     def committable(self) -> dict[Any, int]:
@@ -222,12 +291,25 @@ class Offsets:
             while pending and pending[0] in done:
                 done.discard(offset := pending.popleft())
                 self.count -= 1
-                moved[tp] = offset + 1
+                moved[tp] = self.next[tp] = offset + 1
         return moved
+
+    def commits(self) -> dict[Any, tuple[int, str]]:
+        """(offset, metadata) of every partition that moved or has more done above it since
+        the last call: the metadata names the records done above the offset."""
+        moved = self.committable()
+        out = {}
+        for tp in moved.keys() | self.changed:
+            if tp in self.next:
+                out[tp] = (self.next[tp], done_metadata(self.next[tp], sorted(self.done[tp])))
+        self.changed.clear()
+        return out
 
     def clear(self) -> None:
         self.pending.clear()
         self.done.clear()
+        self.next.clear()
+        self.changed.clear()
         self.count = self.undone = 0
 
 
@@ -247,11 +329,18 @@ class WindowConsumer(BatchConsumer):
     def __init__(self, name: str, options: dict[str, Any], topic: str, group_id: str, dispatch: RecordDispatch,
                  cancel: Callable[[], None], *, window: int, max_records: int, commit_every: float = 0.5,
                  revoke_wait: float | None = None, on_assignment: AssignmentHook | None = None,
-                 access: KafkaAccess | None = None, **settings: Any) -> None:
+                 access: KafkaAccess | None = None, shed: Callable[[], None] | None = None,
+                 session_timeout_ms: int | None = None, **settings: Any) -> None:
         super().__init__(name, options, topic, group_id, self._never, max_records=max_records,
                          revoke_wait=revoke_wait, on_assignment=on_assignment, access=access, **settings)
         self.dispatch, self.cancel, self.window, self.commit_every = dispatch, cancel, window, commit_every
+        self.shed = shed
+        if session_timeout_ms is not None:
+            self.session_timeout_ms = session_timeout_ms
         self.offsets = Offsets()
+        #: Offsets above each partition's committed one that an earlier owner finished.
+        self.skip: dict[Any, set[int]] = {}
+        self.skipped = 0
         self._moved = asyncio.Event()
         self._failed: BaseException | None = None
 
@@ -267,18 +356,25 @@ class WindowConsumer(BatchConsumer):
                 consumer.resume(*consumer.paused())
             fetched = await consumer.getmany(timeout_ms=int(self.commit_every * 1000), max_records=self.max_records)
             for tp, messages in fetched.items():
+                skip = self.skip.get(tp, ())
                 for message in messages:
                     self.offsets.started(tp, message.offset)
+                    if message.offset in skip:  # its earlier owner finished it
+                        self.offsets.finished(tp, message.offset)
+                        self.skipped += 1
+                        continue
                     self.dispatch(message).add_done_callback(
                         lambda future, tp=tp, offset=message.offset: self._done(future, tp, offset))
             if self._failed is not None:
                 raise self._failed
-            await self._commit(consumer, self.offsets.committable())
+            await self._commit(consumer, self.offsets.commits())
             if fetched:
                 backoff.reset()
 
     def _done(self, future: asyncio.Future, tp: Any, offset: int) -> None:
         if future.cancelled():
+            self.offsets.abandoned(tp, offset)
+            self._moved.set()
             return
         if future.exception() is not None:
             self._failed = self._failed or future.exception()
@@ -287,13 +383,36 @@ class WindowConsumer(BatchConsumer):
         self._moved.set()
 
     async def _idle(self) -> None:
+        """A revocation: what waits unstarted is dropped at once (the next owner reads it for
+        the first time); only what is under way is waited for."""
+        if self.shed is not None:
+            self.shed()
         while self.offsets.undone:
             self._moved.clear()
             await self._moved.wait()
 
     async def _revoked(self, consumer: AIOKafkaConsumer) -> None:
-        await self._commit(consumer, self.offsets.committable())
+        await self._commit(consumer, self.offsets.commits())
         self._stopped()
+
+    async def _assigned(self, consumer: AIOKafkaConsumer, assigned: Any) -> None:
+        """Read what the partitions' earlier owners finished above their commits. Best
+        effort: without it those records are handled again (their live reads make that
+        harmless)."""
+        self.skip = {}
+        try:
+            committed = await consumer._coordinator.fetch_committed_offsets(list(assigned))  # noqa: SLF001
+        except (KafkaError, OSError, asyncio.TimeoutError) as exc:
+            log.warning("%s: could not read the commits' metadata (%s); records done above them are read again",
+                        self.name, exc)
+            return
+        for tp, meta in committed.items():
+            done = done_offsets(meta.metadata, meta.offset) if meta.offset >= 0 else set()
+            if done:
+                self.skip[tp] = done
+        if self.skip:
+            log.info("%s: %d records above the committed offsets were finished by an earlier owner; skipping them",
+                     self.name, sum(len(done) for done in self.skip.values()))
 
     def _stopped(self) -> None:
         self.cancel()

@@ -19,7 +19,7 @@ from aiokafka.partitioner import DefaultPartitioner, murmur2
 
 from streams.adapters.kafka.client import KafkaAccess, close_quietly, kafka_transient
 from streams.errors import KafkaUnavailable
-from streams.retry import Backoff, retry_forever
+from streams.retry import CAP_SECONDS, Backoff, retry_forever
 
 log = logging.getLogger("usync.kafka")
 
@@ -37,13 +37,14 @@ class ReplaceableProducer:
 
     def __init__(self, options: dict[str, Any], what: str, *, prepare: Callable[[], Awaitable[Any]] | None = None,
                  on_state: StateHook | None = None, rng: random.Random | None = None,
-                 access: KafkaAccess | None = None, **settings: Any) -> None:
+                 access: KafkaAccess | None = None, backoff_cap: float = CAP_SECONDS, **settings: Any) -> None:
         self._options = options
         self._what = what
         self._settings = settings
         self._prepare = prepare
         self._on_state = on_state or (lambda _failure: None)
         self._rng = rng or random.Random()
+        self._backoff_cap = backoff_cap
         self.access = access or KafkaAccess(options)
         self._producer: AIOKafkaProducer | None = None
         self._started = asyncio.Event()
@@ -64,7 +65,7 @@ class ReplaceableProducer:
             if self._producer is None:
                 self._producer = await retry_forever(lambda: self.access.attempt(self._start_one),
                                                      f"{self._what} producer", transient=kafka_transient,
-                                                     backoff=Backoff(rng=self._rng),
+                                                     backoff=Backoff(cap=self._backoff_cap, rng=self._rng),
                                                      on_retry=lambda exc, _delay: self._on_state(exc))
                 self._started.set()
                 self._on_state(None)
@@ -145,10 +146,11 @@ class RecordSender(ReplaceableProducer):
     BATCH_BYTES = 1024 * 1024
 
     def __init__(self, options: dict[str, Any], what: str = "record", linger_ms: int = 5,
-                 access: KafkaAccess | None = None, compression: str | None = None) -> None:
+                 access: KafkaAccess | None = None, compression: str | None = None,
+                 backoff_cap: float = CAP_SECONDS) -> None:
         super().__init__(options, what, access=access, linger_ms=linger_ms, max_batch_size=self.BATCH_BYTES,
                          max_request_size=4 * self.BATCH_BYTES, compression_type=compression,
-                         partitioner=KeyHashes())
+                         partitioner=KeyHashes(), backoff_cap=backoff_cap)
 
     async def enqueue(self, topic: str, key: bytes, value: bytes) -> asyncio.Future:
         """Put the record in the producer's batch now; answer a future done once Kafka

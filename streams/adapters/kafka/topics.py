@@ -41,6 +41,17 @@ def corrections_topic(config: Config) -> str:
     return f"{config.app_id}-corrections"
 
 
+def budget_topic(config: Config) -> str:
+    """The workers' demand for the sites' API budgets (``streams.adapters.kafka.budget``):
+    one partition, so that every worker reads every record in order; coordination, not
+    history, so it keeps an hour."""
+    return f"{config.app_id}-budget"
+
+
+#: A demand record counts for seconds; an hour is for reading what the exchange did.
+BUDGET_RETENTION = {"retention.ms": str(3_600_000), "cleanup.policy": "delete"}
+
+
 def topic_specs(config: Config, *, worker: bool = False) -> list[NewTopic]:
     kafka, codecs = config.kafka, config.kafka.compression
 
@@ -57,6 +68,8 @@ def topic_specs(config: Config, *, worker: bool = False) -> list[NewTopic]:
                       topic_configs=UNLIMITED | kafka.replica_configs | topic_codec(codecs.events))]
     if worker:  # derived from the events topic, so the broker's default retention is enough
         specs += [spec(name, codecs.internal, {}) for name in (by_link_topic(config), corrections_topic(config))]
+        specs.append(NewTopic(budget_topic(config), 1, kafka.replication_factor,
+                              topic_configs=BUDGET_RETENTION | kafka.replica_configs | topic_codec(codecs.internal)))
     return specs
 
 
