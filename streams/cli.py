@@ -97,21 +97,19 @@ def _cmd_reconcile(args: argparse.Namespace) -> int:
 
 
 def _instant(text: str | None, option: str):
-    """An ISO instant from the command line (naive: UTC)."""
-    from datetime import datetime, timezone
+    """An ISO time (naive: UTC) or a duration back from now (``2h``), from the command line."""
+    from streams.ops.kafka_read import parse_when
 
     if not text:
         return None
     try:
-        value = datetime.fromisoformat(text)
+        return parse_when(text)
     except ValueError:
-        raise ConfigError(f"usync replay: {option} {text!r} is not an ISO time (e.g. 2026-12-06T10:02:00Z)") from None
-    return value if value.tzinfo else value.replace(tzinfo=timezone.utc)
+        raise ConfigError(f"usync replay: {option} {text!r} is not an ISO time (e.g. 2026-12-06T10:02:00Z) "
+                          "or a duration (2h)") from None
 
 
 def _cmd_replay(args: argparse.Namespace) -> int:
-    from datetime import datetime
-
     import msgspec
     from rich.console import Console
 

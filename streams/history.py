@@ -13,7 +13,6 @@ each, and merges them in observation order. It never calls a Waldur API.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
 from collections.abc import Callable

@@ -45,7 +45,7 @@ from streams.contract.schema import (
     state_display,
 )
 from streams.core.routing import SOURCE, TARGET, Side
-from streams.core.table import Row, TableState, index_key, mark_key, row_key
+from streams.core.table import Row, TableState, mark_key, row_key
 
 #: Listings whose pages are still arriving, per worker; a listing cut short (a worker
 #: restarted between its pages) is dropped after this many newer ones of the same side.

@@ -22,7 +22,7 @@ from streams.core.listing import Listings, differs
 from streams.core.routing import SOURCE, TARGET
 from streams.core.table import UNLISTED, TableState
 from tests.unit.test_fold_properties import (
-    ENDPOINTS, LINKS, OFF_A, OFF_B, T0, USERNAMES, USERS, _record_state, envelope, histories, ou, record,
+    ENDPOINTS, LINKS, OFF_A, OFF_B, T0, USERNAMES, USERS, histories, ou, record,
 )
 
 B_TO_A = LINKS[0]
