@@ -25,27 +25,10 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from streams.adapters.kafka.topics import by_link_topic, corrections_topic
 from streams.contract.schema import OutcomeAction, dead_letter_decoder, event_key, outcome_decoder, request_decoder
-from tests.app.harness import LinkSpec, WorkerProcess, bridge_and_worker, until, usernames
+from tests.app.harness import LinkSpec, WorkerProcess, bridge_and_worker, read_all, until, usernames
 from tests.support.services import KAFKA_BOOTSTRAP
 
 GARBAGE = b"\x00 not a record of this topic \xff"
-
-
-async def read_all(topic: str) -> list[Any]:
-    """Every record of ``topic`` now (ConsumerRecords)."""
-    consumer = AIOKafkaConsumer(topic, bootstrap_servers=KAFKA_BOOTSTRAP, group_id=None,
-                                auto_offset_reset="earliest", enable_auto_commit=False)
-    await consumer.start()
-    try:
-        out: list[Any] = []
-        while True:
-            batch = await consumer.getmany(timeout_ms=1000)
-            if not batch:
-                return out
-            for messages in batch.values():
-                out.extend(messages)
-    finally:
-        await consumer.stop()
 
 
 async def dead_letters(config: Any) -> list[Any]:
