@@ -8,6 +8,7 @@ import os
 
 import pytest
 from aiokafka.admin import AIOKafkaAdminClient
+from aiokafka.errors import KafkaError
 
 from tests.support.services import KAFKA_BOOTSTRAP, RABBITMQ, RabbitMQEndpoints, kafka_broker, kafka_cluster, rabbitmq_broker
 
@@ -21,6 +22,7 @@ def kafka_bootstrap(request):
     thousands of partitions, after many runs, slow the broker down for everything."""
     if not kafka_broker.is_running():
         kafka_broker.start()
+    asyncio.run(_group_coordinator())
     before = asyncio.run(_topics())
     yield KAFKA_BOOTSTRAP
     if request.session.testsfailed or os.environ.get("USYNC_KEEP_TOPICS") or not kafka_broker.is_running():
@@ -30,6 +32,26 @@ def kafka_bootstrap(request):
         asyncio.run(_delete_topics(sorted(created)))
     except Exception as exc:  # housekeeping: never a reason for the run to fail
         logging.getLogger("tests").warning("could not delete the session's topics: %r", exc)
+
+
+async def _group_coordinator(timeout: float = 60.0) -> None:
+    """Wait until the broker answers FindCoordinator: a fresh broker creates ``__consumer_offsets``
+    on the first lookup and says "coordinator not available" for a few seconds (the consumers
+    retry, the admin client's group calls a test makes do not)."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=KAFKA_BOOTSTRAP, request_timeout_ms=30_000)
+    await admin.start()
+    deadline = asyncio.get_running_loop().time() + timeout
+    try:
+        while True:
+            try:
+                await admin.find_coordinator("usync-tests-coordinator-probe")
+                return
+            except KafkaError:
+                if asyncio.get_running_loop().time() > deadline:
+                    raise
+                await asyncio.sleep(0.2)  # polling a condition, with a deadline
+    finally:
+        await admin.close()
 
 
 async def _topics() -> set[str]:
@@ -66,6 +88,8 @@ def brokers():
     for broker in (kafka_broker, rabbitmq_broker):
         if not broker.is_running():
             broker.start()
+            if broker is kafka_broker:
+                asyncio.run(_group_coordinator())
 
 
 @pytest.fixture(scope="session")
