@@ -130,7 +130,7 @@ async def run_demo(opts: Options, console: Console, *, live_display: bool | None
     """The whole demo; returns one result per phase or raises DemoFailed. Cleans up after itself."""
     tmp = Path(tempfile.mkdtemp(prefix="usync-demo-"))
     rng = random.Random(opts.seed)
-    federation = Federation(BrokerAdmin(), seed=opts.seed, publish_rate=opts.publish_rate)
+    federation = Federation(BrokerAdmin.local(), seed=opts.seed, publish_rate=opts.publish_rate)
     try:
         await federation.check_broker()
     except Exception as exc:

@@ -27,11 +27,14 @@ from typing import Any
 import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
+from waldursim.broker import local_port
 from waldursim.models import PROJECT_MEMBER, SLURM, OfferingUserState
 
 ROOT = Path(__file__).resolve().parents[1]
 USYNC = str(Path(sys.executable).with_name("usync"))
-WEB_STOMP = "ws://127.0.0.1:15674/ws"
+#: The brokers ``make services`` runs (``USYNC_PORT_OFFSET`` and the per-port variables as services/common.sh).
+WEB_STOMP = f"ws://127.0.0.1:{local_port('RABBITMQ_WEB_STOMP_PORT', 15674)}/ws"
+KAFKA = f"127.0.0.1:{local_port('KAFKA_PORT', 9092)}"
 
 
 def free_port() -> int:
@@ -246,7 +249,7 @@ class UsyncStack:
 
     def __init__(self, a: Any, b: Any, pairs: list[OfferingPair], tmp: Path, *, label: str = "demo",
                  requests_per_second: float = 500.0, concurrency: int = 32, partitions: int = 4,
-                 broker_url: str = WEB_STOMP, kafka_bootstrap: str = "127.0.0.1:9092") -> None:
+                 broker_url: str = WEB_STOMP, kafka_bootstrap: str = KAFKA) -> None:
         self.a, self.b, self.pairs, self.tmp = a, b, pairs, tmp
         self.kafka_bootstrap = kafka_bootstrap
         self.suffix = f"{label}-{uuid.uuid4().hex[:10]}"

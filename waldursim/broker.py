@@ -8,6 +8,7 @@ account (guest by default) is also granted each vhost so it can publish there.
 
 from __future__ import annotations
 
+import os
 from typing import Any
 from urllib.parse import quote
 
@@ -40,6 +41,21 @@ class BrokerAdmin(msgspec.Struct, kw_only=True):
 
     def client(self) -> "ManagementClient":
         return ManagementClient(self)
+
+    @classmethod
+    def local(cls) -> "BrokerAdmin":
+        """The RabbitMQ ``make services`` runs, wherever services/common.sh put it."""
+        return cls(management_url=f"http://127.0.0.1:{local_port('RABBITMQ_MGMT_PORT', 15672)}",
+                   amqp_port=local_port("RABBITMQ_AMQP_PORT", 5672))
+
+
+def local_port(name: str, default: int) -> int:
+    """A local broker's port as services/common.sh picks it: ``$name``, else
+    ``default + $USYNC_PORT_OFFSET`` (a second checkout's brokers)."""
+    value = os.environ.get(name)
+    if value:
+        return int(value)
+    return default + int(os.environ.get("USYNC_PORT_OFFSET") or 0)
 
 
 class ManagementClient:

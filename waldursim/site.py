@@ -412,7 +412,7 @@ class Federation:
         host: str = "127.0.0.1",
         tls: ssl.SSLContext | None = None,
     ) -> None:
-        self.broker: BrokerAdmin | None = (rabbitmq or BrokerAdmin()) if broker_enabled else None
+        self.broker: BrokerAdmin | None = (rabbitmq or BrokerAdmin.local()) if broker_enabled else None
         self.tls = tls  # every site's API over https:// with this server context (None: http://)
         self.seed = seed
         self.publish_rate = publish_rate

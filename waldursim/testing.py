@@ -4,7 +4,8 @@ Import them into a conftest.py:
 
     from waldursim.testing import sim_federation, sim_offline  # noqa: F401
 
-`sim_federation` talks to the local RabbitMQ (guest) and, on teardown, deletes every
+`sim_federation` talks to the local RabbitMQ (guest; ``USYNC_PORT_OFFSET`` and the per-port
+variables as services/common.sh) and, on teardown, deletes every
 vhost and broker user its sites created. Publishing is unlimited in tests (rate 0)
 so `await site.publisher.drain()` returns quickly; set `site.publisher.rate` to test
 rate limits. `sim_offline` has no broker at all (REST-only tests).
@@ -25,7 +26,7 @@ TEST_SEED = 20240226
 @pytest.fixture
 async def sim_federation() -> AsyncIterator[Federation]:
     """A federation on the local RabbitMQ. Add sites, then `await sim_federation.start()`."""
-    federation = Federation(BrokerAdmin(), seed=TEST_SEED, publish_rate=0)
+    federation = Federation(BrokerAdmin.local(), seed=TEST_SEED, publish_rate=0)
     await federation.check_broker()  # fail loudly (not skip) if RabbitMQ is not there
     try:
         yield federation

@@ -17,6 +17,7 @@ import pytest
 import yaml
 
 from tests.app.harness import ROOT, USYNC, WorkerProcess, patches, until
+from tests.support.services import KAFKA_BOOTSTRAP
 
 pytestmark = pytest.mark.services
 SAMPLE = Path(__file__).parent / "data" / "site-agent.yaml"
@@ -61,7 +62,7 @@ async def test_imported_site_agent_config_syncs_and_operator_commands_read_it(se
     agent.write_text(_agent_yaml_for(s))
     path = s.tmp / "usync.toml"
     imported = _usync("config", "import-site-agent", str(agent), "-o", str(path), "--app-id", f"usync-ops-{s.suffix}",
-                      "--topic-prefix", f"t-{s.suffix}", env=dict(os.environ))
+                      "--topic-prefix", f"t-{s.suffix}", "--bootstrap-servers", KAFKA_BOOTSTRAP, env=dict(os.environ))
     assert imported.returncode == 0, imported.stderr
     for token in (s.a.staff_token, s.b.staff_token):
         assert token not in path.read_text() and token not in imported.stderr

@@ -19,6 +19,7 @@ import pytest
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from tests.app.harness import ROOT, USYNC, WorkerProcess, free_port, until
+from tests.support.services import KAFKA_BOOTSTRAP, RABBITMQ
 
 pytestmark = pytest.mark.services
 
@@ -39,6 +40,7 @@ def _config(s, links_target_c: str, bad_vhost: str) -> str:
 app_id = "usync-secrets-{s.suffix}"
 reconcile_interval = 3600
 [kafka]
+bootstrap_servers = "{KAFKA_BOOTSTRAP}"
 events_topic = "t-{s.suffix}.events"
 dlq_topic = "t-{s.suffix}.dlq"
 outcomes_topic = "t-{s.suffix}.outcomes"
@@ -46,22 +48,22 @@ partitions = 2
 [sites.a]
 api_url = "{s.a.url}"
 token_env = "SECRET_TOKEN_A"
-broker_url = "ws://127.0.0.1:15674/ws"
+broker_url = "{RABBITMQ.web_stomp_url}"
 register = true
 [sites.b]
 api_url = "{s.b.url}"
 token_env = "SECRET_TOKEN_B"
-broker_url = "ws://127.0.0.1:15674/ws"
+broker_url = "{RABBITMQ.web_stomp_url}"
 register = true
 [sites.c]                      # A again, with a token the API refuses (401)
 api_url = "{s.a.url}"
 token_env = "SECRET_TOKEN_WRONG"
-broker_url = "ws://127.0.0.1:15674/ws"
+broker_url = "{RABBITMQ.web_stomp_url}"
 register = true
 [sites.d]                      # A again, a subscription whose broker password RabbitMQ refuses
 api_url = "{s.a.url}"
 token_env = "SECRET_TOKEN_A"
-broker_url = "ws://127.0.0.1:15674/ws"
+broker_url = "{RABBITMQ.web_stomp_url}"
 [[sites.d.subscriptions]]
 login = "{bad_vhost}"
 vhost = "{bad_vhost}"
@@ -84,7 +86,7 @@ source = {{ site = "b", offering = "{s.offering_b.uuid}" }}
 
 async def _records(topics: list[str]) -> list[bytes]:
     """Every key, value and header value of every record of ``topics``."""
-    consumer = AIOKafkaConsumer(bootstrap_servers="127.0.0.1:9092", group_id=None, enable_auto_commit=False,
+    consumer = AIOKafkaConsumer(bootstrap_servers=KAFKA_BOOTSTRAP, group_id=None, enable_auto_commit=False,
                                 request_timeout_ms=15_000)
     await consumer.start()
     try:

@@ -20,6 +20,8 @@ import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
+from waldursim.broker import local_port
+
 ROOT = Path(__file__).resolve().parents[2]
 SCRIPTS = ROOT / "services"
 
@@ -55,12 +57,7 @@ class Broker:
         return _run(self.name, "status", timeout=30).returncode == 0
 
 
-def port(name: str, default: int) -> int:
-    """A broker port from the environment: ``$name``, else ``default + $USYNC_PORT_OFFSET``."""
-    value = os.environ.get(name)
-    if value:
-        return int(value)
-    return default + int(os.environ.get("USYNC_PORT_OFFSET") or 0)
+port = local_port  # a broker port from the environment: ``$name``, else ``default + $USYNC_PORT_OFFSET``
 
 
 KAFKA_PORT = port("KAFKA_PORT", 9092)
